@@ -1,0 +1,1 @@
+"""Conversion of the official PyTorch checkpoints into kvjax parameter trees."""

@@ -1,0 +1,1 @@
+"""The Kandinsky Video 1.1 networks."""

@@ -1,0 +1,269 @@
+"""The keyframe UNet3D of Kandinsky Video 1.1 (`t2v.pt`, spec §3).
+
+One network, two modes:
+* video mode: `frame_index` is given; every temporal block runs, conditioned on the time embedding plus
+  per-frame embeddings of the frame index, the noise-augmentation level and the motion score;
+* image mode: no `frame_index`; every temporal block is skipped and the network is the Kandinsky 3.0 UNet.
+
+Videos are flattened to a `(b t)` batch (frame index minor), as the reference lays them out.
+
+The input convolution is chosen separately (`input_layer`): `in_layer` or `image_in_layer`. The reference
+picks by batch size alone (`image_in_layer` iff the batch has at most 2 items, see `reference_input_layer`);
+pass the layer explicitly when running guidance branches separately or with other batch sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kvjax.configs import KeyframeUNetConfig
+from kvjax.layers.attention import TemporalAttention
+from kvjax.layers.basic import conv
+from kvjax.layers.embeddings import scalar_embedding_mlp
+from kvjax.layers.norms import ConditionalGroupNorm, GroupNorm
+from kvjax.models.unet_layers import (DOWN_SAMPLING, NO_RESAMPLING, UP_SAMPLING, AttentionBlock,
+                                      AttentionPooling, ResNetBlock, feed_forward)
+
+Dtype = Any
+InputLayer = Literal["video", "image"]
+
+
+def reference_input_layer(batch_size: int) -> InputLayer:
+  """The reference's rule: `in_layer` ('video') when the batch has more than 2 items, else `image_in_layer`."""
+  return "video" if batch_size > 2 else "image"
+
+
+def _to_video(x, num_frames):
+  return x.reshape(x.shape[0] // num_frames, num_frames, *x.shape[1:])
+
+
+class TemporalResNetBlock(nn.Module):
+  """Residual stack of four (ConditionalGroupNorm, SiLU, Conv3d over time) triples (spec §3.4).
+
+  The convolutions have kernels (1, 3, 3, 1) in time and 1x1 in space, zero-padded in time; the last one is
+  zero-initialised as in the reference.
+  """
+
+  groups: int
+  compression_ratio: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond, num_frames: int):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    channels = x.shape[-1]
+    hidden = channels // self.compression_ratio
+    widths = (hidden, hidden, hidden, channels)
+    taps = (1, 3, 3, 1)
+    out = x
+    for k in range(4):
+      out = nn.silu(ConditionalGroupNorm(self.groups, name=f"temporal_resnet_blocks_{k}_0", **kw)(out, cond))
+      pad = taps[k] // 2
+      out = conv(widths[k], (taps[k], 1, 1), padding=((pad, pad), (0, 0), (0, 0)),
+                 name=f"temporal_resnet_blocks_{k}_2", zero_init=k == 3, **kw)(_to_video(out, num_frames))
+      out = out.reshape(x.shape[:-1] + (widths[k],))
+    return x + out
+
+
+class TemporalAttentionBlock(nn.Module):
+  """Pre-norm attention across frames plus a feed-forward, both residual (spec §3.6)."""
+
+  groups: int
+  head_dim: int
+  expansion_ratio: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond, num_frames: int):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    n, h, w, c = x.shape
+    a = ConditionalGroupNorm(self.groups, name="temporal_norm", **kw)(x, cond)
+    a = TemporalAttention(c, self.head_dim, name="temporal_attention", **kw)(
+        a.reshape(n // num_frames, num_frames, h * w, c))
+    x = x + a.reshape(n, h, w, c)
+    f = ConditionalGroupNorm(self.groups, name="ff_norm", **kw)(x, cond)
+    return x + feed_forward(f, self.expansion_ratio, **kw)
+
+
+class _Level(nn.Module):
+  """Fields shared by the down and up levels."""
+
+  config: KeyframeUNetConfig
+  features: int
+  num_blocks: int
+  cross_attention: bool
+  self_attention: bool
+  resample: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _kw(self):
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def _resnet(self, features, name, up_resolutions=NO_RESAMPLING):
+    return ResNetBlock(features, self.config.groups, self.config.compression_ratio, up_resolutions,
+                       name=name, **self._kw())
+
+  def _temporal_resnet(self, name):
+    return TemporalResNetBlock(self.config.groups, self.config.compression_ratio, name=name, **self._kw())
+
+  def _attention(self, name):
+    return AttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio, name=name,
+                          **self._kw())
+
+  def _temporal_attention(self, name):
+    return TemporalAttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio,
+                                  name=name, **self._kw())
+
+
+class DownLevel(_Level):
+  """[self-attention, temporal attention] then num_blocks x (ResNet, temporal ResNet, cross-attention,
+  ResNet (down-sampling in the last entry), temporal ResNet): spatial before temporal (spec §3.8)."""
+
+  @nn.compact
+  def __call__(self, x, cond, context, context_mask, temporal_cond, num_frames):
+    video = temporal_cond is not None
+    if self.self_attention:
+      x = self._attention("self_attention_block")(x, cond)
+      if video:
+        x = self._temporal_attention("temporal_attention_block")(x, temporal_cond, num_frames)
+    for j in range(self.num_blocks):
+      prefix = f"resnet_attn_blocks_{j}"
+      last = j == self.num_blocks - 1
+      x = self._resnet(self.features, f"{prefix}_0")(x, cond)
+      if video:
+        x = self._temporal_resnet(f"{prefix}_3")(x, temporal_cond, num_frames)
+      if self.cross_attention:
+        x = self._attention(f"{prefix}_1")(x, cond, context, context_mask)
+      pattern = DOWN_SAMPLING if (last and self.resample) else NO_RESAMPLING
+      x = self._resnet(self.features, f"{prefix}_2", pattern)(x, cond)
+      if video:
+        x = self._temporal_resnet(f"{prefix}_4")(x, temporal_cond, num_frames)
+    return x
+
+
+class UpLevel(_Level):
+  """num_blocks x (temporal ResNet, ResNet (up-sampling in the first entry), cross-attention, temporal
+  ResNet, ResNet), then [temporal attention, self-attention]: temporal before spatial (spec §3.9).
+
+  `features` is the level's output width; its input width (before the skip concatenation) is `in_features`.
+  """
+
+  in_features: int = 0
+
+  @nn.compact
+  def __call__(self, x, cond, context, context_mask, temporal_cond, num_frames):
+    video = temporal_cond is not None
+    for j in range(self.num_blocks):
+      prefix = f"resnet_attn_blocks_{j}"
+      in_width = x.shape[-1]
+      out_width = self.features if j == self.num_blocks - 1 else self.in_features
+      if video:
+        x = self._temporal_resnet(f"{prefix}_3")(x, temporal_cond, num_frames)
+      pattern = UP_SAMPLING if (j == 0 and self.resample) else NO_RESAMPLING
+      x = self._resnet(in_width, f"{prefix}_0", pattern)(x, cond)
+      if self.cross_attention:
+        x = self._attention(f"{prefix}_1")(x, cond, context, context_mask)
+      if video:
+        x = self._temporal_resnet(f"{prefix}_4")(x, temporal_cond, num_frames)
+      x = self._resnet(out_width, f"{prefix}_2")(x, cond)
+    if self.self_attention:
+      if video:
+        x = self._temporal_attention("temporal_attention_block")(x, temporal_cond, num_frames)
+      x = self._attention("self_attention_block")(x, cond)
+    return x
+
+
+class KeyframeUNet(nn.Module):
+  """Predicts the noise of `x` (N, H, W, num_channels) -> (N, H, W, out_channels).
+
+  Arguments of `__call__`:
+    x: noisy latents, channels-last; in video mode N = b * num_frames, frame index minor. In the reference
+      pipeline the 9 channels are 4 noisy latent + 4 condition latent + 1 mask.
+    time: (N,) diffusion timesteps (float or int).
+    context: (N, L, context_dim) text embeddings; context_mask: (N, L) bool, True for real tokens.
+    frame_index: (N,) frame positions (the reference's `temporal_embed`); None selects image mode.
+    num_frames: frames per video (static); required in video mode.
+    noise_aug_time: (N,) noise-augmentation level of the condition frame, or None.
+    motion_score: (N,) motion score, or None.
+    input_layer: 'video' (`in_layer`) or 'image' (`image_in_layer`); None applies the reference rule
+      `reference_input_layer(N)`.
+  """
+
+  config: KeyframeUNetConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, time, context, context_mask=None, frame_index=None, num_frames: int | None = None,
+               noise_aug_time=None, motion_score=None, input_layer: InputLayer | None = None):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    batch = x.shape[0]
+    if x.ndim != 4 or x.shape[-1] != cfg.num_channels:
+      raise ValueError(f"x must be (N, H, W, {cfg.num_channels}) channels-last, got {x.shape}")
+    downsampling = 2 ** (cfg.num_levels - 1)
+    if x.shape[1] % downsampling or x.shape[2] % downsampling:
+      raise ValueError(f"height and width must be multiples of {downsampling}, got {x.shape[1:3]}")
+    if context_mask is None:
+      context_mask = jnp.ones(context.shape[:2], bool)
+    context_mask = context_mask.astype(bool)
+
+    embed = lambda values, name: scalar_embedding_mlp(values, name=name, sinusoidal_dim=cfg.init_channels,
+                                                      features=cfg.time_embed_dim, **kw)
+    cond = embed(time, "to_time_embed")
+    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask)
+
+    if self.is_initializing():
+      # Create every parameter whatever the mode of the example call: run the full video path.
+      zeros = jnp.zeros((batch,), jnp.float32)
+      frame_index = zeros if frame_index is None else frame_index
+      num_frames = num_frames or 1
+      noise_aug_time = zeros if noise_aug_time is None else noise_aug_time
+      motion_score = zeros if motion_score is None else motion_score
+
+    temporal_cond = None
+    if frame_index is not None:
+      if num_frames is None or batch % num_frames:
+        raise ValueError(f"video mode needs num_frames dividing the batch {batch}, got {num_frames}")
+      frame_embed = embed(frame_index, "to_temporal_embed")
+      if cfg.noise_augmentation and noise_aug_time is not None:
+        frame_embed = frame_embed + embed(noise_aug_time, "temporal_noise_aug_time_encoding")
+      if cfg.motion_score and motion_score is not None:
+        frame_embed = frame_embed + embed(motion_score, "temporal_motion_score_encoding")
+      temporal_cond = cond + frame_embed
+
+    input_layer = input_layer or reference_input_layer(batch)
+    if input_layer not in ("video", "image"):
+      raise ValueError(f"input_layer must be 'video' or 'image', got {input_layer!r}")
+    in_layers = {mode: conv(cfg.init_channels, (3, 3), padding=((1, 1), (1, 1)), name=name, **kw)
+                 for mode, name in (("video", "in_layer"), ("image", "image_in_layer"))}
+    if self.is_initializing():
+      in_layers["video" if input_layer == "image" else "image"](x)
+    x = in_layers[input_layer](x.astype(self.dtype))
+
+    dims = cfg.hidden_dims
+    levels = cfg.num_levels
+    skips = []
+    for level in range(levels):
+      x = DownLevel(cfg, dims[level + 1], cfg.num_blocks[level], cfg.add_cross_attention[level],
+                    cfg.add_self_attention[level], level != levels - 1, name=f"down_samples_{level}",
+                    **kw)(x, cond, context, context_mask, temporal_cond, num_frames)
+      if level != levels - 1:
+        skips.append(x)
+    for up in range(levels):
+      level = levels - 1 - up
+      if up != 0:
+        x = jnp.concatenate([x, skips.pop()], axis=-1)
+      x = UpLevel(cfg, dims[level], cfg.num_blocks[level], cfg.add_cross_attention[level],
+                  cfg.add_self_attention[level], up != 0, in_features=dims[level + 1],
+                  name=f"up_samples_{up}", **kw)(x, cond, context, context_mask, temporal_cond, num_frames)
+
+    x = nn.silu(GroupNorm(cfg.groups, 1e-5, name="out_layer_0", **kw)(x))
+    return conv(cfg.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="out_layer_2", **kw)(x)

@@ -1,0 +1,131 @@
+"""Spatial building blocks of the Kandinsky 3.0 UNet, shared by the kvjax UNets (spec §3.2-§3.7).
+
+Activations are channels-last. Videos are flattened to `(b t) h w c`, so every spatial layer treats a frame
+as an image. Module names mirror the reference attribute paths, with list indices joined by `_`
+(`resnet_blocks.2` -> `resnet_blocks_2`), which keeps the checkpoint converter a renaming.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from kvjax.layers.attention import Attention
+from kvjax.layers.basic import ConvTranspose2x2, conv
+from kvjax.layers.norms import ConditionalGroupNorm
+
+Dtype = Any
+
+# Resampling patterns of the four Blocks of a ResNetBlock (spec §3.3): None keeps the resolution, True
+# up-samples before the projection, False down-samples after it.
+NO_RESAMPLING = (None, None, None, None)
+DOWN_SAMPLING = (None, None, False, None)
+UP_SAMPLING = (None, True, None, None)
+
+
+class Block(nn.Module):
+  """ConditionalGroupNorm -> SiLU -> [2x up-sample] -> k x k projection -> [2x down-sample]."""
+
+  features: int
+  kernel_size: int
+  groups: int
+  up_resolution: bool | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.silu(ConditionalGroupNorm(self.groups, name="group_norm", **kw)(x, cond))
+    if self.up_resolution is True:
+      x = ConvTranspose2x2(x.shape[-1], name="up_sample", **kw)(x)
+    pad = self.kernel_size // 2
+    x = conv(self.features, (self.kernel_size,) * 2, padding=((pad, pad), (pad, pad)), name="projection",
+             **kw)(x)
+    if self.up_resolution is False:
+      x = conv(self.features, (2, 2), strides=2, padding="VALID", name="down_sample", **kw)(x)
+    return x
+
+
+class ResNetBlock(nn.Module):
+  """Four Blocks (1x1, 3x3, 3x3, 1x1 at max(in, out) / compression_ratio channels) plus a shortcut."""
+
+  features: int
+  groups: int
+  compression_ratio: int
+  up_resolutions: tuple[bool | None, ...] = NO_RESAMPLING
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    in_features = x.shape[-1]
+    hidden = max(in_features, self.features) // self.compression_ratio
+    widths = (hidden, hidden, hidden, self.features)
+    kernels = (1, 3, 3, 1)
+    out = x
+    for k in range(4):
+      out = Block(widths[k], kernels[k], self.groups, self.up_resolutions[k], name=f"resnet_blocks_{k}",
+                  **kw)(out, cond)
+    shortcut = x
+    if True in self.up_resolutions:
+      shortcut = ConvTranspose2x2(in_features, name="shortcut_up_sample", **kw)(shortcut)
+    if in_features != self.features:
+      shortcut = conv(self.features, (1, 1), padding="VALID", name="shortcut_projection", **kw)(shortcut)
+    if False in self.up_resolutions:
+      shortcut = conv(self.features, (2, 2), strides=2, padding="VALID", name="shortcut_down_sample",
+                      **kw)(shortcut)
+    return shortcut + out
+
+
+def feed_forward(x, expansion_ratio: int, *, dtype: Dtype, param_dtype: Dtype):
+  """1x1 conv (C -> expansion C) -> SiLU -> 1x1 conv (-> C), no biases: children `feed_forward_{0,2}`.
+
+  Called inside a parent's compact method, whose children the two convolutions become.
+  """
+  features = x.shape[-1]
+  kw = dict(use_bias=False, padding="VALID", dtype=dtype, param_dtype=param_dtype)
+  h = conv(features * expansion_ratio, (1, 1), name="feed_forward_0", in_axis="embed", out_axis="mlp", **kw)(x)
+  return conv(features, (1, 1), name="feed_forward_2", in_axis="mlp", out_axis="embed", **kw)(nn.silu(h))
+
+
+class AttentionBlock(nn.Module):
+  """Pre-norm attention (cross-attention to the text, or self-attention) plus a 1x1-conv feed-forward."""
+
+  groups: int
+  head_dim: int
+  expansion_ratio: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond, context=None, context_mask=None):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    n, h, w, c = x.shape
+    a = ConditionalGroupNorm(self.groups, name="in_norm", **kw)(x, cond).reshape(n, h * w, c)
+    a = Attention(c, self.head_dim, context_axis="context_embed", name="attention", **kw)(
+        a, context, context_mask)
+    x = x + a.reshape(n, h, w, c)
+    f = ConditionalGroupNorm(self.groups, name="out_norm", **kw)(x, cond)
+    return x + feed_forward(f, self.expansion_ratio, **kw)
+
+
+class AttentionPooling(nn.Module):
+  """Adds to the time embedding an attention read-out of the text (the reference's `AttentionPolling`).
+
+  The query is the mean of the context over all positions, masked ones included (they hold zeros).
+  """
+
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, time_embed, context, context_mask):
+    query = context.mean(axis=1, keepdims=True)
+    pooled = Attention(time_embed.shape[-1], self.head_dim, context_axis="context_embed", name="attention",
+                       dtype=self.dtype, param_dtype=self.param_dtype)(query, context, context_mask)
+    return time_embed + pooled[:, 0]

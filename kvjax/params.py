@@ -1,0 +1,50 @@
+"""Parameter trees: abstract construction, counting and logical axes, without materialising weights."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kvjax import configs
+from kvjax.models.keyframe_unet import KeyframeUNet
+
+
+def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.Module:
+  if isinstance(config, configs.KeyframeUNetConfig):
+    return KeyframeUNet(config, dtype=dtype, param_dtype=param_dtype)
+  raise TypeError(f"no model for config type {type(config).__name__}")
+
+
+def example_inputs(config, batch: int = 3, size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """Abstract inputs that reach every parameter of the model (used for init and eval_shape)."""
+  if isinstance(config, configs.KeyframeUNetConfig):
+    size = size or 2 ** (config.num_levels - 1)
+    f32 = jnp.float32
+    return dict(
+        x=jax.ShapeDtypeStruct((batch, size, size, config.num_channels), f32),
+        time=jax.ShapeDtypeStruct((batch,), f32),
+        context=jax.ShapeDtypeStruct((batch, 2, config.context_dim), f32),
+        context_mask=jax.ShapeDtypeStruct((batch, 2), jnp.bool_))
+  raise TypeError(f"no example inputs for config type {type(config).__name__}")
+
+
+def init_params(config, rng: jax.Array, param_dtype=jnp.float32) -> dict[str, Any]:
+  """Randomly initialised parameters (boxed with their logical axes)."""
+  model = build_model(config, param_dtype=param_dtype)
+  inputs = {k: jnp.zeros(v.shape, v.dtype) for k, v in example_inputs(config).items()}
+  return model.init(rng, **inputs)["params"]
+
+
+def abstract_params(config, param_dtype=jnp.float32) -> dict[str, Any]:
+  """Shapes and dtypes of every parameter (boxed with logical axes), computed with `jax.eval_shape`."""
+  model = build_model(config, param_dtype=param_dtype)
+  return jax.eval_shape(lambda rng, inputs: model.init(rng, **inputs)["params"],
+                        jax.random.key(0), example_inputs(config))
+
+
+def count_params(tree) -> int:
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nn.unbox(tree)))
