@@ -1,0 +1,1 @@
+"""`python -m convert`: official PyTorch checkpoints -> kvjax (orbax) checkpoints, and parity checks."""

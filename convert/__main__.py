@@ -1,0 +1,73 @@
+"""Converts official Kandinsky Video 1.1 checkpoints and verifies conversions against reference outputs.
+
+  python -m convert keyframe t2v.pt OUT_DIR [--config PRESET|configs.json] [--dtype fp32|bf16|fp16]
+  python -m convert verify FIXTURE_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
+
+
+def _parser() -> argparse.ArgumentParser:
+  from kvjax.conversion.registry import COMMANDS
+  parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  for command in COMMANDS:
+    p = commands.add_parser(command, help=f"convert a {command} checkpoint")
+    p.add_argument("src", help="the official checkpoint file")
+    p.add_argument("out", help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--config", help="preset name or JSON file; default: configs.json beside SRC, else the "
+                   "production preset")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  p = commands.add_parser("verify", help="check conversions against reference outputs")
+  p.add_argument("fixtures", help="a fixture folder (with manifest.json) or a folder of them")
+  return parser
+
+
+def _convert(args) -> int:
+  from kvjax.conversion.registry import COMMANDS, CONVERTERS, resolve_config
+  from kvjax.conversion.store import save_converted
+  from kvjax.params import count_params
+  kind = COMMANDS[args.command]
+  config, origin = resolve_config(kind, args.src, args.config)
+  start = time.perf_counter()
+  converted = CONVERTERS[kind][0](args.src, config, DTYPES[args.dtype])
+  out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
+  print(f"converted {args.src} ({count_params(converted.params):,} parameters, config from {origin}, "
+        f"{args.dtype}) -> {out} in {time.perf_counter() - start:.1f} s")
+  return 0
+
+
+def _verify(args) -> int:
+  from kvjax.parity import find_manifests, verify_fixture
+  results = [r for manifest in find_manifests(args.fixtures) for r in verify_fixture(manifest)]
+  for result in results:
+    print(result.line())
+  failed = sum(not r.ok for r in results)
+  print(f"{len(results) - failed} passed, {failed} failed")
+  return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  from kvjax.checkpoints import CheckpointError
+  from kvjax.conversion.state_dict import ConversionError
+  try:
+    return _verify(args) if args.command == "verify" else _convert(args)
+  except (CheckpointError, ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

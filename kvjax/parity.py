@@ -1,0 +1,130 @@
+"""Checks a conversion against reference outputs recorded by the official PyTorch code.
+
+A fixture folder holds `manifest.json` (see tests/fixtures/README.md): the model kind, the checkpoint in
+the official container format, the reference constructor config, and cases, each an `.npz` of inputs
+(`in/<name>`, reference names and NCHW layout) and outputs (`out/<name>`) with a tolerance on the
+relative L2 error of the whole output. Verification converts the checkpoint with the real converter,
+writes and re-reads it, runs the Flax model on the inputs and compares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from kvjax import configs
+from kvjax.conversion.registry import CONVERTERS
+from kvjax.conversion.store import ConvertedModel, load_converted, save_converted
+from kvjax.params import build_model
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseResult:
+  name: str
+  max_abs_error: float
+  rel_l2_error: float
+  tolerance: float
+  error: str = ""
+
+  @property
+  def ok(self) -> bool:
+    return not self.error and self.rel_l2_error <= self.tolerance
+
+  def line(self) -> str:
+    if self.error:
+      return f"FAIL {self.name}: {self.error}"
+    return (f"{'ok  ' if self.ok else 'FAIL'} {self.name}: max abs {self.max_abs_error:.3e}, "
+            f"rel L2 {self.rel_l2_error:.3e} (tolerance {self.tolerance:.1e})")
+
+
+def _nhwc(x):
+  return np.moveaxis(x, 1, -1)
+
+
+def _keyframe_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  num_frames = None
+  temporal = {}
+  if "temporal_embed" in inputs:
+    frame_index = inputs["temporal_embed"]
+    if "num_frames" in inputs:
+      num_frames = int(inputs["num_frames"])
+    else:  # each video restarts its frame indices: count the videos by their first index
+      num_frames = len(frame_index) // int(np.sum(frame_index == frame_index[0]))
+    temporal = {"frame_index": frame_index}
+    temporal.update({k: inputs[k] for k in ("noise_aug_time", "motion_score") if k in inputs})
+  run = jax.jit(lambda p, x, t, c, m, kw: model.apply({"params": p}, x, t, c, m, num_frames=num_frames, **kw))
+  eps = run(params, _nhwc(inputs["x"]), inputs["time"], inputs["context"], inputs["context_mask"], temporal)
+  return {"eps": np.moveaxis(np.asarray(eps), -1, 1)}
+
+
+CASE_RUNNERS: dict[str, Callable[[Any, Any, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
+    "keyframe_unet": _keyframe_case,
+}
+
+
+def find_manifests(root: str) -> list[str]:
+  """`root/manifest.json`, else every `root/*/manifest.json` (sorted)."""
+  if os.path.isfile(os.path.join(root, "manifest.json")):
+    return [os.path.join(root, "manifest.json")]
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{root}: no such fixture folder")
+  found = sorted(os.path.join(root, d, "manifest.json") for d in os.listdir(root)
+                 if os.path.isfile(os.path.join(root, d, "manifest.json")))
+  if not found:
+    raise FileNotFoundError(f"{root}: no manifest.json in it or in its sub-folders")
+  return found
+
+
+def convert_round_trip(kind: str, checkpoint: str, config) -> ConvertedModel:
+  """Converts with the real converter, writes the result to disk and reads it back."""
+  converter = CONVERTERS[kind][0]
+  with tempfile.TemporaryDirectory() as scratch:
+    out = os.path.join(scratch, "converted")
+    save_converted(converter(checkpoint, config), out, source=checkpoint)
+    return load_converted(out)
+
+
+def verify_fixture(manifest_path: str) -> list[CaseResult]:
+  folder = os.path.dirname(manifest_path)
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  kind = manifest["model"]
+  prefix = os.path.basename(folder)
+  if kind not in CASE_RUNNERS:
+    return [CaseResult(prefix, 0, 0, 0, f"no verifier for model kind {kind!r}")]
+  try:
+    config = configs.CONFIG_TYPES[kind].from_dict(manifest["config"])
+    converted = convert_round_trip(kind, os.path.join(folder, manifest["checkpoint"]), config)
+  except Exception as e:  # report and go on to the next fixture
+    return [CaseResult(prefix, 0, 0, 0, f"conversion failed: {type(e).__name__}: {e}")]
+  model = build_model(config)
+  results = []
+  for case, spec in manifest["cases"].items():
+    name = f"{prefix}/{case}"
+    with np.load(os.path.join(folder, spec["file"])) as data:
+      inputs = {k[3:]: data[k] for k in data.files if k.startswith("in/")}
+      expected = {k[4:]: data[k] for k in data.files if k.startswith("out/")}
+    tolerance = float(spec.get("tolerance_rel_l2", DEFAULT_TOLERANCE))
+    try:
+      outputs = CASE_RUNNERS[kind](model, converted.params, inputs)
+    except Exception as e:
+      results.append(CaseResult(name, 0, 0, tolerance, f"{type(e).__name__}: {e}"))
+      continue
+    for key, ref in expected.items():
+      got = outputs[key]
+      if got.shape != ref.shape:
+        results.append(CaseResult(f"{name}/{key}", 0, 0, tolerance, f"shape {got.shape} != {ref.shape}"))
+        continue
+      diff = got.astype(np.float64) - ref.astype(np.float64)
+      rel = float(np.linalg.norm(diff) / max(np.linalg.norm(ref.astype(np.float64)), 1e-30))
+      results.append(CaseResult(f"{name}/{key}" if len(expected) > 1 else name, float(np.abs(diff).max()),
+                                rel, tolerance))
+  return results
