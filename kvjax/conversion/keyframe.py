@@ -25,11 +25,11 @@ def convert_keyframe(src: str, config: KeyframeUNetConfig, dtype: Any = np.float
   extra = sorted(set(container) - {"unet", "null_embedding"})
   if extra:
     raise ConversionError(f"{src}: unexpected top-level entries {extra}; refusing to drop them silently")
+  params = convert_state_dict(flatten_state_dict(container["unet"]), config, dtype, TRANSPOSED_CONVS,
+                              what=f"{src} ['unet']")
   null_embedding = container["null_embedding"]
   if not isinstance(null_embedding, LazyTensor) or null_embedding.size != config.context_dim:
     raise ConversionError(f"{src}: null_embedding must be a tensor of {config.context_dim} values, found "
                           f"{getattr(null_embedding, 'shape', type(null_embedding).__name__)}")
-  params = convert_state_dict(flatten_state_dict(container["unet"]), config, dtype, TRANSPOSED_CONVS,
-                              what=f"{src} ['unet']")
   null = null_embedding.numpy(np.float32).reshape(config.context_dim).astype(dtype)
   return ConvertedModel(KeyframeUNetConfig.kind, config, params, {"null_embedding": null})
