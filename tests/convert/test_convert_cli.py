@@ -127,7 +127,8 @@ def test_strictness_lists_missing_unexpected_and_misshaped_keys(tmp_path):
 def test_verify_passes_on_the_fixtures(capsys):
   assert main(["verify", os.path.dirname(KEYFRAME_FIXTURE)]) == 0
   out = capsys.readouterr().out
-  assert out.count("ok  ") == 2 and "2 passed, 0 failed" in out
+  assert out.count("ok  ") == 5 and "5 passed, 0 failed" in out
+  assert "keyframe_unet_small/two_frames_batch_rule" in out
 
 
 def test_verify_fails_when_the_reference_disagrees(keyframe_fixture, capsys):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from testing_utils import KEYFRAME_FIXTURE
+from testing_utils import FIXTURES, KEYFRAME_FIXTURE
 from kvjax import configs
 from kvjax.models.keyframe_unet import KeyframeUNet, reference_input_layer
 from kvjax.conversion.keyframe import convert_keyframe
@@ -49,9 +49,13 @@ def _inputs(batch, size=16, seed=1):
   return x, time, context, mask
 
 
-def test_matches_the_reference_in_video_and_image_mode():
-  results = verify_fixture(os.path.join(KEYFRAME_FIXTURE, "manifest.json"))
-  assert [r.name for r in results] == ["keyframe_unet/keyframe_video", "keyframe_unet/keyframe_image"]
+@pytest.mark.parametrize("fixture,cases", [
+    ("keyframe_unet", ["keyframe_video", "keyframe_image"]),
+    ("keyframe_unet_small", ["two_clips", "two_frames_batch_rule", "single_image"]),
+])
+def test_matches_the_reference_in_video_and_image_mode(fixture, cases):
+  results = verify_fixture(os.path.join(FIXTURES, fixture, "manifest.json"))
+  assert [r.name for r in results] == [f"{fixture}/{case}" for case in cases]
   for result in results:
     assert result.ok, result.line()
     assert result.rel_l2_error < 1e-5

@@ -1,0 +1,95 @@
+"""Peak memory and time of converting a production-shaped keyframe checkpoint.
+
+Writes a `t2v.pt` with the exact production key set and shapes (random fp16 values, the reference's
+inference dtype) in the official container format, then runs `python -m convert keyframe` on it in a child
+process per output dtype and reports the child's peak resident memory next to the checkpoint and output
+sizes. Needs ~9 GB of disk for the checkpoint plus the outputs, and memory for the largest output.
+
+  python bench/convert_memory.py [--workdir DIR] [--dtypes bf16,fp32] [--preset keyframe-1.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import flax.linen as nn
+import flax.traverse_util
+import numpy as np
+
+from kvjax import configs
+from kvjax.checkpoints.torch_zip_writer import TensorSource, write_torch_zip
+from kvjax.conversion.keyframe import TRANSPOSED_CONVS
+from kvjax.conversion.naming import from_flax_layout, torch_key
+from kvjax.params import abstract_params
+
+GIB = 2**30
+
+
+def production_shaped_checkpoint(path: str, config) -> int:
+  """Writes the checkpoint; returns its parameter count."""
+  import re
+  pattern = re.compile(TRANSPOSED_CONVS)
+  block = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float16) * np.float16(0.02)
+  state, total = {}, 0
+  for path_, leaf in flax.traverse_util.flatten_dict(nn.unbox(abstract_params(config))).items():
+    shape = from_flax_layout(np.broadcast_to(np.empty((), np.int8), leaf.shape), path_,
+                             bool(pattern.search("/".join(path_)))).shape
+    size = int(np.prod(shape))
+    total += size
+    make = lambda shape=shape, size=size: np.resize(block, size).reshape(shape)
+    state[torch_key(path_)] = TensorSource(shape, np.float16, make)
+  null = TensorSource((config.context_dim,), np.float16, lambda: block[: config.context_dim].copy())
+  write_torch_zip(path, {"unet": state, "null_embedding": null}, archive_name="t2v")
+  return total
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", default=None)
+  parser.add_argument("--dtypes", default="bf16,fp32")
+  parser.add_argument("--preset", default="keyframe-1.1")
+  args = parser.parse_args()
+  config = configs.get_preset(args.preset)
+  workdir = args.workdir or tempfile.mkdtemp(prefix="kvjax-bench-")
+  os.makedirs(workdir, exist_ok=True)
+  src = os.path.join(workdir, "t2v.pt")
+  start = time.perf_counter()
+  count = production_shaped_checkpoint(src, config)
+  print(f"wrote {src}: {count:,} parameters, {os.path.getsize(src) / GIB:.2f} GiB in "
+        f"{time.perf_counter() - start:.0f} s", flush=True)
+  rows = []
+  for dtype in args.dtypes.split(","):
+    out = os.path.join(workdir, f"out-{dtype}")
+    shutil.rmtree(out, ignore_errors=True)
+    script = ("import resource, sys; from convert.__main__ import main; rc = main(sys.argv[1:]); "
+              "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script, "keyframe", src, out, "--config", args.preset,
+                           "--dtype", dtype], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+      print(proc.stdout, proc.stderr, file=sys.stderr)
+      raise SystemExit(f"conversion to {dtype} failed")
+    peak = int(proc.stdout.split("PEAK_KIB")[1].split()[0]) * 1024
+    itemsize = 4 if dtype == "fp32" else 2
+    output = count * itemsize
+    rows.append((dtype, os.path.getsize(src), output, peak, seconds))
+    shutil.rmtree(out)
+  print(f"\n{'dtype':<6} {'checkpoint GiB':>15} {'output GiB':>11} {'peak RSS GiB':>13} {'peak/output':>12} "
+        f"{'seconds':>8}")
+  for dtype, ckpt, output, peak, seconds in rows:
+    print(f"{dtype:<6} {ckpt / GIB:>15.2f} {output / GIB:>11.2f} {peak / GIB:>13.2f} {peak / output:>12.2f} "
+          f"{seconds:>8.0f}")
+  if not args.workdir:
+    shutil.rmtree(workdir)
+
+
+if __name__ == "__main__":
+  main()
