@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 
 import flax.linen as nn
 import flax.traverse_util
+import jax
 import numpy as np
 
 from kvjax import configs
@@ -61,10 +61,15 @@ def main():
   os.makedirs(workdir, exist_ok=True)
   src = os.path.join(workdir, "t2v.pt")
   start = time.perf_counter()
-  count = production_shaped_checkpoint(src, config)
-  print(f"wrote {src}: {count:,} parameters, {os.path.getsize(src) / GIB:.2f} GiB in "
-        f"{time.perf_counter() - start:.0f} s", flush=True)
-  rows = []
+  if os.path.exists(src):  # reuse a checkpoint left by an earlier run with --workdir
+    count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nn.unbox(abstract_params(config))))
+    print(f"using {src}: {count:,} parameters, {os.path.getsize(src) / GIB:.2f} GiB", flush=True)
+  else:
+    count = production_shaped_checkpoint(src, config)
+    print(f"wrote {src}: {count:,} parameters, {os.path.getsize(src) / GIB:.2f} GiB in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+  print(f"\n{'dtype':<6} {'checkpoint GiB':>15} {'output GiB':>11} {'peak RSS GiB':>13} {'peak/output':>12} "
+        f"{'seconds':>8}", flush=True)
   for dtype in args.dtypes.split(","):
     out = os.path.join(workdir, f"out-{dtype}")
     shutil.rmtree(out, ignore_errors=True)
@@ -80,13 +85,9 @@ def main():
     peak = int(proc.stdout.split("PEAK_KIB")[1].split()[0]) * 1024
     itemsize = 4 if dtype == "fp32" else 2
     output = count * itemsize
-    rows.append((dtype, os.path.getsize(src), output, peak, seconds))
     shutil.rmtree(out)
-  print(f"\n{'dtype':<6} {'checkpoint GiB':>15} {'output GiB':>11} {'peak RSS GiB':>13} {'peak/output':>12} "
-        f"{'seconds':>8}")
-  for dtype, ckpt, output, peak, seconds in rows:
-    print(f"{dtype:<6} {ckpt / GIB:>15.2f} {output / GIB:>11.2f} {peak / GIB:>13.2f} {peak / output:>12.2f} "
-          f"{seconds:>8.0f}")
+    print(f"{dtype:<6} {os.path.getsize(src) / GIB:>15.2f} {output / GIB:>11.2f} {peak / GIB:>13.2f} "
+          f"{peak / output:>12.2f} {seconds:>8.0f}", flush=True)
   if not args.workdir:
     shutil.rmtree(workdir)
 

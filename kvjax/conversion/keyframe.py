@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 
 from kvjax.checkpoints import CheckpointError, LazyTensor, flatten_state_dict, read_checkpoint
@@ -31,5 +32,5 @@ def convert_keyframe(src: str, config: KeyframeUNetConfig, dtype: Any = np.float
   if not isinstance(null_embedding, LazyTensor) or null_embedding.size != config.context_dim:
     raise ConversionError(f"{src}: null_embedding must be a tensor of {config.context_dim} values, found "
                           f"{getattr(null_embedding, 'shape', type(null_embedding).__name__)}")
-  null = null_embedding.numpy(np.float32).reshape(config.context_dim).astype(dtype)
+  null = jax.numpy.asarray(null_embedding.numpy(np.float32).reshape(config.context_dim).astype(dtype))
   return ConvertedModel(KeyframeUNetConfig.kind, config, params, {"null_embedding": null})

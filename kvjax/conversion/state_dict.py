@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import flax.traverse_util
+import jax
 import numpy as np
 
 from kvjax import params as kv_params
@@ -58,12 +59,14 @@ def match_state_dict(state: dict[str, LazyTensor], expected: dict[FlaxPath, Any]
 
 def convert_state_dict(state: dict[str, LazyTensor], config, dtype: Any,
                        transposed_conv: str | None = None, what: str = "checkpoint") -> dict[str, Any]:
-  """The nested Flax parameter tree (numpy arrays of `dtype`) for `config`, filled from `state`.
+  """The nested Flax parameter tree (host `jax.Array`s of `dtype`) for `config`, filled from `state`.
 
   `transposed_conv` is a regular expression over '/'-joined Flax paths naming the kernels of transposed
   convolutions (their PyTorch layout differs from ordinary ones). Tensors are read one at a time from the
-  checkpoint, so peak memory stays near the size of the output.
+  checkpoint, so peak memory stays near the size of the output. The leaves are jax arrays on the host CPU
+  device, which orbax writes a bounded number of bytes at a time (numpy leaves it stages all at once).
   """
+  host = jax.devices("cpu")[0]
   pattern = re.compile(transposed_conv) if transposed_conv else None
   is_transposed = lambda path: bool(pattern and pattern.search("/".join(path)))
   expected = flax.traverse_util.flatten_dict(nn.unbox(kv_params.abstract_params(config)))
@@ -71,6 +74,7 @@ def convert_state_dict(state: dict[str, LazyTensor], config, dtype: Any,
   flat = {}
   for path in expected:
     tensor = state[by_path[path]].numpy(np.float32)  # upcast first: layouts and casts are exact in fp32
-    flat[path] = np.ascontiguousarray(to_flax_layout(tensor, path, is_transposed(path)), dtype=dtype)
+    flat[path] = jax.device_put(
+        np.ascontiguousarray(to_flax_layout(tensor, path, is_transposed(path)), dtype=dtype), host)
     del tensor
   return flax.traverse_util.unflatten_dict(flat)

@@ -22,6 +22,17 @@ from kvjax import configs
 
 FORMAT = "kvjax-converted"
 
+# Bytes orbax may hold in flight while writing or reading. Its defaults (tens of GB) let it stage a copy of
+# the whole model, doubling peak memory; with a small bound, jax-array leaves and no compression (weights
+# barely compress) the extra memory of a save is about one tensor.
+_CONCURRENT_GB = 1
+
+
+def _checkpointer() -> ocp.Checkpointer:
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+      save_concurrent_gb=_CONCURRENT_GB, restore_concurrent_gb=_CONCURRENT_GB,
+      save_device_host_concurrent_gb=_CONCURRENT_GB, use_compression=False))
+
 
 @dataclasses.dataclass
 class ConvertedModel:
@@ -47,7 +58,7 @@ def save_converted(model: ConvertedModel, out_dir: str | os.PathLike, *, source:
   staging = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:8]}")
   try:
     os.mkdir(staging)
-    with ocp.PyTreeCheckpointer() as checkpointer:
+    with _checkpointer() as checkpointer:
       checkpointer.save(os.path.join(staging, "state"), {"params": model.params, **model.extras})
     meta = {"format": FORMAT, "kind": model.kind, "config": model.config.to_dict(),
             "dtype": _dtype_name(model.params), "extras": sorted(model.extras), "source": source}
@@ -77,7 +88,7 @@ def load_converted(path: str | os.PathLike) -> ConvertedModel:
   """Restores a converted folder as numpy arrays (place them on devices with `jax.device_put`)."""
   meta = read_metadata(path)
   config = configs.CONFIG_TYPES[meta["kind"]].from_dict(meta["config"])
-  with ocp.PyTreeCheckpointer() as checkpointer:
+  with _checkpointer() as checkpointer:
     state_path = os.path.join(os.path.abspath(os.fspath(path)), "state")
     metadata = checkpointer.metadata(state_path)
     tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
