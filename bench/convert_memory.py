@@ -25,7 +25,7 @@ import numpy as np
 
 from kvjax import configs
 from kvjax.checkpoints.torch_zip_writer import TensorSource, write_torch_zip
-from kvjax.conversion.keyframe import TRANSPOSED_CONVS
+from kvjax.conversion.unet import TRANSPOSED_CONVS
 from kvjax.conversion.naming import from_flax_layout, torch_key
 from kvjax.params import abstract_params
 

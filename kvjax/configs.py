@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 
 
 @dataclasses.dataclass(frozen=True)
-class KeyframeUNetConfig:
-  """The keyframe UNet3D (`t2v.pt`): a Kandinsky 3.0 UNet plus temporal layers."""
+class UNetConfig:
+  """The Kandinsky 3.0 UNet skeleton shared by both video UNets."""
 
-  kind: ClassVar[str] = "keyframe_unet"
+  kind: ClassVar[str] = ""
 
   model_channels: int
   init_channels: int | None = None
@@ -31,15 +31,16 @@ class KeyframeUNetConfig:
   num_blocks: tuple[int, ...] = (3, 3, 3, 3)
   add_cross_attention: tuple[bool, ...] = (False, True, True, True)
   add_self_attention: tuple[bool, ...] = (False, True, True, True)
-  noise_augmentation: bool = False
-  motion_score: bool = False
+
+  def _default_out_channels(self) -> int:
+    return self.num_channels
 
   def __post_init__(self):
     # Reference defaults that depend on other fields.
     if self.init_channels is None:
       object.__setattr__(self, "init_channels", self.model_channels)
     if self.out_channels is None:
-      object.__setattr__(self, "out_channels", self.num_channels)
+      object.__setattr__(self, "out_channels", self._default_out_channels())
     for name in ("dim_mult", "num_blocks", "add_cross_attention", "add_self_attention"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     levels = len(self.dim_mult)
@@ -60,7 +61,7 @@ class KeyframeUNetConfig:
     return len(self.dim_mult)
 
   @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> "KeyframeUNetConfig":
+  def from_dict(cls, values: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -70,6 +71,55 @@ class KeyframeUNetConfig:
   def to_dict(self) -> dict[str, Any]:
     return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
             for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyframeUNetConfig(UNetConfig):
+  """The keyframe UNet3D (`t2v.pt`): a Kandinsky 3.0 UNet plus temporal layers (spec §3)."""
+
+  kind: ClassVar[str] = "keyframe_unet"
+
+  noise_augmentation: bool = False
+  motion_score: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpolationUNetConfig(UNetConfig):
+  """The interpolation UNet (`interpolation.pt`, spec §4): predicts 3 frames between two.
+
+  Variants of the reference that no released checkpoint uses (temporal down-sampling, the extra temporal
+  convolutions of `add_new_temporal_params`, merging the perturbation time into the context) are refused.
+  """
+
+  kind: ClassVar[str] = "interpolation_unet"
+
+  time_downsample: tuple[bool, ...] = (False, False, False, False)
+  temporal: bool = True
+  use_perturbation_time_embed: bool = True
+  merge_perturbation_time_with_diffusion_time: bool = True
+  merge_perturbation_time_with_context: bool = False
+  pass_skip_frames: bool = True
+  temporal_type: str = "conv3D"  # passed around by the reference, never read
+  add_new_temporal_params: bool = False
+  add_temporal_attention: bool = True
+
+  def _default_out_channels(self) -> int:
+    return 3
+
+  def __post_init__(self):
+    super().__post_init__()
+    object.__setattr__(self, "time_downsample", tuple(self.time_downsample))
+    unsupported = [name for name, on in (
+        ("time_downsample", any(self.time_downsample)),
+        ("add_new_temporal_params", self.add_new_temporal_params),
+        ("merge_perturbation_time_with_context", self.merge_perturbation_time_with_context)) if on]
+    if unsupported:
+      raise ValueError(f"interpolation UNet options not supported (no released checkpoint uses them): "
+                       f"{', '.join(unsupported)}")
+
+  @property
+  def perturbation_embedding(self) -> bool:
+    return self.use_perturbation_time_embed and self.merge_perturbation_time_with_diffusion_time
 
 
 KEYFRAME_1_1 = KeyframeUNetConfig(
@@ -87,12 +137,27 @@ KEYFRAME_TINY = KeyframeUNetConfig(
     add_cross_attention=(False, True, True, True), add_self_attention=(False, True, True, True),
     noise_augmentation=True, motion_score=True)
 
+# Inferred in spec §4.9: the keyframe kwargs without its two flags, 20 channels in, 12 out.
+INTERPOLATION_1_1 = InterpolationUNetConfig(
+    model_channels=384, init_channels=192, num_channels=20, out_channels=12, time_embed_dim=1536,
+    context_dim=4096, groups=32, head_dim=64, expansion_ratio=4, compression_ratio=2,
+    dim_mult=(1, 2, 4, 8), num_blocks=(3, 3, 3, 3),
+    add_cross_attention=(False, True, True, True), add_self_attention=(False, True, True, True))
+
+INTERPOLATION_TINY = InterpolationUNetConfig(
+    model_channels=8, init_channels=8, num_channels=20, out_channels=12, time_embed_dim=24,
+    context_dim=20, groups=2, head_dim=8, expansion_ratio=2, compression_ratio=2,
+    dim_mult=(1, 2, 3), num_blocks=(2, 3, 2), time_downsample=(False, False, False),
+    add_cross_attention=(False, True, True), add_self_attention=(False, True, True))
+
 PRODUCTION_PRESETS = {
     "keyframe-1.1": KEYFRAME_1_1,
+    "interpolation-1.1": INTERPOLATION_1_1,
 }
 
 TINY_PRESETS = {
     "keyframe-tiny": KEYFRAME_TINY,
+    "interpolation-tiny": INTERPOLATION_TINY,
 }
 
 PRESETS = {**PRODUCTION_PRESETS, **TINY_PRESETS}
@@ -100,6 +165,7 @@ PRESETS = {**PRODUCTION_PRESETS, **TINY_PRESETS}
 # Published parameter counts of the released checkpoints (spec §10).
 PUBLISHED_PARAMETER_COUNTS = {
     "keyframe-1.1": 4_149_077_956,
+    "interpolation-1.1": 3_979_941_530,
 }
 
 
@@ -113,4 +179,5 @@ def get_preset(name: str):
 # Model kind (as written in converted checkpoints and fixture manifests) -> its config type.
 CONFIG_TYPES = {
     KeyframeUNetConfig.kind: KeyframeUNetConfig,
+    InterpolationUNetConfig.kind: InterpolationUNetConfig,
 }

@@ -10,18 +10,21 @@ import jax
 import jax.numpy as jnp
 
 from kvjax import configs
+from kvjax.models.interpolation_unet import InterpolationUNet
 from kvjax.models.keyframe_unet import KeyframeUNet
 
 
 def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.Module:
   if isinstance(config, configs.KeyframeUNetConfig):
     return KeyframeUNet(config, dtype=dtype, param_dtype=param_dtype)
+  if isinstance(config, configs.InterpolationUNetConfig):
+    return InterpolationUNet(config, dtype=dtype, param_dtype=param_dtype)
   raise TypeError(f"no model for config type {type(config).__name__}")
 
 
 def example_inputs(config, batch: int = 3, size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
   """Abstract inputs that reach every parameter of the model (used for init and eval_shape)."""
-  if isinstance(config, configs.KeyframeUNetConfig):
+  if isinstance(config, configs.UNetConfig):
     size = size or 2 ** (config.num_levels - 1)
     f32 = jnp.float32
     return dict(

@@ -65,8 +65,17 @@ def _keyframe_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np
   return {"eps": np.moveaxis(np.asarray(eps), -1, 1)}
 
 
+def _interpolation_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  num_groups = int(inputs["num_predicted_groups"])
+  optional = {k: inputs[k] for k in ("perturbation_time", "skip_frames", "temporal_mask") if k in inputs}
+  run = jax.jit(lambda p, x, t, c, m, kw: model.apply({"params": p}, x, t, c, m, num_groups=num_groups, **kw))
+  v = run(params, _nhwc(inputs["x"]), inputs["time"], inputs["context"], inputs["context_mask"], optional)
+  return {"v": np.moveaxis(np.asarray(v), -1, 1)}
+
+
 CASE_RUNNERS: dict[str, Callable[[Any, Any, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
     "keyframe_unet": _keyframe_case,
+    "interpolation_unet": _interpolation_case,
 }
 
 

@@ -7,16 +7,17 @@ import os
 from typing import Any, Callable
 
 from kvjax import configs
-from kvjax.conversion.keyframe import convert_keyframe
+from kvjax.conversion.unet import convert_unet
 from kvjax.conversion.store import ConvertedModel
 
 # kind -> (converter, production preset, section of the official configs.json)
 CONVERTERS: dict[str, tuple[Callable[..., ConvertedModel], str, str]] = {
-    "keyframe_unet": (convert_keyframe, "keyframe-1.1", "t2v"),
+    "keyframe_unet": (convert_unet, "keyframe-1.1", "t2v"),
+    "interpolation_unet": (convert_unet, "interpolation-1.1", "interpolation"),
 }
 
 # Command-line names of the model kinds.
-COMMANDS = {"keyframe": "keyframe_unet"}
+COMMANDS = {"keyframe": "keyframe_unet", "interpolation": "interpolation_unet"}
 
 
 def resolve_config(kind: str, src: str, config: str | None = None) -> tuple[Any, str]:

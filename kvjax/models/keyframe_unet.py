@@ -26,7 +26,7 @@ from kvjax.layers.basic import conv
 from kvjax.layers.embeddings import scalar_embedding_mlp
 from kvjax.layers.norms import ConditionalGroupNorm, GroupNorm
 from kvjax.models.unet_layers import (DOWN_SAMPLING, NO_RESAMPLING, UP_SAMPLING, AttentionBlock,
-                                      AttentionPooling, ResNetBlock, feed_forward)
+                                      AttentionPooling, ResNetBlock, feed_forward, to_video)
 
 Dtype = Any
 InputLayer = Literal["video", "image"]
@@ -35,10 +35,6 @@ InputLayer = Literal["video", "image"]
 def reference_input_layer(batch_size: int) -> InputLayer:
   """The reference's rule: `in_layer` ('video') when the batch has more than 2 items, else `image_in_layer`."""
   return "video" if batch_size > 2 else "image"
-
-
-def _to_video(x, num_frames):
-  return x.reshape(x.shape[0] // num_frames, num_frames, *x.shape[1:])
 
 
 class TemporalResNetBlock(nn.Module):
@@ -65,7 +61,7 @@ class TemporalResNetBlock(nn.Module):
       out = nn.silu(ConditionalGroupNorm(self.groups, name=f"temporal_resnet_blocks_{k}_0", **kw)(out, cond))
       pad = taps[k] // 2
       out = conv(widths[k], (taps[k], 1, 1), padding=((pad, pad), (0, 0), (0, 0)),
-                 name=f"temporal_resnet_blocks_{k}_2", zero_init=k == 3, **kw)(_to_video(out, num_frames))
+                 name=f"temporal_resnet_blocks_{k}_2", zero_init=k == 3, **kw)(to_video(out, num_frames))
       out = out.reshape(x.shape[:-1] + (widths[k],))
     return x + out
 

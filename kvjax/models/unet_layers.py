@@ -25,18 +25,53 @@ DOWN_SAMPLING = (None, None, False, None)
 UP_SAMPLING = (None, True, None, None)
 
 
+def to_video(x, num_frames: int):
+  """(b t) h w c -> b t h w c."""
+  return x.reshape(x.shape[0] // num_frames, num_frames, *x.shape[1:])
+
+
+def merge_scalar(module: nn.Module, name: str):
+  """A learned blend weight of shape (1,), zero-initialised as in the reference."""
+  return module.param(name, nn.with_logical_partitioning(nn.initializers.zeros, (None,)), (1,),
+                      module.param_dtype)
+
+
+class TemporalConv3D(nn.Module):
+  """Convex blend of x with a (3, 1, 1) convolution over time: x <- (1 - g) x + g conv(x), g = merge * mask.
+
+  `mask` (N,) switches the blend per sample of the `(b t)` batch (the interpolation UNet turns temporal
+  layers off for its unconditional half). Used by the interpolation UNet after every Block projection.
+  """
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, num_frames: int, mask):
+    out = conv(self.features, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), name="temporal_projection",
+               zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype)(to_video(x, num_frames))
+    gate = (merge_scalar(self, "temporal_merge") * mask[:, None, None, None]).astype(x.dtype)
+    return (1 - gate) * x + gate * out.reshape(x.shape[:-1] + (self.features,))
+
+
 class Block(nn.Module):
-  """ConditionalGroupNorm -> SiLU -> [2x up-sample] -> k x k projection -> [2x down-sample]."""
+  """ConditionalGroupNorm -> SiLU -> [2x up-sample] -> k x k projection -> [temporal blend] -> [2x down-sample].
+
+  The temporal blend (`temporal_projection_new`) exists only in the interpolation UNet (`temporal_conv`);
+  it then needs `temporal` = (frames per clip, per-sample mask).
+  """
 
   features: int
   kernel_size: int
   groups: int
   up_resolution: bool | None = None
+  temporal_conv: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cond):
+  def __call__(self, x, cond, temporal=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.silu(ConditionalGroupNorm(self.groups, name="group_norm", **kw)(x, cond))
     if self.up_resolution is True:
@@ -44,6 +79,8 @@ class Block(nn.Module):
     pad = self.kernel_size // 2
     x = conv(self.features, (self.kernel_size,) * 2, padding=((pad, pad), (pad, pad)), name="projection",
              **kw)(x)
+    if self.temporal_conv:
+      x = TemporalConv3D(self.features, name="temporal_projection_new", **kw)(x, *temporal)
     if self.up_resolution is False:
       x = conv(self.features, (2, 2), strides=2, padding="VALID", name="down_sample", **kw)(x)
     return x
@@ -56,11 +93,12 @@ class ResNetBlock(nn.Module):
   groups: int
   compression_ratio: int
   up_resolutions: tuple[bool | None, ...] = NO_RESAMPLING
+  temporal_conv: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cond):
+  def __call__(self, x, cond, temporal=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     in_features = x.shape[-1]
     hidden = max(in_features, self.features) // self.compression_ratio
@@ -68,8 +106,8 @@ class ResNetBlock(nn.Module):
     kernels = (1, 3, 3, 1)
     out = x
     for k in range(4):
-      out = Block(widths[k], kernels[k], self.groups, self.up_resolutions[k], name=f"resnet_blocks_{k}",
-                  **kw)(out, cond)
+      out = Block(widths[k], kernels[k], self.groups, self.up_resolutions[k], self.temporal_conv,
+                  name=f"resnet_blocks_{k}", **kw)(out, cond, temporal)
     shortcut = x
     if True in self.up_resolutions:
       shortcut = ConvTranspose2x2(in_features, name="shortcut_up_sample", **kw)(shortcut)

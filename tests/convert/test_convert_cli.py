@@ -10,7 +10,7 @@ from testing_utils import KEYFRAME_FIXTURE, write_raw
 from convert.__main__ import main
 from kvjax import configs
 from kvjax.checkpoints import flatten_state_dict, read_checkpoint
-from kvjax.conversion.keyframe import TRANSPOSED_CONVS
+from kvjax.conversion.unet import TRANSPOSED_CONVS
 from kvjax.conversion.naming import torch_key, torch_module_path
 from kvjax.conversion.state_dict import ConversionError, convert_state_dict
 from kvjax.conversion.store import load_converted
@@ -106,6 +106,17 @@ def test_malicious_checkpoint_is_refused_by_the_converter(tmp_path, capsys):
   _assert_nothing_written(tmp_path, before)
 
 
+def test_interpolation_converts_and_round_trips(tmp_path):
+  src = os.path.join(os.path.dirname(KEYFRAME_FIXTURE), "interpolation_unet", "interpolation.pt")
+  out = tmp_path / "interpolation"
+  assert main(["interpolation", src, str(out), "--config", "interpolation-tiny"]) == 0
+  loaded = load_converted(out)
+  assert loaded.config == configs.INTERPOLATION_TINY and loaded.kind == "interpolation_unet"
+  flat = flax.traverse_util.flatten_dict(loaded.params)
+  assert flat[("skip_embeddings", "embedding")].shape == (20, 24)
+  assert flat[("time_embed_merge",)].shape == (1,)
+
+
 def test_missing_file_is_named(tmp_path, capsys):
   assert main(["keyframe", str(tmp_path / "absent.pt"), str(tmp_path / "out")]) == 2
   assert "absent.pt: no such file" in capsys.readouterr().err
@@ -127,7 +138,8 @@ def test_strictness_lists_missing_unexpected_and_misshaped_keys(tmp_path):
 def test_verify_passes_on_the_fixtures(capsys):
   assert main(["verify", os.path.dirname(KEYFRAME_FIXTURE)]) == 0
   out = capsys.readouterr().out
-  assert out.count("ok  ") == 5 and "5 passed, 0 failed" in out
+  assert out.count("ok  ") == 7 and "7 passed, 0 failed" in out
+  assert "interpolation_unet/cond_uncond_groups" in out
   assert "keyframe_unet_small/two_frames_batch_rule" in out
 
 

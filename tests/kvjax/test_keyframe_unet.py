@@ -12,7 +12,7 @@ import pytest
 from testing_utils import FIXTURES, KEYFRAME_FIXTURE
 from kvjax import configs
 from kvjax.models.keyframe_unet import KeyframeUNet, reference_input_layer
-from kvjax.conversion.keyframe import convert_keyframe
+from kvjax.conversion.unet import convert_unet
 from kvjax.parity import verify_fixture
 from kvjax.params import abstract_params, count_params
 
@@ -22,7 +22,7 @@ CFG = configs.KEYFRAME_TINY
 @pytest.fixture(scope="module")
 def params():
   """The fixture's weights: every one random, unlike a fresh init where many layers start at zero."""
-  return convert_keyframe(os.path.join(KEYFRAME_FIXTURE, "t2v.pt"), CFG).params
+  return convert_unet(os.path.join(KEYFRAME_FIXTURE, "t2v.pt"), CFG).params
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""`t2v.pt` -> keyframe UNet parameters and the null embedding (spec §3.12, §9.1)."""
+"""`t2v.pt` / `interpolation.pt` -> UNet parameters and the null embedding (spec §3.12, §4.10, §9.1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from kvjax.checkpoints import CheckpointError, LazyTensor, flatten_state_dict, read_checkpoint
-from kvjax.configs import KeyframeUNetConfig
+from kvjax.configs import UNetConfig
 from kvjax.conversion.state_dict import ConversionError, convert_state_dict
 from kvjax.conversion.store import ConvertedModel
 
@@ -16,12 +16,15 @@ from kvjax.conversion.store import ConvertedModel
 TRANSPOSED_CONVS = r"(^|/)(shortcut_)?up_sample/kernel$"
 
 
-def convert_keyframe(src: str, config: KeyframeUNetConfig, dtype: Any = np.float32) -> ConvertedModel:
-  """Reads the official container `{'unet': state_dict, 'null_embedding': tensor}` strictly."""
+def convert_unet(src: str, config: UNetConfig, dtype: Any = np.float32) -> ConvertedModel:
+  """Reads the official container `{'unet': state_dict, 'null_embedding': tensor}` strictly.
+
+  The model (keyframe or interpolation UNet) is the one `config` describes.
+  """
   container = read_checkpoint(src)
   if not isinstance(container, dict) or "unet" not in container or "null_embedding" not in container:
     found = sorted(container) if isinstance(container, dict) else type(container).__name__
-    raise CheckpointError(f"{src}: expected a dict with 'unet' and 'null_embedding' (the t2v.pt layout), "
+    raise CheckpointError(f"{src}: expected a dict with 'unet' and 'null_embedding' (the t2v.pt / interpolation.pt layout), "
                           f"found {found}")
   extra = sorted(set(container) - {"unet", "null_embedding"})
   if extra:
@@ -33,4 +36,4 @@ def convert_keyframe(src: str, config: KeyframeUNetConfig, dtype: Any = np.float
     raise ConversionError(f"{src}: null_embedding must be a tensor of {config.context_dim} values, found "
                           f"{getattr(null_embedding, 'shape', type(null_embedding).__name__)}")
   null = jax.numpy.asarray(null_embedding.numpy(np.float32).reshape(config.context_dim).astype(dtype))
-  return ConvertedModel(KeyframeUNetConfig.kind, config, params, {"null_embedding": null})
+  return ConvertedModel(config.kind, config, params, {"null_embedding": null})

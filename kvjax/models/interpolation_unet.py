@@ -1,0 +1,188 @@
+"""The interpolation UNet of Kandinsky Video 1.1 (`interpolation.pt`, spec §4).
+
+Predicts (v-prediction) the three latent frames between a left and a right key frame: input channels are
+[left 4 | three noisy frames 12 | right 4], output the three frames (12 channels, frame-major).
+
+Its "temporal" axis is the axis of interpolation groups: the batch is `(b t)` with t = num_groups groups per
+clip (in the pipeline b = 2: the conditional and the unconditional half). Temporal layers are convex blends
+x <- (1 - g) x + g f(x) with learned g times a per-sample `temporal_mask`, so mask 0 turns them off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from kvjax.configs import InterpolationUNetConfig
+from kvjax.layers.attention import Attention
+from kvjax.layers.basic import conv
+from kvjax.layers.embeddings import scalar_embedding_mlp
+from kvjax.layers.norms import ConditionalGroupNorm, GroupNorm
+from kvjax.models.unet_layers import (DOWN_SAMPLING, NO_RESAMPLING, UP_SAMPLING, AttentionBlock,
+                                      AttentionPooling, ResNetBlock, feed_forward, merge_scalar, to_video)
+from kvjax.sharding import logical_init
+
+Dtype = Any
+
+
+class TemporalBlendAttentionBlock(nn.Module):
+  """Attention across groups at every position, then a feed-forward, each blended in by a gated scalar."""
+
+  groups: int
+  head_dim: int
+  expansion_ratio: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond, num_frames: int, mask):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    n, h, w, c = x.shape
+    gate = lambda name: (merge_scalar(self, name) * mask[:, None, None, None]).astype(x.dtype)
+    a = to_video(ConditionalGroupNorm(self.groups, name="in_norm", **kw)(x, cond), num_frames)
+    a = a.transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)  # (b h w) t c
+    a = Attention(c, self.head_dim, name="attention", **kw)(a)
+    a = a.reshape(n // num_frames, h, w, num_frames, c).transpose(0, 3, 1, 2, 4).reshape(x.shape)
+    g1 = gate("temporal_merge1")
+    x = (1 - g1) * x + g1 * a
+    f = feed_forward(ConditionalGroupNorm(self.groups, name="out_norm", **kw)(x, cond), self.expansion_ratio, **kw)
+    g2 = gate("temporal_merge2")
+    return (1 - g2) * x + g2 * f
+
+
+class _Level(nn.Module):
+  config: InterpolationUNetConfig
+  features: int
+  num_blocks: int
+  cross_attention: bool
+  self_attention: bool
+  resample: bool
+  in_features: int = 0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _kw(self):
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def _resnet(self, features, name, pattern=NO_RESAMPLING):
+    return ResNetBlock(features, self.config.groups, self.config.compression_ratio, pattern,
+                       temporal_conv=self.config.temporal, name=name, **self._kw())
+
+  def _attention(self, name):
+    return AttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio, name=name,
+                          **self._kw())
+
+  def _temporal_attention(self, x, cond, temporal):
+    if self.self_attention and self.config.add_temporal_attention:
+      x = TemporalBlendAttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio,
+                                      name="temporal_attention_block", **self._kw())(x, cond, *temporal)
+    return x
+
+
+class DownLevel(_Level):
+  """[self-attention, temporal attention], then num_blocks x (ResNet, cross-attention, ResNet)."""
+
+  @nn.compact
+  def __call__(self, x, cond, context, context_mask, temporal):
+    if self.self_attention:
+      x = self._attention("self_attention_block")(x, cond)
+    x = self._temporal_attention(x, cond, temporal)
+    for j in range(self.num_blocks):
+      prefix = f"resnet_attn_blocks_{j}"
+      x = self._resnet(self.features, f"{prefix}_0")(x, cond, temporal)
+      if self.cross_attention:
+        x = self._attention(f"{prefix}_1")(x, cond, context, context_mask)
+      pattern = DOWN_SAMPLING if (j == self.num_blocks - 1 and self.resample) else NO_RESAMPLING
+      x = self._resnet(self.features, f"{prefix}_2", pattern)(x, cond, temporal)
+    return x
+
+
+class UpLevel(_Level):
+  """num_blocks x (ResNet, cross-attention, ResNet), then self-attention, THEN temporal attention."""
+
+  @nn.compact
+  def __call__(self, x, cond, context, context_mask, temporal):
+    for j in range(self.num_blocks):
+      prefix = f"resnet_attn_blocks_{j}"
+      in_width = x.shape[-1]
+      out_width = self.features if j == self.num_blocks - 1 else self.in_features
+      pattern = UP_SAMPLING if (j == 0 and self.resample) else NO_RESAMPLING
+      x = self._resnet(in_width, f"{prefix}_0", pattern)(x, cond, temporal)
+      if self.cross_attention:
+        x = self._attention(f"{prefix}_1")(x, cond, context, context_mask)
+      x = self._resnet(out_width, f"{prefix}_2")(x, cond, temporal)
+    if self.self_attention:
+      x = self._attention("self_attention_block")(x, cond)
+    return self._temporal_attention(x, cond, temporal)
+
+
+class InterpolationUNet(nn.Module):
+  """(N, H, W, num_channels) -> (N, H, W, out_channels), N = clips x num_groups.
+
+  Arguments of `__call__`:
+    x: channels-last input; time: (N,) diffusion timesteps; context (N, L, context_dim) and
+      context_mask (N, L) bool.
+    num_groups: interpolation groups per clip (static; the reference's `num_predicted_groups`).
+    perturbation_time: (N,) — the pipeline passes 0; the reference's own default when absent is 25.
+    skip_frames: (N,) int indices into the 20-entry skip embedding — the reference's default is 1.
+    temporal_mask: (N,) in [0, 1]; 0 turns every temporal layer off for that sample. Default: all ones.
+  """
+
+  config: InterpolationUNetConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, time, context, context_mask=None, num_groups: int = 1, perturbation_time=None,
+               skip_frames=None, temporal_mask=None):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    batch = x.shape[0]
+    if x.ndim != 4 or x.shape[-1] != cfg.num_channels:
+      raise ValueError(f"x must be (N, H, W, {cfg.num_channels}) channels-last, got {x.shape}")
+    downsampling = 2 ** (cfg.num_levels - 1)
+    if x.shape[1] % downsampling or x.shape[2] % downsampling:
+      raise ValueError(f"height and width must be multiples of {downsampling}, got {x.shape[1:3]}")
+    if batch % num_groups:
+      raise ValueError(f"num_groups {num_groups} does not divide the batch {batch}")
+    if context_mask is None:
+      context_mask = jnp.ones(context.shape[:2], bool)
+    perturbation_time = jnp.full((batch,), 25.0) if perturbation_time is None else perturbation_time
+    skip_frames = jnp.ones((batch,), jnp.int32) if skip_frames is None else skip_frames
+    temporal_mask = jnp.ones((batch,), jnp.float32) if temporal_mask is None else temporal_mask
+    temporal = (num_groups, jnp.asarray(temporal_mask, jnp.float32))
+
+    embed = lambda values, name: scalar_embedding_mlp(values, name=name, sinusoidal_dim=cfg.init_channels,
+                                                      features=cfg.time_embed_dim, **kw)
+    cond = embed(time, "to_time_embed")
+    if cfg.perturbation_embedding:
+      merge = merge_scalar(self, "time_embed_merge")
+      cond = merge * embed(perturbation_time, "perturbation_to_time_embed") + (1 - merge) * cond
+    if cfg.pass_skip_frames:
+      table = nn.Embed(20, cfg.time_embed_dim, name="skip_embeddings", param_dtype=self.param_dtype,
+                       dtype=self.dtype, embedding_init=logical_init(nn.initializers.normal(1.0),
+                                                                     (None, "time_embed")))
+      cond = merge_scalar(self, "skip_merge") * table(skip_frames) + cond
+    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask.astype(bool))
+
+    x = conv(cfg.init_channels, (3, 3), padding=((1, 1), (1, 1)), name="in_layer", **kw)(x.astype(self.dtype))
+    dims = cfg.hidden_dims
+    levels = cfg.num_levels
+    skips = []
+    for level in range(levels):
+      x = DownLevel(cfg, dims[level + 1], cfg.num_blocks[level], cfg.add_cross_attention[level],
+                    cfg.add_self_attention[level], level != levels - 1, name=f"down_samples_{level}",
+                    **kw)(x, cond, context, context_mask, temporal)
+      if level != levels - 1:
+        skips.append(x)
+    for up in range(levels):
+      level = levels - 1 - up
+      if up != 0:
+        x = jnp.concatenate([x, skips.pop()], axis=-1)
+      x = UpLevel(cfg, dims[level], cfg.num_blocks[level], cfg.add_cross_attention[level],
+                  cfg.add_self_attention[level], up != 0, in_features=dims[level + 1],
+                  name=f"up_samples_{up}", **kw)(x, cond, context, context_mask, temporal)
+    x = nn.silu(GroupNorm(cfg.groups, 1e-5, name="out_layer_0", **kw)(x))
+    return conv(cfg.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="out_layer_2", **kw)(x)
