@@ -19,9 +19,10 @@ from kvjax.configs import InterpolationUNetConfig
 from kvjax.layers.attention import Attention
 from kvjax.layers.basic import conv
 from kvjax.layers.embeddings import scalar_embedding_mlp
-from kvjax.layers.norms import ConditionalGroupNorm, GroupNorm
+from kvjax.layers.norms import ConditionalGroupNorm
 from kvjax.models.unet_layers import (DOWN_SAMPLING, NO_RESAMPLING, UP_SAMPLING, AttentionBlock,
-                                      AttentionPooling, ResNetBlock, feed_forward, merge_scalar, to_video)
+                                      AttentionPooling, ResNetBlock, check_unet_input, down_up_and_out,
+                                      feed_forward, merge_scalar, to_video)
 from kvjax.sharding import logical_init
 
 Dtype = Any
@@ -140,11 +141,7 @@ class InterpolationUNet(nn.Module):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     batch = x.shape[0]
-    if x.ndim != 4 or x.shape[-1] != cfg.num_channels:
-      raise ValueError(f"x must be (N, H, W, {cfg.num_channels}) channels-last, got {x.shape}")
-    downsampling = 2 ** (cfg.num_levels - 1)
-    if x.shape[1] % downsampling or x.shape[2] % downsampling:
-      raise ValueError(f"height and width must be multiples of {downsampling}, got {x.shape[1:3]}")
+    check_unet_input(x, cfg)
     if batch % num_groups:
       raise ValueError(f"num_groups {num_groups} does not divide the batch {batch}")
     if context_mask is None:
@@ -168,21 +165,4 @@ class InterpolationUNet(nn.Module):
     cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask.astype(bool))
 
     x = conv(cfg.init_channels, (3, 3), padding=((1, 1), (1, 1)), name="in_layer", **kw)(x.astype(self.dtype))
-    dims = cfg.hidden_dims
-    levels = cfg.num_levels
-    skips = []
-    for level in range(levels):
-      x = DownLevel(cfg, dims[level + 1], cfg.num_blocks[level], cfg.add_cross_attention[level],
-                    cfg.add_self_attention[level], level != levels - 1, name=f"down_samples_{level}",
-                    **kw)(x, cond, context, context_mask, temporal)
-      if level != levels - 1:
-        skips.append(x)
-    for up in range(levels):
-      level = levels - 1 - up
-      if up != 0:
-        x = jnp.concatenate([x, skips.pop()], axis=-1)
-      x = UpLevel(cfg, dims[level], cfg.num_blocks[level], cfg.add_cross_attention[level],
-                  cfg.add_self_attention[level], up != 0, in_features=dims[level + 1],
-                  name=f"up_samples_{up}", **kw)(x, cond, context, context_mask, temporal)
-    x = nn.silu(GroupNorm(cfg.groups, 1e-5, name="out_layer_0", **kw)(x))
-    return conv(cfg.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="out_layer_2", **kw)(x)
+    return down_up_and_out(x, cfg, DownLevel, UpLevel, (cond, context, context_mask, temporal), **kw)

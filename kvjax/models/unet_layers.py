@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from kvjax.layers.attention import Attention
 from kvjax.layers.basic import ConvTranspose2x2, conv
-from kvjax.layers.norms import ConditionalGroupNorm
+from kvjax.layers.norms import ConditionalGroupNorm, GroupNorm
 
 Dtype = Any
 
@@ -167,3 +167,41 @@ class AttentionPooling(nn.Module):
     pooled = Attention(time_embed.shape[-1], self.head_dim, context_axis="context_embed", name="attention",
                        dtype=self.dtype, param_dtype=self.param_dtype)(query, context, context_mask)
     return time_embed + pooled[:, 0]
+
+
+def check_unet_input(x, config) -> None:
+  """Names the problem when `x` is not a channels-last batch the UNet can down-sample."""
+  if x.ndim != 4 or x.shape[-1] != config.num_channels:
+    raise ValueError(f"x must be (N, H, W, {config.num_channels}) channels-last, got {x.shape}")
+  downsampling = 2 ** (config.num_levels - 1)
+  if x.shape[1] % downsampling or x.shape[2] % downsampling:
+    raise ValueError(f"height and width must be multiples of {downsampling}, got {x.shape[1:3]}")
+
+
+def down_up_and_out(x, config, down_level, up_level, level_inputs: tuple, *, dtype: Dtype, param_dtype: Dtype):
+  """The UNet trunk after the input layer (spec §3.10 steps 4-6), shared by both video UNets.
+
+  Down levels save their outputs as skips (all but the last); up levels concatenate them back, current
+  features first; then GroupNorm -> SiLU -> 3x3 conv. `down_level` / `up_level` are the model's level
+  module classes, called with `level_inputs`. Call inside a parent's compact method: the levels become its
+  children `down_samples_{L}` / `up_samples_{U}`.
+  """
+  kw = dict(dtype=dtype, param_dtype=param_dtype)
+  dims = config.hidden_dims
+  levels = config.num_levels
+  skips = []
+  for level in range(levels):
+    x = down_level(config, dims[level + 1], config.num_blocks[level], config.add_cross_attention[level],
+                   config.add_self_attention[level], level != levels - 1, name=f"down_samples_{level}",
+                   **kw)(x, *level_inputs)
+    if level != levels - 1:
+      skips.append(x)
+  for up in range(levels):
+    level = levels - 1 - up
+    if up != 0:
+      x = jnp.concatenate([x, skips.pop()], axis=-1)
+    x = up_level(config, dims[level], config.num_blocks[level], config.add_cross_attention[level],
+                 config.add_self_attention[level], up != 0, in_features=dims[level + 1],
+                 name=f"up_samples_{up}", **kw)(x, *level_inputs)
+  x = nn.silu(GroupNorm(config.groups, 1e-5, name="out_layer_0", **kw)(x))
+  return conv(config.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="out_layer_2", **kw)(x)
