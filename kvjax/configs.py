@@ -11,11 +11,27 @@ import dataclasses
 from typing import Any, ClassVar
 
 
-@dataclasses.dataclass(frozen=True)
-class UNetConfig:
-  """The Kandinsky 3.0 UNet skeleton shared by both video UNets."""
+class ConfigBase:
+  """`from_dict` (strict: unknown fields are an error) and `to_dict` (JSON-ready) for config dataclasses."""
 
   kind: ClassVar[str] = ""
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    return cls(**values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig(ConfigBase):
+  """The Kandinsky 3.0 UNet skeleton shared by both video UNets."""
 
   model_channels: int
   init_channels: int | None = None
@@ -60,17 +76,6 @@ class UNetConfig:
   def num_levels(self) -> int:
     return len(self.dim_mult)
 
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-      raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
-    return cls(**values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-            for f in dataclasses.fields(self)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +127,92 @@ class InterpolationUNetConfig(UNetConfig):
     return self.use_perturbation_time_embed and self.merge_perturbation_time_with_diffusion_time
 
 
+@dataclasses.dataclass(frozen=True)
+class MoVQConfig(ConfigBase):
+  """The MoVQ autoencoder (spec §5): image (`movq.pt`) or with the temporal video decoder (`video_movq.pt`).
+
+  Field names are the reference's generator parameters (a `configs.json` `image_movq`/`video_movq`
+  section). `resolution` is nominal: it only places the attention levels, inputs may be of any size that
+  the down-samplings divide.
+  """
+
+  kind: ClassVar[str] = "movq"
+
+  ch: int = 256
+  ch_mult: tuple[int, ...] = (1, 2, 2, 4)
+  num_res_blocks: int = 2
+  attn_resolutions: tuple[int, ...] = (32,)
+  resolution: int = 256
+  in_channels: int = 3
+  out_ch: int = 3
+  z_channels: int = 4
+  double_z: bool = False
+  dropout: float = 0.0
+  resamp_with_conv: bool = True
+  temporal: bool = False
+  temporal_attention_block: bool = False
+  temporal_mid_blocks: bool = True
+  temporal_kernel_size: tuple[int, ...] = (3, 3, 3)
+  temporal_conv_padding: tuple[int, ...] = (1, 1, 1)
+  temporal_blocks: bool = False
+  build_3D_decoder: bool = False
+  flicker_augmentation: bool = False
+  add_conv: bool = False
+  num_groups: int = 32  # hard-coded in the reference's Normalize
+
+  def __post_init__(self):
+    for name in ("ch_mult", "attn_resolutions", "temporal_kernel_size", "temporal_conv_padding"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    unsupported = [name for name, on in (
+        ("double_z", self.double_z), ("resamp_with_conv=False", not self.resamp_with_conv),
+        ("temporal_blocks", self.temporal_blocks), ("build_3D_decoder", self.build_3D_decoder),
+        ("flicker_augmentation", self.flicker_augmentation), ("add_conv", self.add_conv)) if on]
+    if unsupported:
+      raise ValueError(f"MoVQ options not supported (no released checkpoint uses them): {', '.join(unsupported)}")
+    if tuple(self.temporal_kernel_size) != (3, 3, 3) or tuple(self.temporal_conv_padding) != (1, 1, 1):
+      raise ValueError("MoVQ temporal convolutions must be 3x3x3 with padding 1 (as released)")
+    widths = [self.ch * m for m in self.ch_mult]
+    if any(w % self.num_groups for w in widths):
+      raise ValueError(f"every MoVQ width {widths} must be a multiple of num_groups={self.num_groups}")
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.ch_mult)
+
+  @property
+  def downsampling_factor(self) -> int:
+    return 2 ** (self.num_levels - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class T5EncoderConfig(ConfigBase):
+  """A T5 v1.1-style encoder stack (spec §6.2). Field names are Hugging Face `T5Config`'s."""
+
+  kind: ClassVar[str] = "t5_encoder"
+
+  vocab_size: int = 32128
+  d_model: int = 4096
+  d_kv: int = 256
+  d_ff: int = 16384
+  num_layers: int = 32
+  num_heads: int = 16
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  feed_forward_proj: str = "gated-silu"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextProjectionConfig(ConfigBase):
+  """The two projection heads of `t5_projections.pt` (spec §6.3): Linear (no bias) then LayerNorm."""
+
+  kind: ClassVar[str] = "t5_projections"
+
+  in_dim: int = 4096
+  context_dim: int = 4096
+  layer_norm_epsilon: float = 1e-5
+
+
 KEYFRAME_1_1 = KeyframeUNetConfig(
     model_channels=384, init_channels=192, num_channels=9, out_channels=4, time_embed_dim=1536,
     context_dim=4096, groups=32, head_dim=64, expansion_ratio=4, compression_ratio=2,
@@ -150,14 +241,37 @@ INTERPOLATION_TINY = InterpolationUNetConfig(
     dim_mult=(1, 2, 3), num_blocks=(2, 3, 2), time_downsample=(False, False, False),
     add_cross_attention=(False, True, True), add_self_attention=(False, True, True))
 
+IMAGE_MOVQ_1_1 = MoVQConfig()
+VIDEO_MOVQ_1_1 = MoVQConfig(temporal=True, temporal_attention_block=True)
+
+# Two levels of widths 32 and 64 (the reference's 32-group norms need multiples of 32), attention at the
+# lower level: the configuration of the parity fixtures in tests/fixtures/{image,video}_movq.
+IMAGE_MOVQ_TINY = MoVQConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
+VIDEO_MOVQ_TINY = dataclasses.replace(IMAGE_MOVQ_TINY, temporal=True, temporal_attention_block=True)
+
+FLAN_UL2_ENCODER = T5EncoderConfig()
+T5_ENCODER_TINY = T5EncoderConfig(vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                                  relative_attention_num_buckets=8, relative_attention_max_distance=20)
+
+TEXT_PROJECTIONS_1_1 = TextProjectionConfig()
+TEXT_PROJECTIONS_TINY = TextProjectionConfig(in_dim=32, context_dim=48)
+
 PRODUCTION_PRESETS = {
     "keyframe-1.1": KEYFRAME_1_1,
     "interpolation-1.1": INTERPOLATION_1_1,
+    "image-movq-1.1": IMAGE_MOVQ_1_1,
+    "video-movq-1.1": VIDEO_MOVQ_1_1,
+    "flan-ul2-encoder": FLAN_UL2_ENCODER,
+    "t5-projections-1.1": TEXT_PROJECTIONS_1_1,
 }
 
 TINY_PRESETS = {
     "keyframe-tiny": KEYFRAME_TINY,
     "interpolation-tiny": INTERPOLATION_TINY,
+    "image-movq-tiny": IMAGE_MOVQ_TINY,
+    "video-movq-tiny": VIDEO_MOVQ_TINY,
+    "t5-encoder-tiny": T5_ENCODER_TINY,
+    "t5-projections-tiny": TEXT_PROJECTIONS_TINY,
 }
 
 PRESETS = {**PRODUCTION_PRESETS, **TINY_PRESETS}
@@ -166,6 +280,10 @@ PRESETS = {**PRODUCTION_PRESETS, **TINY_PRESETS}
 PUBLISHED_PARAMETER_COUNTS = {
     "keyframe-1.1": 4_149_077_956,
     "interpolation-1.1": 3_979_941_530,
+    "image-movq-1.1": 270_603_567,
+    "video-movq-1.1": 666_131_275,  # the whole file; its temporal decoder alone is 556,645,919
+    "flan-ul2-encoder": 8_721_797_632,  # 8,590,201,344 in the stack plus the 32128 x 4096 token embedding
+    "t5-projections-1.1": 2 * 16_785_408,
 }
 
 
@@ -180,4 +298,7 @@ def get_preset(name: str):
 CONFIG_TYPES = {
     KeyframeUNetConfig.kind: KeyframeUNetConfig,
     InterpolationUNetConfig.kind: InterpolationUNetConfig,
+    MoVQConfig.kind: MoVQConfig,
+    T5EncoderConfig.kind: T5EncoderConfig,
+    TextProjectionConfig.kind: TextProjectionConfig,
 }

@@ -19,6 +19,15 @@ def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.Module
     return KeyframeUNet(config, dtype=dtype, param_dtype=param_dtype)
   if isinstance(config, configs.InterpolationUNetConfig):
     return InterpolationUNet(config, dtype=dtype, param_dtype=param_dtype)
+  if isinstance(config, configs.MoVQConfig):
+    from kvjax.models.movq import MoVQ
+    return MoVQ(config, dtype=dtype, param_dtype=param_dtype)
+  if isinstance(config, configs.T5EncoderConfig):
+    from kvjax.models.t5_encoder import T5Encoder
+    return T5Encoder(config, dtype=dtype, param_dtype=param_dtype)
+  if isinstance(config, configs.TextProjectionConfig):
+    from kvjax.models.text_projection import TextProjections
+    return TextProjections(config, dtype=dtype, param_dtype=param_dtype)
   raise TypeError(f"no model for config type {type(config).__name__}")
 
 
@@ -32,6 +41,14 @@ def example_inputs(config, batch: int = 3, size: int | None = None) -> dict[str,
         time=jax.ShapeDtypeStruct((batch,), f32),
         context=jax.ShapeDtypeStruct((batch, 2, config.context_dim), f32),
         context_mask=jax.ShapeDtypeStruct((batch, 2), jnp.bool_))
+  if isinstance(config, configs.MoVQConfig):
+    size = size or 2 * config.downsampling_factor
+    return dict(images=jax.ShapeDtypeStruct((batch, size, size, config.in_channels), jnp.float32))
+  if isinstance(config, configs.T5EncoderConfig):
+    return dict(input_ids=jax.ShapeDtypeStruct((batch, 2), jnp.int32),
+                attention_mask=jax.ShapeDtypeStruct((batch, 2), jnp.int32))
+  if isinstance(config, configs.TextProjectionConfig):
+    return dict(hidden_states=jax.ShapeDtypeStruct((batch, 2, config.in_dim), jnp.float32))
   raise TypeError(f"no example inputs for config type {type(config).__name__}")
 
 
