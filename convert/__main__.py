@@ -21,9 +21,9 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
-  for command in COMMANDS:
-    p = commands.add_parser(command, help=f"convert a {command} checkpoint")
-    p.add_argument("src", help="the official checkpoint file")
+  for command, converter in COMMANDS.items():
+    p = commands.add_parser(command, help=f"convert {converter.release_file} ({converter.kind})")
+    p.add_argument("src", help=f"the official checkpoint file ({converter.release_file})")
     p.add_argument("out", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--config", help="preset name or JSON file; default: configs.json beside SRC, else the "
                    "production preset")
@@ -35,13 +35,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args) -> int:
-  from kvjax.conversion.registry import COMMANDS, CONVERTERS, resolve_config
+  from kvjax.conversion.registry import COMMANDS, resolve_config
   from kvjax.conversion.store import save_converted
   from kvjax.params import count_params
-  kind = COMMANDS[args.command]
-  config, origin = resolve_config(kind, args.src, args.config)
+  config, origin = resolve_config(args.command, args.src, args.config)
   start = time.perf_counter()
-  converted = CONVERTERS[kind][0](args.src, config, DTYPES[args.dtype])
+  converted = COMMANDS[args.command].convert(args.src, config, DTYPES[args.dtype])
   out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
   print(f"converted {args.src} ({count_params(converted.params):,} parameters, config from {origin}, "
         f"{args.dtype}) -> {out} in {time.perf_counter() - start:.1f} s")

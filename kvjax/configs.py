@@ -201,6 +201,39 @@ class T5EncoderConfig(ConfigBase):
   layer_norm_epsilon: float = 1e-6
   feed_forward_proj: str = "gated-silu"
 
+  # T5 v1.1 feed-forward variants (Hugging Face's "gated-gelu" is the tanh approximation of GELU).
+  FEED_FORWARD_VARIANTS: ClassVar[tuple[str, ...]] = ("gated-silu", "gated-gelu")
+  # Hugging Face model types with exactly this encoder (umT5 has a position bias per layer, T5 v1.0 no gate).
+  HF_MODEL_TYPES: ClassVar[tuple[str, ...]] = ("t5", "mt5")
+
+  def __post_init__(self):
+    if self.feed_forward_proj not in self.FEED_FORWARD_VARIANTS:
+      raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} not supported; the T5 v1.1 encoder needs "
+                       f"one of {', '.join(self.FEED_FORWARD_VARIANTS)}")
+
+  @classmethod
+  def from_hf_config(cls, hf: dict[str, Any]) -> "T5EncoderConfig":
+    """The encoder of a Hugging Face T5 `config.json`, refusing variants this encoder does not compute."""
+    model_type = hf.get("model_type")
+    if model_type not in cls.HF_MODEL_TYPES:
+      raise ValueError(f"Hugging Face model_type {model_type!r} is not a T5 v1.1 encoder "
+                       f"(supported: {', '.join(cls.HF_MODEL_TYPES)})")
+    # Hugging Face's default is the ungated ReLU of the original T5, which is not T5 v1.1.
+    feed_forward_proj = hf.get("feed_forward_proj", "relu")
+    if feed_forward_proj not in cls.FEED_FORWARD_VARIANTS or hf.get("is_gated_act", True) is False:
+      raise ValueError(f"feed_forward_proj {feed_forward_proj!r} (is_gated_act {hf.get('is_gated_act')}) not "
+                       f"supported; the T5 v1.1 encoder needs one of {', '.join(cls.FEED_FORWARD_VARIANTS)}")
+    required = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
+    missing = [name for name in required if name not in hf]
+    if missing:
+      raise ValueError(f"Hugging Face T5 config lacks {', '.join(missing)}")
+    # Absent from older config files; these are Hugging Face's defaults.
+    optional = dict(relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                    layer_norm_epsilon=1e-6)
+    values = {name: hf[name] for name in required}
+    values.update({name: hf.get(name, default) for name, default in optional.items()})
+    return cls(feed_forward_proj=feed_forward_proj, **values)
+
 
 @dataclasses.dataclass(frozen=True)
 class TextProjectionConfig(ConfigBase):
@@ -244,9 +277,9 @@ INTERPOLATION_TINY = InterpolationUNetConfig(
 IMAGE_MOVQ_1_1 = MoVQConfig()
 VIDEO_MOVQ_1_1 = MoVQConfig(temporal=True, temporal_attention_block=True)
 
-# Two levels of widths 32 and 64 (the reference's 32-group norms need multiples of 32), attention at the
+# Three levels of widths 32, 64, 64 (the reference's 32-group norms need multiples of 32), attention at the
 # lower level: the configuration of the parity fixtures in tests/fixtures/{image,video}_movq.
-IMAGE_MOVQ_TINY = MoVQConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
+IMAGE_MOVQ_TINY = MoVQConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,), resolution=16)
 VIDEO_MOVQ_TINY = dataclasses.replace(IMAGE_MOVQ_TINY, temporal=True, temporal_attention_block=True)
 
 FLAN_UL2_ENCODER = T5EncoderConfig()

@@ -21,6 +21,7 @@ import numpy as np
 from kvjax import configs
 from kvjax.conversion.registry import CONVERTERS
 from kvjax.conversion.store import ConvertedModel, load_converted, save_converted
+from kvjax.models.movq import reference_chunk_sizes
 from kvjax.params import build_model
 
 DEFAULT_TOLERANCE = 1e-4
@@ -73,9 +74,24 @@ def _interpolation_case(model, params, inputs: dict[str, np.ndarray]) -> dict[st
   return {"v": np.moveaxis(np.asarray(v), -1, 1)}
 
 
+def _movq_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  if "images" in inputs:
+    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
+    return {"latents": np.moveaxis(np.asarray(encode(params, _nhwc(inputs["images"]))), -1, 1)}
+  latents = _nhwc(inputs["latents"])
+  decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method="decode"))
+  if "reference_chunks" in inputs:  # the pipeline's video decode: clips decoded independently (spec §8.6)
+    bounds = np.cumsum([0, *reference_chunk_sizes(len(latents))])
+    images = np.concatenate([decode(params, latents[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+  else:
+    images = decode(params, latents)
+  return {"images": np.moveaxis(np.asarray(images), -1, 1)}
+
+
 CASE_RUNNERS: dict[str, Callable[[Any, Any, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
     "keyframe_unet": _keyframe_case,
     "interpolation_unet": _interpolation_case,
+    "movq": _movq_case,
 }
 
 
@@ -94,7 +110,7 @@ def find_manifests(root: str) -> list[str]:
 
 def convert_round_trip(kind: str, checkpoint: str, config) -> ConvertedModel:
   """Converts with the real converter, writes the result to disk and reads it back."""
-  converter = CONVERTERS[kind][0]
+  converter = CONVERTERS[kind]
   with tempfile.TemporaryDirectory() as scratch:
     out = os.path.join(scratch, "converted")
     save_converted(converter(checkpoint, config), out, source=checkpoint)

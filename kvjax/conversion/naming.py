@@ -34,8 +34,10 @@ def torch_key(path: FlaxPath) -> str:
   """The PyTorch key a Flax parameter path corresponds to (inverse of the rule above)."""
   *modules, leaf = path
   parts = []
-  for module in modules:
-    parts.append(re.sub(r"_(\d+)", r".\1", module))
+  for i, module in enumerate(modules):
+    # The MoVQ's `mid` names its children `block_1`, `attn_1`, ...: attribute names, not list indices.
+    literal = i > 0 and modules[i - 1] == "mid"
+    parts.append(module if literal else re.sub(r"_(\d+)", r".\1", module))
   parts.append("weight" if leaf in _WEIGHT_NAMES else leaf)
   return ".".join(parts)
 

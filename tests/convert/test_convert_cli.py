@@ -14,6 +14,7 @@ from kvjax.conversion.unet import TRANSPOSED_CONVS
 from kvjax.conversion.naming import torch_key, torch_module_path
 from kvjax.conversion.state_dict import ConversionError, convert_state_dict
 from kvjax.conversion.store import load_converted
+from kvjax.parity import find_manifests
 
 T2V = os.path.join(KEYFRAME_FIXTURE, "t2v.pt")
 CFG = configs.KEYFRAME_TINY
@@ -136,9 +137,11 @@ def test_strictness_lists_missing_unexpected_and_misshaped_keys(tmp_path):
 
 
 def test_verify_passes_on_the_fixtures(capsys):
-  assert main(["verify", os.path.dirname(KEYFRAME_FIXTURE)]) == 0
+  fixtures = os.path.dirname(KEYFRAME_FIXTURE)
+  cases = sum(len(json.load(open(m))["cases"]) for m in find_manifests(fixtures))
+  assert main(["verify", fixtures]) == 0
   out = capsys.readouterr().out
-  assert out.count("ok  ") == 7 and "7 passed, 0 failed" in out
+  assert out.count("ok  ") == cases and f"{cases} passed, 0 failed" in out
   assert "interpolation_unet/cond_uncond_groups" in out
   assert "keyframe_unet_small/two_frames_batch_rule" in out
 
