@@ -1,6 +1,8 @@
 """Converts official Kandinsky Video 1.1 checkpoints and verifies conversions against reference outputs.
 
   python -m convert keyframe t2v.pt OUT_DIR [--config PRESET|configs.json] [--dtype fp32|bf16|fp16]
+  (also: interpolation, movq, video-movq, t5, projections)
+  python -m convert all RELEASE_DIR OUT_DIR [--t5 T5_DIR] [--dtype ...]
   python -m convert verify FIXTURE_DIR
 """
 
@@ -29,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
                    "production preset")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  p = commands.add_parser("all", help="convert a whole release folder (t2v.pt, interpolation.pt, movq.pt, "
+                          "video_movq.pt, t5_projections.pt, configs.json and a T5 folder)")
+  p.add_argument("src", help="the release folder")
+  p.add_argument("out", help="output folder, one converted sub-folder per model (must not exist unless "
+                 "--overwrite)")
+  p.add_argument("--t5", help="the Hugging Face T5 folder (default: the sub-folder of SRC with a T5 config.json)")
+  p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
+  p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
   p = commands.add_parser("verify", help="check conversions against reference outputs")
   p.add_argument("fixtures", help="a fixture folder (with manifest.json) or a folder of them")
   return parser
@@ -47,6 +57,14 @@ def _convert(args) -> int:
   return 0
 
 
+def _convert_all(args) -> int:
+  from kvjax.conversion.release import convert_release
+  start = time.perf_counter()
+  out = convert_release(args.src, args.out, DTYPES[args.dtype], t5_dir=args.t5, overwrite=args.overwrite)
+  print(f"converted the release {args.src} ({args.dtype}) -> {out} in {time.perf_counter() - start:.1f} s")
+  return 0
+
+
 def _verify(args) -> int:
   from kvjax.parity import find_manifests, verify_fixture
   results = [r for manifest in find_manifests(args.fixtures) for r in verify_fixture(manifest)]
@@ -62,7 +80,8 @@ def main(argv=None) -> int:
   from kvjax.checkpoints import CheckpointError
   from kvjax.conversion.state_dict import ConversionError
   try:
-    return _verify(args) if args.command == "verify" else _convert(args)
+    run = {"verify": _verify, "all": _convert_all}.get(args.command, _convert)
+    return run(args)
   except (CheckpointError, ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

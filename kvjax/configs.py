@@ -208,8 +208,8 @@ class T5EncoderConfig(ConfigBase):
 
   def __post_init__(self):
     if self.feed_forward_proj not in self.FEED_FORWARD_VARIANTS:
-      raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} not supported; the T5 v1.1 encoder needs "
-                       f"one of {', '.join(self.FEED_FORWARD_VARIANTS)}")
+      raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} not supported; the T5 v1.1 encoder "
+                       f"needs one of {', '.join(self.FEED_FORWARD_VARIANTS)}")
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any]) -> "T5EncoderConfig":
@@ -244,6 +244,18 @@ class TextProjectionConfig(ConfigBase):
   in_dim: int = 4096
   context_dim: int = 4096
   layer_norm_epsilon: float = 1e-5
+
+  @classmethod
+  def from_text_encoder_section(cls, section: dict[str, Any],
+                                in_dim: int | None = None) -> "TextProjectionConfig":
+    """From the official configs.json `text_encoder` section, which gives only `context_dim`.
+
+    The input width is the T5 encoder's d_model, which the section does not give (it names the encoder by
+    its hub id); Flan-UL2's unless `in_dim` says otherwise.
+    """
+    if "context_dim" not in section:
+      raise ValueError("the text_encoder section has no context_dim")
+    return cls(in_dim=in_dim or cls.in_dim, context_dim=int(section["context_dim"]))
 
 
 KEYFRAME_1_1 = KeyframeUNetConfig(

@@ -50,7 +50,35 @@ def _nhwc(x):
   return np.moveaxis(x, 1, -1)
 
 
-def _keyframe_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _keyframe_sampling_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The reference's first-frame or base-frame loop with its recorded noise (spec §7.6)."""
+  from kvjax.diffusion.schedule import SchedulerConfig
+  from kvjax.pipeline import samplers
+  from kvjax.text.conditioning import unconditional_context
+  context, mask = inputs["context"], inputs["context_mask"].astype(bool)
+  text = (context, mask)
+  null = unconditional_context(converted.extras["null_embedding"], *mask.shape)
+  options = samplers.SamplerOptions(SchedulerConfig("epsilon", "leading", int(inputs["num_inference_steps"])))
+  to_nhwc = lambda a: np.moveaxis(a, -3, -1)
+  noise = {"initial_noise": to_nhwc(inputs["initial_noise"]), "step_noise": to_nhwc(inputs["step_noise"])}
+  rng = jax.random.key(0)  # unused: every draw is replayed
+  if "key_frame" in inputs:
+    noise["augmentation_noise"] = to_nhwc(inputs["augmentation_noise"])[None]
+    run = jax.jit(lambda p, k, text, null, wt, wi, motion, level: samplers.base_frames(
+        model, p, k, text, null, wt, wi, motion, level, rng, options, noise))
+    latents = run(converted.params, to_nhwc(inputs["key_frame"])[None], text, null, inputs["text_scale"],
+                  inputs["image_scale"], inputs["motion_score"], inputs["noise_level"])[0]
+  else:
+    size = noise["initial_noise"].shape[1:3]
+    run = jax.jit(lambda p, text, null, w: samplers.first_frame(model, p, text, null, w, rng, size, options, noise))
+    latents = run(converted.params, text, null, inputs["guidance_scale"])
+  return {"latents": np.moveaxis(np.asarray(latents), -1, 1)}
+
+
+def _keyframe_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  if "initial_noise" in inputs:
+    return _keyframe_sampling_case(model, converted, inputs)
+  params = converted.params
   num_frames = None
   temporal = {}
   if "temporal_embed" in inputs:
@@ -66,7 +94,8 @@ def _keyframe_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np
   return {"eps": np.moveaxis(np.asarray(eps), -1, 1)}
 
 
-def _interpolation_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _interpolation_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  params = converted.params
   num_groups = int(inputs["num_predicted_groups"])
   optional = {k: inputs[k] for k in ("perturbation_time", "skip_frames", "temporal_mask") if k in inputs}
   run = jax.jit(lambda p, x, t, c, m, kw: model.apply({"params": p}, x, t, c, m, num_groups=num_groups, **kw))
@@ -74,7 +103,8 @@ def _interpolation_case(model, params, inputs: dict[str, np.ndarray]) -> dict[st
   return {"v": np.moveaxis(np.asarray(v), -1, 1)}
 
 
-def _movq_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _movq_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  params = converted.params
   if "images" in inputs:
     encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
     return {"latents": np.moveaxis(np.asarray(encode(params, _nhwc(inputs["images"]))), -1, 1)}
@@ -88,10 +118,17 @@ def _movq_case(model, params, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
   return {"images": np.moveaxis(np.asarray(images), -1, 1)}
 
 
-CASE_RUNNERS: dict[str, Callable[[Any, Any, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
+def _t5_encoder_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  encode = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask))
+  return {"last_hidden_state": np.asarray(encode(converted.params, inputs["input_ids"], inputs["attention_mask"]))}
+
+
+# kind -> (model, converted checkpoint, case inputs) -> outputs
+CASE_RUNNERS: dict[str, Callable[[Any, ConvertedModel, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
     "keyframe_unet": _keyframe_case,
     "interpolation_unet": _interpolation_case,
     "movq": _movq_case,
+    "t5_encoder": _t5_encoder_case,
 }
 
 
@@ -139,7 +176,7 @@ def verify_fixture(manifest_path: str) -> list[CaseResult]:
       expected = {k[4:]: data[k] for k in data.files if k.startswith("out/")}
     tolerance = float(spec.get("tolerance_rel_l2", DEFAULT_TOLERANCE))
     try:
-      outputs = CASE_RUNNERS[kind](model, converted.params, inputs)
+      outputs = CASE_RUNNERS[kind](model, converted, inputs)
     except Exception as e:
       results.append(CaseResult(name, 0, 0, tolerance, f"{type(e).__name__}: {e}"))
       continue

@@ -12,7 +12,8 @@ Logical axes used by the models:
   time_embed           width of the time / conditioning embedding
   time_embed_in        width of the sinusoidal embedding fed to the time MLPs
   norm_modulation      2*C outputs of a conditional norm's MLP (scale and shift)
-  mlp                  hidden width of the 1x1-conv feed-forward layers
+  mlp                  hidden width of the feed-forward layers (1x1 convs in the UNets, T5's gated MLP)
+  vocab                rows of a token embedding table
   norm                 per-channel scale/bias of affine norms
   None                 small axes that are never sharded (kernel taps, scalars)
 """
@@ -29,6 +30,7 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...]
     ("conv_out", "tensor"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
+    ("vocab", "tensor"),
     ("norm_modulation", "tensor"),
     ("conv_in", "fsdp"),
     ("embed", "fsdp"),

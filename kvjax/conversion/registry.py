@@ -10,6 +10,8 @@ from typing import Any, Callable
 from kvjax import configs
 from kvjax.conversion.movq import convert_movq
 from kvjax.conversion.store import ConvertedModel
+from kvjax.conversion.t5 import (convert_t5_encoder, convert_text_projections, hf_config_path,
+                                 read_projection_config, read_t5_config)
 from kvjax.conversion.unet import convert_unet
 
 
@@ -20,6 +22,11 @@ class Converter:
   preset: str  # production preset used when no configuration is given
   section: str  # section of the official configs.json
   release_file: str  # name of the checkpoint in the official release
+  # Makes the config from a JSON file's values and the source, when the values are not the constructor
+  # arguments (or a configs.json section of them), e.g. a Hugging Face config.json.
+  read_config: Callable[[dict[str, Any], str], Any] | None = None
+  # The config file that belongs to a source when none is given, instead of a configs.json beside it.
+  own_config_file: Callable[[str], str] | None = None
 
 
 COMMANDS: dict[str, Converter] = {
@@ -28,6 +35,11 @@ COMMANDS: dict[str, Converter] = {
                                "interpolation.pt"),
     "movq": Converter("movq", convert_movq, "image-movq-1.1", "image_movq", "movq.pt"),
     "video-movq": Converter("movq", convert_movq, "video-movq-1.1", "video_movq", "video_movq.pt"),
+    # A Hugging Face folder (google/flan-ul2), configured by its own config.json.
+    "t5": Converter("t5_encoder", convert_t5_encoder, "flan-ul2-encoder", "text_encoder", "google/flan-ul2",
+                    read_config=read_t5_config, own_config_file=hf_config_path),
+    "projections": Converter("t5_projections", convert_text_projections, "t5-projections-1.1", "text_encoder",
+                             "t5_projections.pt", read_config=read_projection_config),
 }
 
 # Model kind -> its converter (commands of one kind share one).
@@ -42,9 +54,15 @@ def resolve_config(command: str, src: str, config: str | None = None) -> tuple[A
   """
   converter = COMMANDS[command]
   config_type = configs.CONFIG_TYPES[converter.kind]
+  if config is None and converter.own_config_file is not None:
+    if not os.path.exists(src):
+      raise FileNotFoundError(f"{src}: no such file or folder")
+    config = converter.own_config_file(src)
+    if not os.path.isfile(config):
+      raise FileNotFoundError(f"{src}: no {config} to configure the {command} conversion; pass --config")
   if config is None:
     beside = os.path.join(os.path.dirname(os.path.abspath(src)), "configs.json")
-    if not os.path.isfile(beside):
+    if not (os.path.isfile(beside) and converter.section in _read_json(beside)):
       return configs.get_preset(converter.preset), f"preset {converter.preset}"
     config = beside
   if config in configs.PRESETS:
@@ -55,9 +73,28 @@ def resolve_config(command: str, src: str, config: str | None = None) -> tuple[A
   if not os.path.isfile(config):
     raise FileNotFoundError(f"--config {config!r} is neither a preset ({', '.join(sorted(configs.PRESETS))}) "
                             "nor a file")
-  with open(config) as f:
-    values = json.load(f)
+  values = _read_json(config)
+  if converter.read_config is not None:
+    return converter.read_config(values, src), config
   if converter.section in values:  # official configs.json: {"t2v": {"configs": {...}}, ...}
     values = values[converter.section]
     values = values.get("configs", values)
+    return config_type.from_dict(values), f"{config} [{converter.section}]"
+  if set(values) & OFFICIAL_SECTIONS:
+    raise ValueError(f"{config}: an official configs.json without a {converter.section!r} section")
   return config_type.from_dict(values), config
+
+
+# Sections of the official configs.json (spec §9.2).
+OFFICIAL_SECTIONS = {"text_encoder", "image_movq", "video_movq", "t2v", "interpolation"}
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  with open(path) as f:
+    try:
+      values = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(values, dict):
+    raise ValueError(f"{path}: expected a JSON object")
+  return values

@@ -154,3 +154,11 @@ def test_verify_fails_when_the_reference_disagrees(keyframe_fixture, capsys):
   assert main(["verify", str(keyframe_fixture)]) == 1
   out = capsys.readouterr().out
   assert "FAIL keyframe_unet/keyframe_image" in out and "ok   keyframe_unet/keyframe_video" in out
+
+
+def test_info_prints_exact_production_counts(capsys):
+  from kvjax.__main__ import main as kvjax_main
+  assert kvjax_main(["info"]) == 0
+  out = capsys.readouterr().out
+  for name, published in configs.PUBLISHED_PARAMETER_COUNTS.items():
+    assert f"{published:>15} {published:>15}" in out.split(name, 1)[1].splitlines()[0], name

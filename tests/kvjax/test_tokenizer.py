@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+sentencepiece = pytest.importorskip("sentencepiece")
+transformers = pytest.importorskip("transformers")
+
+from kvjax.text import T5Tokenizer
+
+WORDS = ("a red fox jumps over the lazy dog while cats watch from the old wooden fence under bright "
+         "morning light, and birds sing quietly near a river of blue water; snow falls on mountains").split()
+
+PROMPTS = [
+    "A red fox jumps over the lazy dog.",
+    "",
+    "   leading and trailing spaces   ",
+    "unseen letters: Ж ψ 漢字 and émigré",
+    "double  spaces\tand\nnew lines",
+    "special </s> inside and <pad> and <unk> spelled out",
+    "sentinels <extra_id_0> with  <extra_id_10>  spaces<extra_id_1>around",
+    "ends with eos</s>",
+    " ".join(WORDS * 8),  # far longer than 128 tokens
+]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+  """A tiny unigram SentencePiece model with T5's special ids: pad 0, EOS 1, unk 2, no BOS."""
+  root = tmp_path_factory.mktemp("spm")
+  rng = np.random.default_rng(0)
+  corpus = root / "corpus.txt"
+  corpus.write_text("\n".join(" ".join(rng.choice(WORDS, 12)) for _ in range(400)))
+  sentencepiece.SentencePieceTrainer.train(
+      input=str(corpus), model_prefix=str(root / "spiece"), vocab_size=120, model_type="unigram",
+      pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2)
+  return root / "spiece.model"
+
+
+@pytest.fixture(scope="module")
+def reference(model_file):
+  return transformers.T5Tokenizer(vocab_file=str(model_file), legacy=True)
+
+
+@pytest.mark.filterwarnings("ignore:This sequence already has </s>")  # the prompt typed its own EOS
+def test_matches_transformers_legacy_t5_tokenizer(model_file, reference):
+  ours = T5Tokenizer(model_file)
+  for prompt in PROMPTS:
+    theirs = reference(prompt, max_length=128, truncation=True)["input_ids"]
+    assert ours.encode(prompt) == theirs, prompt
+  batch = ours(PROMPTS)
+  theirs = reference(PROMPTS, max_length=128, truncation=True, padding="max_length", return_tensors="np")
+  np.testing.assert_array_equal(batch.input_ids, theirs["input_ids"])
+  np.testing.assert_array_equal(batch.attention_mask, theirs["attention_mask"])
+
+
+def test_padding_mask_and_truncation(model_file):
+  tokenizer = T5Tokenizer(model_file)
+  batch = tokenizer(["", "fox", PROMPTS[-1]])
+  assert batch.input_ids.shape == batch.attention_mask.shape == (3, 128)
+  assert batch.input_ids.dtype == np.int32
+  lengths = batch.attention_mask.sum(axis=1)
+  assert lengths[0] == 1 and batch.input_ids[0, 0] == 1  # an empty prompt is EOS alone
+  assert lengths[2] == 128 and batch.input_ids[2, -1] == 1  # 127 text tokens, then EOS
+  for row, n in enumerate(lengths):
+    assert batch.attention_mask[row, :n].all() and not batch.attention_mask[row, n:].any()
+    assert (batch.input_ids[row, n:] == 0).all() and batch.input_ids[row, n - 1] == 1
+  single = tokenizer("fox")
+  np.testing.assert_array_equal(single.input_ids, batch.input_ids[1:2])
+  short = T5Tokenizer(model_file, max_length=4)
+  assert short.encode(PROMPTS[0])[-1] == 1 and len(short.encode(PROMPTS[0])) == 4
+
+
+def test_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="spiece.model"):
+    T5Tokenizer(tmp_path / "spiece.model")
+  garbage = tmp_path / "garbage.model"
+  garbage.write_bytes(b"not a sentencepiece model at all")
+  with pytest.raises(ValueError, match="not a SentencePiece model"):
+    T5Tokenizer(garbage)
