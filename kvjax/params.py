@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -57,6 +58,25 @@ def init_params(config, rng: jax.Array, param_dtype=jnp.float32) -> dict[str, An
   model = build_model(config, param_dtype=param_dtype)
   inputs = {k: jnp.zeros(v.shape, v.dtype) for k, v in example_inputs(config).items()}
   return model.init(rng, **inputs)["params"]
+
+
+def random_params(config, rng: jax.Array, param_dtype=jnp.float32) -> dict[str, Any]:
+  """Random weights without running the model (seconds, where `init_params` compiles a whole forward).
+
+  Kernels and embeddings ~ N(0, 1/fan_in), norm scales 1, biases and blend scalars 0: a model that
+  computes something non-trivial, for smoke runs and benchmarks. Not the reference initialisation.
+  """
+  flat = flax.traverse_util.flatten_dict(nn.unbox(abstract_params(config, param_dtype)))
+  keys = jax.random.split(rng, len(flat))
+
+  def draw(path, leaf, key):
+    if path[-1] in ("kernel", "embedding"):
+      fan_in = math.prod(leaf.shape[:-1]) if path[-1] == "kernel" else leaf.shape[-1]
+      return (jax.random.normal(key, leaf.shape, jnp.float32) / math.sqrt(fan_in)).astype(leaf.dtype)
+    return (jnp.ones if path[-1] == "scale" else jnp.zeros)(leaf.shape, leaf.dtype)
+
+  return flax.traverse_util.unflatten_dict(
+      {path: draw(path, leaf, key) for (path, leaf), key in zip(flat.items(), keys)})
 
 
 def abstract_params(config, param_dtype=jnp.float32) -> dict[str, Any]:

@@ -19,8 +19,12 @@ SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
 
 
 def denoise(config: SchedulerConfig, schedule: Schedule, predict: Callable[[jax.Array, jax.Array], jax.Array],
-            x: jax.Array, rng: jax.Array, sampler: str = "ddpm") -> jax.Array:
-  """Runs every step of `schedule` from the noise `x`; DDPM draws its step noise from `rng` (per step)."""
+            x: jax.Array, rng: jax.Array, sampler: str = "ddpm", step_noise: jax.Array | None = None) -> jax.Array:
+  """Runs every step of `schedule` from the noise `x`.
+
+  DDPM draws its step noise from `rng` (folded with the step number), or takes it from `step_noise`
+  (num_steps, *x.shape) to replay another implementation's noise exactly.
+  """
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
@@ -28,12 +32,17 @@ def denoise(config: SchedulerConfig, schedule: Schedule, predict: Callable[[jax.
     x, previous_x0 = carry
     output = predict(x, schedule.timesteps[index])
     if sampler == "ddpm":
-      noise = jax.random.normal(jax.random.fold_in(rng, index), x.shape, jnp.float32)
+      if step_noise is None:
+        noise = jax.random.normal(jax.random.fold_in(rng, index), x.shape, jnp.float32)
+      else:
+        noise = step_noise[index]
       return ddpm.ddpm_step(config, schedule, index, x, output, noise), previous_x0
     if sampler == "ddim":
       return fast_samplers.ddim_step(config, schedule, index, x, output), previous_x0
     return fast_samplers.dpm_solver_pp_step(config, schedule, index, x, output, previous_x0)
 
   x = x.astype(jnp.float32)
+  if step_noise is not None:
+    step_noise = jnp.asarray(step_noise, jnp.float32)
   x, _ = jax.lax.fori_loop(0, schedule.num_steps, body, (x, jnp.zeros_like(x)))
   return x

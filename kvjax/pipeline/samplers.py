@@ -6,6 +6,11 @@ branch holds P items (or P clips of frames), in prompt order.
 
 `text` and `null` are (context (P, L, D), mask (P, L) bool) pairs: the projected prompt and the
 unconditional context built from the null embedding (same L).
+
+`noise` (optional) replaces the random draws with given arrays, channels-last: `initial_noise` (the
+starting sample), `step_noise` (num_steps, ...) for the DDPM steps and, for the base frames,
+`augmentation_noise` (the uniform noise added to the key frame). The parity fixtures replay the
+reference's noise this way.
 """
 
 from __future__ import annotations
@@ -32,12 +37,17 @@ class SamplerOptions:
   sampler: str = "ddpm"  # the reference; "ddim" / "dpm_solver_pp" are faster, not the reference
 
 
+def _noise(noise, name: str, draw):
+  """`noise[name]` when given (replaying recorded noise), else a fresh draw."""
+  return draw() if noise is None or name not in noise else jnp.asarray(noise[name], jnp.float32)
+
+
 def _stack(*trees):
   return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
 
 
 def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tuple[int, int],
-                options: SamplerOptions = SamplerOptions()) -> jax.Array:
+                options: SamplerOptions = SamplerOptions(), noise=None) -> jax.Array:
   """The key frame, keyframe UNet in image mode: batch [text; unconditional], two-way guidance on eps.
 
   Returns (P, h, w, 4) with (h, w) = `latent_size` (the reference uses H/4 x W/4: twice the video size).
@@ -46,7 +56,8 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
   p = text[0].shape[0]
   schedule = make_schedule(options.scheduler)
   start_rng, step_rng = jax.random.split(rng)
-  x = jax.random.normal(start_rng, (p, *latent_size, LATENT_CHANNELS), jnp.float32)
+  x = _noise(noise, "initial_noise",
+             lambda: jax.random.normal(start_rng, (p, *latent_size, LATENT_CHANNELS), jnp.float32))
   no_condition = jnp.zeros((2 * p, *latent_size, LATENT_CHANNELS + 1), jnp.float32)  # condition and mask
 
   def predict(x, t):
@@ -55,11 +66,12 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
     eps = unet.apply({"params": params}, unet_in, time, context, mask, input_layer="image")
     return guidance.two_way(eps[:p], eps[p:], guidance_scale)
 
-  return denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler)
+  return denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
+                 None if noise is None else noise.get("step_noise"))
 
 
 def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_scale, motion_score,
-                noise_level, rng, options: SamplerOptions = SamplerOptions()) -> jax.Array:
+                noise_level, rng, options: SamplerOptions = SamplerOptions(), noise=None) -> jax.Array:
   """12 frames conditioned on the key frame, keyframe UNet in video mode; three-way guidance.
 
   `key_frame_latent` (P, h, w, 4) is noise-augmented at timestep `noise_level` with uniform noise (the
@@ -71,7 +83,8 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
   n = NUM_BASE_FRAMES
   schedule = make_schedule(options.scheduler)
   aug_rng, start_rng, step_rng = jax.random.split(rng, 3)
-  uniform = jax.random.uniform(aug_rng, key_frame_latent.shape, jnp.float32)
+  uniform = _noise(noise, "augmentation_noise",
+                   lambda: jax.random.uniform(aug_rng, key_frame_latent.shape, jnp.float32))
   augmented = ddpm.add_noise(schedule, key_frame_latent.astype(jnp.float32), uniform, noise_level)
   condition = jnp.zeros((p, n, h, w, LATENT_CHANNELS + 1), jnp.float32)
   condition = condition.at[:, 0, ..., :LATENT_CHANNELS].set(augmented).at[:, 0, ..., LATENT_CHANNELS].set(1.0)
@@ -83,7 +96,8 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
   frame_index = jnp.tile(jnp.arange(n, dtype=jnp.float32), 3 * p)
   noise_aug_time = jnp.full((batch,), noise_level, jnp.int32)
   motion = jnp.full((batch,), motion_score, jnp.int32)
-  x = jax.random.normal(start_rng, (p * n, h, w, LATENT_CHANNELS), jnp.float32)
+  x = _noise(noise, "initial_noise",
+             lambda: jax.random.normal(start_rng, (p * n, h, w, LATENT_CHANNELS), jnp.float32))
 
   def predict(x, t):
     unet_in = jnp.concatenate([jnp.concatenate([x, x, x]), conditions], axis=-1)
@@ -93,12 +107,13 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
     full, image_only, unconditional = jnp.split(eps, 3)
     return guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
 
-  x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler)
+  x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
+              None if noise is None else noise.get("step_noise"))
   return x.reshape(p, n, h, w, LATENT_CHANNELS)
 
 
 def interpolate(unet, params, frames, text, null, guidance_scale, skip_frames: int, rng,
-                options: SamplerOptions = SamplerOptions(INTERPOLATION_SCHEDULER)) -> jax.Array:
+                options: SamplerOptions = SamplerOptions(INTERPOLATION_SCHEDULER), noise=None) -> jax.Array:
   """Three new frames between every pair of `frames` (P, T, h, w, 4) -> (P, 4T - 3, h, w, 4).
 
   Interpolation UNet with the T - 1 groups as its temporal axis; batch [conditional; unconditional] with
@@ -119,7 +134,8 @@ def interpolate(unet, params, frames, text, null, guidance_scale, skip_frames: i
   temporal_mask = jnp.concatenate([jnp.ones((p * g,)), jnp.zeros((p * g,))])
   skip = jnp.full((batch,), skip_frames, jnp.int32)
   perturbation = jnp.zeros((batch,), jnp.int32)
-  x = jax.random.normal(start_rng, (p * g, h, w, FRAMES_PER_GROUP * c), jnp.float32)
+  x = _noise(noise, "initial_noise",
+             lambda: jax.random.normal(start_rng, (p * g, h, w, FRAMES_PER_GROUP * c), jnp.float32))
 
   def predict(x, t):
     unet_in = jnp.concatenate([lefts, jnp.concatenate([x, x]), rights], axis=-1)
@@ -128,7 +144,8 @@ def interpolate(unet, params, frames, text, null, guidance_scale, skip_frames: i
                    skip_frames=skip, temporal_mask=temporal_mask)
     return guidance.two_way(v[:p * g], v[p * g:], guidance_scale)
 
-  x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler)
+  x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
+              None if noise is None else noise.get("step_noise"))
   new = x.reshape(p, g, h, w, FRAMES_PER_GROUP, c).transpose(0, 1, 4, 2, 3, 5)  # channels (t c)
   interleaved = jnp.concatenate([frames[:, :-1, None], new], axis=2).reshape(p, 4 * g, h, w, c)
   return jnp.concatenate([interleaved, frames[:, -1:]], axis=1)

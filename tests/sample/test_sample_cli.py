@@ -1,0 +1,57 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sample.__main__ import main
+from sample.writers import write_frames
+
+
+def test_runs_end_to_end_with_random_weights_and_says_so(tmp_path, capsys):
+  out = tmp_path / "frames"
+  assert main(["a red fox", "--out", str(out), "--width", "32", "--height", "32", "--steps", "2", "2", "2"]) == 0
+  captured = capsys.readouterr()
+  assert "RANDOM weights" in captured.err and "base frames" in captured.err
+  assert sorted(os.listdir(out)) == [f"{i:04d}.png" for i in range(12)]
+  frame = np.asarray(Image.open(out / "0000.png"))
+  assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4", ""])
+def test_writers_produce_whole_files(tmp_path, suffix):
+  frames = np.random.default_rng(0).integers(0, 255, (5, 32, 48, 3), dtype=np.uint8)
+  path = write_frames(frames, str(tmp_path / f"clip{suffix}"))
+  assert os.listdir(tmp_path) == [f"clip{suffix}"]  # no staging left behind
+  if suffix == ".gif":
+    with Image.open(path) as gif:
+      assert gif.n_frames == 5 and gif.size == (48, 32)
+  elif suffix == ".mp4":
+    assert os.path.getsize(path) > 1000
+  else:
+    assert len(os.listdir(path)) == 5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["x", "--out", "{tmp}/v.gif", "--width", "48"], "multiples of 32"),
+    (["x", "--out", "{tmp}/v.avi"], "use a .mp4 or .gif file"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none"], "no tokenizer"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none", "--tokenizer", "{tmp}/taken.gif"], "no such weights folder"),
+    (["x", "--out", "{tmp}/taken.gif"], "exists; pass --overwrite"),
+    (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/taken.gif", "{tmp}/taken.gif"], "one image or one per prompt"),
+    (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/missing.png"], "no such file"),
+    (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/corrupt.png"], "not a readable image"),
+])
+def test_bad_arguments_are_named_and_leave_nothing(tmp_path, capsys, argv, message):
+  (tmp_path / "taken.gif").write_bytes(b"keep")
+  (tmp_path / "corrupt.png").write_bytes(b"\x89PNG garbage")
+  before = sorted(os.listdir(tmp_path))
+  assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+  assert message in capsys.readouterr().err
+  assert sorted(os.listdir(tmp_path)) == before and (tmp_path / "taken.gif").read_bytes() == b"keep"
+
+
+def test_unknown_option_is_refused(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    main(["x", "--out", "v.gif", "--frames", "9"])
+  assert exit_info.value.code == 2 and "unrecognized arguments: --frames" in capsys.readouterr().err
