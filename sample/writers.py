@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 
 import numpy as np
 from PIL import Image
+
+from kvjax.atomic import staged
 
 SUFFIXES = (".mp4", ".gif", "/ (a folder of PNGs)")
 
 # The reference README shows every video over 5.5 s, whatever its frame count.
 CLIP_SECONDS = 5.5
-
-
-def _staging(path: str) -> str:
-  return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.partial-{uuid.uuid4().hex[:8]}")
 
 
 def check_output_path(path: str, overwrite: bool) -> str:
@@ -36,40 +32,24 @@ def check_output_path(path: str, overwrite: bool) -> str:
 def write_frames(frames: np.ndarray, path: str, overwrite: bool = False) -> str:
   """frames: uint8 (T, H, W, 3)."""
   kind = check_output_path(path, overwrite)
-  path = path.rstrip("/")
-  staging = _staging(path)
-  try:
+  with staged(path.rstrip("/"), overwrite=overwrite, folder=kind == "png") as staging:
     if kind == "png":
-      os.mkdir(staging)
       for i, frame in enumerate(frames):
         Image.fromarray(frame).save(os.path.join(staging, f"{i:04d}.png"))
     elif kind == "gif":
       images = [Image.fromarray(frame) for frame in frames]
-      images[0].save(staging + ".gif", save_all=True, append_images=images[1:], loop=0,
+      images[0].save(staging, format="GIF", save_all=True, append_images=images[1:], loop=0,
                      duration=int(CLIP_SECONDS * 1000 / len(frames)))
-      os.rename(staging + ".gif", staging)
     else:
       import imageio_ffmpeg
       import warnings
       warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)  # ffmpeg runs as a child
       height, width = frames.shape[1:3]
-      writer = imageio_ffmpeg.write_frames(staging + ".mp4", (width, height), fps=len(frames) / CLIP_SECONDS,
+      writer = imageio_ffmpeg.write_frames(staging, (width, height), fps=len(frames) / CLIP_SECONDS,
                                            codec="libx264", pix_fmt_out="yuv420p", quality=8,
-                                           macro_block_size=1)
+                                           macro_block_size=1, output_params=["-f", "mp4"])
       writer.send(None)
       for frame in frames:
         writer.send(np.ascontiguousarray(frame))
       writer.close()
-      os.rename(staging + ".mp4", staging)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
-    os.rename(staging, path)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    for leftover in (staging, staging + ".gif", staging + ".mp4"):
-      if os.path.isfile(leftover):
-        os.remove(leftover)
-    raise
-  return path
+  return path.rstrip("/")

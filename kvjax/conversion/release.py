@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-import uuid
 from typing import Any, Callable
 
+from kvjax.atomic import staged
 from kvjax.conversion.registry import COMMANDS, resolve_config
 from kvjax.conversion.store import save_converted
 from kvjax.params import count_params
@@ -68,12 +67,7 @@ def output_name(command: str) -> str:
 def convert_release(src_dir: str, out_dir: str, dtype: Any, *, t5_dir: str | None = None,
                     overwrite: bool = False, log: Callable[[str], None] = print) -> str:
   sources = release_sources(src_dir, t5_dir)
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
-  staging = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:8]}")
-  os.makedirs(staging)
-  try:
+  with staged(out_dir, overwrite=overwrite) as staging:
     for command, src in sources.items():
       start = time.perf_counter()
       config, origin = resolve_config(command, src)  # configs.json beside src when it has the section
@@ -82,10 +76,5 @@ def convert_release(src_dir: str, out_dir: str, dtype: Any, *, t5_dir: str | Non
       log(f"{command}: {src} ({count_params(converted.params):,} parameters, config from {origin}) "
           f"in {time.perf_counter() - start:.1f} s")
       del converted
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.rename(staging, out_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+  out_dir = os.path.abspath(out_dir)
   return out_dir

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import uuid
 from typing import Any
 
 import jax
@@ -19,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from kvjax import configs
+from kvjax.atomic import staged
 
 FORMAT = "kvjax-converted"
 
@@ -50,26 +49,14 @@ def _dtype_name(tree) -> str:
 def save_converted(model: ConvertedModel, out_dir: str | os.PathLike, *, source: str = "",
                    overwrite: bool = False) -> str:
   """Writes `model` to `out_dir`; on any failure nothing is left behind (the folder appears whole or not)."""
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:8]}")
-  try:
-    os.mkdir(staging)
+  with staged(out_dir, overwrite=overwrite) as staging:
     with _checkpointer() as checkpointer:
       checkpointer.save(os.path.join(staging, "state"), {"params": model.params, **model.extras})
     meta = {"format": FORMAT, "kind": model.kind, "config": model.config.to_dict(),
             "dtype": _dtype_name(model.params), "extras": sorted(model.extras), "source": source}
     with open(os.path.join(staging, "config.json"), "w") as f:
       json.dump(meta, f, indent=1)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.rename(staging, out_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+  out_dir = os.path.abspath(os.fspath(out_dir))
   return out_dir
 
 
