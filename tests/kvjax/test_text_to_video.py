@@ -1,0 +1,72 @@
+"""The whole pipeline on the tiny preset with random weights: text-to-video, image-to-video, batches, seeds."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions
+from kvjax.pipeline.images import fit_and_crop, to_uint8
+from kvjax.pipeline.text_to_video import TextToVideo, random_weights
+from kvjax.text.hashed_tokenizer import HashedWordTokenizer
+
+CONFIG = PIPELINE_PRESETS["tiny"]
+OPTIONS = GenerationOptions(width=64, height=32, fps="medium", key_frame_steps=2, base_frame_steps=2,
+                            interpolation_steps=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+  tokenizer = HashedWordTokenizer(CONFIG.text_encoder.vocab_size, CONFIG.tokens_length)
+  return TextToVideo(CONFIG, random_weights(CONFIG), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def two_prompts(pipeline):
+  stages = []
+  frames = pipeline(["a red fox in the snow", "waves"], OPTIONS, progress=lambda stage, s: stages.append(stage))
+  return frames, stages
+
+
+def test_text_to_video_runs_every_stage_for_a_batch(two_prompts):
+  frames, stages = two_prompts
+  assert stages == ["text", "key frame", "encode key frame", "base frames", "interpolation 1", "decode"]
+  assert frames.shape == (2, 45, 32, 64, 3) and frames.dtype == np.uint8
+  assert not np.array_equal(frames[0], frames[1])  # different prompts, different videos
+
+
+def test_the_same_seed_reproduces_the_videos(pipeline, two_prompts):
+  frames, _ = two_prompts
+  again = pipeline(["a red fox in the snow", "waves"], OPTIONS)
+  np.testing.assert_array_equal(frames, again)
+
+
+def test_image_to_video_skips_the_key_frame(pipeline):
+  rng = np.random.default_rng(0)
+  image = Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+  stages = []
+  options = GenerationOptions(width=64, height=32, fps="low", key_frame_steps=2, base_frame_steps=2, seed=1)
+  frames = pipeline("a boat", options, images=[image], progress=lambda stage, s: stages.append(stage))
+  assert stages == ["text", "encode key frame", "base frames", "decode"]
+  assert frames.shape == (1, 12, 32, 64, 3)
+
+
+def test_bad_sizes_and_options_are_named(pipeline):
+  with pytest.raises(ValueError, match="multiples of 32"):
+    pipeline("x", GenerationOptions(width=48, height=32))
+  with pytest.raises(ValueError, match="fps must be one of"):
+    GenerationOptions(fps="ultra")
+  with pytest.raises(ValueError, match="motion must be one of"):
+    GenerationOptions(motion="normal")
+  with pytest.raises(ValueError, match="1 images for 2 prompts"):
+    pipeline(["a", "b"], OPTIONS, images=[Image.new("RGB", (64, 32))])
+
+
+def test_fit_and_crop_follows_the_reference():
+  # 200x100 to 64x32: rf = min(200/64, 100/32) = 3.125 -> 64x32 exactly, no crop.
+  image = Image.fromarray(np.full((100, 200, 3), 255, np.uint8))
+  out = fit_and_crop(image, 64, 32)
+  assert out.shape == (32, 64, 3) and np.allclose(out, 1.0)
+  # A smaller image is not enlarged: the crop pads it with black (-1).
+  small = fit_and_crop(Image.fromarray(np.full((16, 16, 3), 255, np.uint8)), 32, 32)
+  assert small.shape == (32, 32, 3) and small[0, 0, 0] == -1 and small[16, 16, 0] == 1
+  np.testing.assert_array_equal(to_uint8(np.array([-1.0, 0.0, 0.999, 2.0])), [0, 127, 254, 255])
