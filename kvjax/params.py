@@ -9,6 +9,7 @@ import flax.linen as nn
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kvjax import configs
 from kvjax.models.interpolation_unet import InterpolationUNet
@@ -60,23 +61,25 @@ def init_params(config, rng: jax.Array, param_dtype=jnp.float32) -> dict[str, An
   return model.init(rng, **inputs)["params"]
 
 
-def random_params(config, rng: jax.Array, param_dtype=jnp.float32) -> dict[str, Any]:
+def random_params(config, seed: int = 0, param_dtype=jnp.float32) -> dict[str, Any]:
   """Random weights without running the model (seconds, where `init_params` compiles a whole forward).
 
   Kernels and embeddings ~ N(0, 1/fan_in), norm scales 1, biases and blend scalars 0: a model that
-  computes something non-trivial, for smoke runs and benchmarks. Not the reference initialisation.
+  computes something non-trivial, for smoke runs and benchmarks. Not the reference initialisation. Drawn
+  with numpy: per-leaf jax draws would compile once per distinct shape.
   """
   flat = flax.traverse_util.flatten_dict(nn.unbox(abstract_params(config, param_dtype)))
-  keys = jax.random.split(rng, len(flat))
+  rng = np.random.default_rng(seed)
 
-  def draw(path, leaf, key):
+  def draw(path, leaf):
     if path[-1] in ("kernel", "embedding"):
       fan_in = math.prod(leaf.shape[:-1]) if path[-1] == "kernel" else leaf.shape[-1]
-      return (jax.random.normal(key, leaf.shape, jnp.float32) / math.sqrt(fan_in)).astype(leaf.dtype)
-    return (jnp.ones if path[-1] == "scale" else jnp.zeros)(leaf.shape, leaf.dtype)
+      values = rng.standard_normal(leaf.shape, np.float32) / np.float32(math.sqrt(fan_in))
+    else:
+      values = (np.ones if path[-1] == "scale" else np.zeros)(leaf.shape, np.float32)
+    return jnp.asarray(values, leaf.dtype)
 
-  return flax.traverse_util.unflatten_dict(
-      {path: draw(path, leaf, key) for (path, leaf), key in zip(flat.items(), keys)})
+  return flax.traverse_util.unflatten_dict({path: draw(path, leaf) for path, leaf in flat.items()})
 
 
 def abstract_params(config, param_dtype=jnp.float32) -> dict[str, Any]:

@@ -7,10 +7,10 @@ noise level and seeds are traced. A batch of prompts runs as one batch through e
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,8 +25,10 @@ from kvjax.pipeline.images import fit_and_crop, to_uint8
 from kvjax.text.conditioning import text_context, unconditional_context
 
 
-@dataclasses.dataclass
+@flax.struct.dataclass
 class PipelineWeights:
+  """Every model's parameters (a pytree: `jax.device_put` places them all at once)."""
+
   keyframe: Any
   keyframe_null: Any
   interpolation: Any
@@ -39,13 +41,13 @@ class PipelineWeights:
 
 def random_weights(config: PipelineConfig, seed: int = 0) -> PipelineWeights:
   """Random weights for every model (`kvjax.params.random_params`), null embeddings drawn at random."""
-  keys = jax.random.split(jax.random.key(seed), 8)
-  init = lambda cfg, key: random_params(cfg, key)
-  null = lambda key: 0.5 * jax.random.normal(key, (config.keyframe.context_dim,))
+  rng = np.random.default_rng(seed)
+  seeds = rng.integers(0, 2 ** 31, 6)
+  null = lambda: jnp.asarray(0.5 * rng.standard_normal(config.keyframe.context_dim, np.float32))
   return PipelineWeights(
-      init(config.keyframe, keys[0]), null(keys[1]), init(config.interpolation, keys[2]), null(keys[3]),
-      init(config.image_movq, keys[4]), init(config.video_movq, keys[5]), init(config.text_encoder, keys[6]),
-      init(config.projections, keys[7]))
+      random_params(config.keyframe, seeds[0]), null(), random_params(config.interpolation, seeds[1]), null(),
+      random_params(config.image_movq, seeds[2]), random_params(config.video_movq, seeds[3]),
+      random_params(config.text_encoder, seeds[4]), random_params(config.projections, seeds[5]))
 
 
 Progress = Callable[[str, float], None]
