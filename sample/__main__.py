@@ -113,8 +113,13 @@ def run(args) -> int:
   options.check_size(config)
   pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32)
   start = time.perf_counter()
-  report = lambda stage, seconds: print(f"  {stage:<18} {seconds:7.1f} s", file=sys.stderr)
-  videos = pipeline(args.prompts, options, images, progress=report)
+  def bar(stage, done, total):
+    filled = 30 * done // total
+    print(f"\r  {stage:<18} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", file=sys.stderr,
+          flush=True)
+
+  report = lambda stage, seconds: print(f"\r  {stage:<18} {'done':<32} {seconds:7.1f} s", file=sys.stderr)
+  videos = pipeline(args.prompts, options, images, progress=report, step_progress=bar)
   for video, out in zip(videos, outputs):
     write_frames(video, out, overwrite=args.overwrite)
     print(f"wrote {out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]}")

@@ -19,18 +19,24 @@ SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
 
 
 def denoise(config: SchedulerConfig, schedule: Schedule, predict: Callable[[jax.Array, jax.Array], jax.Array],
-            x: jax.Array, rng: jax.Array, sampler: str = "ddpm", step_noise: jax.Array | None = None) -> jax.Array:
+            x: jax.Array, rng: jax.Array, sampler: str = "ddpm", step_noise: jax.Array | None = None,
+            on_step: Callable[[int, int], None] | None = None) -> jax.Array:
   """Runs every step of `schedule` from the noise `x`.
 
   DDPM draws its step noise from `rng` (folded with the step number), or takes it from `step_noise`
-  (num_steps, *x.shape) to replay another implementation's noise exactly.
+  (num_steps, *x.shape) to replay another implementation's noise exactly. `on_step(done, total)` is
+  called on the host after each step (a progress bar), from inside the compiled loop.
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
+  total = schedule.num_steps
+
   def body(index, carry):
     x, previous_x0 = carry
     output = predict(x, schedule.timesteps[index])
+    if on_step is not None:
+      jax.debug.callback(lambda i: on_step(int(i) + 1, total), index)
     if sampler == "ddpm":
       if step_noise is None:
         noise = jax.random.normal(jax.random.fold_in(rng, index), x.shape, jnp.float32)

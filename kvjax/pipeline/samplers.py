@@ -16,6 +16,7 @@ reference's noise this way.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ class SamplerOptions:
 
   scheduler: SchedulerConfig = KEYFRAME_SCHEDULER
   sampler: str = "ddpm"  # the reference; "ddim" / "dpm_solver_pp" are faster, not the reference
+  on_step: Callable[[int, int], None] | None = None  # progress: (steps done, total), on the host
 
 
 def _noise(noise, name: str, draw):
@@ -67,7 +69,7 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
     return guidance.two_way(eps[:p], eps[p:], guidance_scale)
 
   return denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
-                 None if noise is None else noise.get("step_noise"))
+                 None if noise is None else noise.get("step_noise"), options.on_step)
 
 
 def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_scale, motion_score,
@@ -108,7 +110,7 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
     return guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
 
   x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
-              None if noise is None else noise.get("step_noise"))
+              None if noise is None else noise.get("step_noise"), options.on_step)
   return x.reshape(p, n, h, w, LATENT_CHANNELS)
 
 
@@ -145,7 +147,7 @@ def interpolate(unet, params, frames, text, null, guidance_scale, skip_frames: i
     return guidance.two_way(v[:p * g], v[p * g:], guidance_scale)
 
   x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
-              None if noise is None else noise.get("step_noise"))
+              None if noise is None else noise.get("step_noise"), options.on_step)
   new = x.reshape(p, g, h, w, FRAMES_PER_GROUP, c).transpose(0, 1, 4, 2, 3, 5)  # channels (t c)
   interleaved = jnp.concatenate([frames[:, :-1, None], new], axis=2).reshape(p, 4 * g, h, w, c)
   return jnp.concatenate([interleaved, frames[:, -1:]], axis=1)

@@ -50,7 +50,8 @@ def random_weights(config: PipelineConfig, seed: int = 0) -> PipelineWeights:
       random_params(config.text_encoder, seeds[4]), random_params(config.projections, seeds[5]))
 
 
-Progress = Callable[[str, float], None]
+Progress = Callable[[str, float], None]  # (stage, seconds) when a stage ends
+StepProgress = Callable[[str, int, int], None]  # (stage, steps done, total) after each denoising step
 
 
 class TextToVideo:
@@ -63,6 +64,14 @@ class TextToVideo:
     self.image_movq, self.video_movq = MoVQ(config.image_movq), MoVQ(config.video_movq)
     self.text_encoder = build_model(config.text_encoder)
     self._compiled: dict[Any, Callable] = {}
+    self._stage, self._step_progress = "", None
+
+  def _on_step(self, done: int, total: int) -> None:
+    if self._step_progress is not None:
+      self._step_progress(self._stage, done, total)
+
+  def _sampler(self, prediction: str, spacing: str, steps: int, options: GenerationOptions):
+    return samplers.SamplerOptions(SchedulerConfig(prediction, spacing, steps), options.sampler, self._on_step)
 
   def _jit(self, key, make: Callable[[], Callable]) -> Callable:
     if key not in self._compiled:
@@ -85,7 +94,7 @@ class TextToVideo:
     """Stage 1: the first frames at twice the video size, decoded to uint8 (P, 2H, 2W, 3)."""
     f = self.config.image_movq.downsampling_factor
     size = (2 * options.height // f, 2 * options.width // f)
-    sampler = samplers.SamplerOptions(SchedulerConfig("epsilon", "leading", options.key_frame_steps), options.sampler)
+    sampler = self._sampler("epsilon", "leading", options.key_frame_steps, options)
     run = self._jit(("key_frame", size, sampler), lambda: lambda p, movq, text, null, w, rng: self.image_movq.apply(
         {"params": movq}, samplers.first_frame(self.keyframe_unet, p, text, null, w, rng, size, sampler), 1,
         method="decode"))  # one image per decode call, as the reference
@@ -99,15 +108,14 @@ class TextToVideo:
     return encode(self.weights.image_movq, pixels)
 
   def base_frames(self, key_latents, text, null, options: GenerationOptions, rng) -> jax.Array:
-    sampler = samplers.SamplerOptions(SchedulerConfig("epsilon", "leading", options.base_frame_steps), options.sampler)
+    sampler = self._sampler("epsilon", "leading", options.base_frame_steps, options)
     run = self._jit(("base", sampler), lambda: lambda p, *args: samplers.base_frames(
         self.keyframe_unet, p, *args, sampler))
     return run(self.weights.keyframe, key_latents, text, null, options.guidance_weight_prompt,
                options.guidance_weight_image, options.motion_score, options.noise_augmentation, rng)
 
   def interpolate(self, frames, text, null, options: GenerationOptions, skip_frames: int, rng) -> jax.Array:
-    sampler = samplers.SamplerOptions(SchedulerConfig("v_prediction", "trailing", options.interpolation_steps),
-                                      options.sampler)
+    sampler = self._sampler("v_prediction", "trailing", options.interpolation_steps, options)
     run = self._jit(("interpolate", sampler, skip_frames), lambda: lambda p, frames, text, null, w, rng:
                     samplers.interpolate(self.interpolation_unet, p, frames, text, null, w, skip_frames, rng, sampler))
     return run(self.weights.interpolation, frames, text, null, options.interpolation_guidance_scale, rng)
@@ -128,7 +136,8 @@ class TextToVideo:
   # --- the whole pipeline -----------------------------------------------------------------------------
 
   def __call__(self, prompts: str | Sequence[str], options: GenerationOptions = GenerationOptions(),
-               images: Sequence[Image.Image] | None = None, progress: Progress | None = None) -> np.ndarray:
+               images: Sequence[Image.Image] | None = None, progress: Progress | None = None,
+               step_progress: StepProgress | None = None) -> np.ndarray:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if images is not None and len(images) != len(prompts):
       raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
@@ -137,7 +146,10 @@ class TextToVideo:
     rng = jax.random.key(options.seed)
     key_rng, base_rng, *pass_rngs = jax.random.split(rng, 2 + len(FPS_PASSES[options.fps]))
 
+    self._step_progress = step_progress
+
     def stage(name, fn, *args):
+      self._stage = name
       start = time.perf_counter()
       out = jax.block_until_ready(fn(*args))
       report(name, time.perf_counter() - start)

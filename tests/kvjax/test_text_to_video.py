@@ -22,20 +22,24 @@ def pipeline():
 
 @pytest.fixture(scope="module")
 def two_prompts(pipeline):
-  stages = []
-  frames = pipeline(["a red fox in the snow", "waves"], OPTIONS, progress=lambda stage, s: stages.append(stage))
-  return frames, stages
+  stages, steps = [], []
+  frames = pipeline(["a red fox in the snow", "waves"], OPTIONS, progress=lambda stage, s: stages.append(stage),
+                    step_progress=lambda stage, done, total: steps.append((stage, done, total)))
+  return frames, stages, steps
 
 
 def test_text_to_video_runs_every_stage_for_a_batch(two_prompts):
-  frames, stages = two_prompts
+  frames, stages, steps = two_prompts
+  # every denoising step is reported from inside the compiled loops
+  assert sorted(set(steps)) == sorted({(stage, done, 2) for stage in ("key frame", "base frames", "interpolation 1")
+                                       for done in (1, 2)})
   assert stages == ["text", "key frame", "encode key frame", "base frames", "interpolation 1", "decode"]
   assert frames.shape == (2, 45, 32, 64, 3) and frames.dtype == np.uint8
   assert not np.array_equal(frames[0], frames[1])  # different prompts, different videos
 
 
 def test_the_same_seed_reproduces_the_videos(pipeline, two_prompts):
-  frames, _ = two_prompts
+  frames = two_prompts[0]
   again = pipeline(["a red fox in the snow", "waves"], OPTIONS)
   np.testing.assert_array_equal(frames, again)
 
