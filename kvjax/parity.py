@@ -123,12 +123,21 @@ def _t5_encoder_case(model, converted: ConvertedModel, inputs: dict[str, np.ndar
   return {"last_hidden_state": np.asarray(encode(converted.params, inputs["input_ids"], inputs["attention_mask"]))}
 
 
+def _text_projections_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """One projection head on T5 states, then masking and the cut to the longest prompt + 1 (spec §6.4)."""
+  from kvjax.text.conditioning import text_context
+  context, mask = text_context(converted.params, inputs["hidden_states"], inputs["attention_mask"],
+                               converted.config, head=str(inputs["head"]))
+  return {"context": np.asarray(context), "context_mask": np.asarray(mask).astype(inputs["attention_mask"].dtype)}
+
+
 # kind -> (model, converted checkpoint, case inputs) -> outputs
 CASE_RUNNERS: dict[str, Callable[[Any, ConvertedModel, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
     "keyframe_unet": _keyframe_case,
     "interpolation_unet": _interpolation_case,
     "movq": _movq_case,
     "t5_encoder": _t5_encoder_case,
+    "t5_projections": _text_projections_case,
 }
 
 

@@ -60,3 +60,14 @@ def test_parameter_counts_and_logical_axes():
 def test_config_from_the_official_text_encoder_section():
   section = {"tokens_length": 128, "context_dim": 4096, "weights_path": "google/flan-ul2"}
   assert configs.TextProjectionConfig.from_text_encoder_section(section) == configs.TEXT_PROJECTIONS_1_1
+
+
+def test_matches_the_reference_condition_encoder():
+  import os
+  from testing_utils import FIXTURES
+  from kvjax.parity import verify_fixture
+  results = verify_fixture(os.path.join(FIXTURES, "t5_projections", "manifest.json"))
+  assert [r.name for r in results] == [f"t5_projections/{head}/{out}" for head in ("base", "interpolation")
+                                       for out in ("context", "context_mask")]
+  for result in results:
+    assert result.ok, result.line()
