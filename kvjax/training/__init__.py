@@ -1,0 +1,1 @@
+"""Sharded training of the video UNets: meshes, partitioning, optimiser, train steps, checkpoints."""

@@ -1,0 +1,86 @@
+"""Training state (a pytree), its shardings, and the jit-compiled, sharded train step."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from kvjax.training.optimizer import OptimizerConfig, learning_rate_schedule
+from kvjax.training.partitioning import batch_sharding, param_shardings, replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any  # float32 master weights
+  opt_state: Any
+  ema_params: Any  # exponential moving average of params (None when off)
+
+
+def _dict_keys(keypath) -> tuple[str, ...]:
+  return tuple(k.key for k in keypath if isinstance(k, jax.tree_util.DictKey))
+
+
+def opt_state_shardings(abstract_opt_state, params_shardings, mesh: Mesh):
+  """Optimiser moments shard like the parameters they track (matched by path and shape), the rest replicate."""
+  by_path = flax.traverse_util.flatten_dict(params_shardings)
+
+  def one(keypath, leaf):
+    keys = _dict_keys(keypath)
+    for start in range(len(keys)):
+      sharding = by_path.get(keys[start:])
+      if sharding is not None and len(sharding.spec) <= leaf.ndim:
+        return sharding
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+
+def state_shardings(boxed_abstract_params, optimizer, mesh: Mesh, ema: bool) -> TrainState:
+  params = param_shardings(boxed_abstract_params, mesh)
+  import flax.linen as nn
+  abstract_opt = jax.eval_shape(optimizer.init, nn.unbox(boxed_abstract_params))
+  return TrainState(step=replicated(mesh), params=params,
+                    opt_state=opt_state_shardings(abstract_opt, params, mesh), ema_params=params if ema else None)
+
+
+def create_state(params, optimizer, ema: bool) -> TrainState:
+  params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+  # The EMA gets its own buffers: the step donates the state, and a buffer may be donated only once.
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                    ema_params=jax.tree.map(lambda p: np.array(p, copy=True), params) if ema else None)
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, cfg: OptimizerConfig, trainable,
+                    seed: int = 0):
+  """`step(state, batch) -> (state, metrics)`; the step's randomness is fold_in(seed, step), so a resumed
+  run draws exactly what the uninterrupted one would have."""
+  schedule = learning_rate_schedule(cfg)
+
+  def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
+    trained = [g for g, on in zip(jax.tree.leaves(grads), jax.tree.leaves(trainable)) if on]
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(trained),
+               "learning_rate": schedule(state.step // cfg.accumulation_steps)}
+    return TrainState(state.step + 1, params, opt_state, ema), metrics
+
+  return step
+
+
+def jit_train_step(step, shardings: TrainState, mesh: Mesh):
+  """The step compiled with explicit shardings: state as the rules say, batch split over data and fsdp."""
+  return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
+                 out_shardings=(shardings, replicated(mesh)), donate_argnums=0)

@@ -1,0 +1,34 @@
+"""Which parameters train: the image (Kandinsky 3.0) weights stay frozen, the video parts learn.
+
+Keyframe UNet: every temporal layer (temporal ResNet and attention blocks, the frame-index, noise-level
+and motion-score embeddings) and the new 9-channel `in_layer`. Interpolation UNet: every temporal layer,
+the perturbation and skip embeddings with their merge scalars, and the input/output convolutions, whose
+channel counts (20 in, 12 out) differ from the image model's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax.traverse_util
+import jax
+
+TRAINABLE_PATTERNS = {
+    "keyframe_unet": r"^(temporal_|to_temporal_embed_)|/temporal_|^in_layer/",
+    "interpolation_unet": r"^(temporal_|perturbation_to_time_embed_|skip_|time_embed_merge)|/temporal_"
+                          r"|^in_layer/|^out_layer_2/",
+}
+
+
+def trainable_mask(params, kind: str) -> Any:
+  """A tree of bools like `params`: True where the parameter trains."""
+  if kind not in TRAINABLE_PATTERNS:
+    raise ValueError(f"no training recipe for model kind {kind!r}; known: {', '.join(TRAINABLE_PATTERNS)}")
+  pattern = re.compile(TRAINABLE_PATTERNS[kind])
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict({path: bool(pattern.search("/".join(path))) for path in flat})
+
+
+def count_trainable(params, mask) -> int:
+  return sum(leaf.size for leaf, on in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if on)
