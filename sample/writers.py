@@ -9,8 +9,6 @@ from PIL import Image
 
 from kvjax.atomic import staged
 
-SUFFIXES = (".mp4", ".gif", "/ (a folder of PNGs)")
-
 # The reference README shows every video over 5.5 s, whatever its frame count.
 CLIP_SECONDS = 5.5
 

@@ -36,6 +36,16 @@ def dynamic_threshold(config: SchedulerConfig, x0: jax.Array) -> jax.Array:
   return jnp.clip(x0, -s, s) / s
 
 
+def clean_prediction(config: SchedulerConfig, alpha_bar, sample, model_output) -> jax.Array:
+  """x0 from the model output, thresholded (or clipped) as the reference's scheduler does."""
+  x0 = predict_original(config, alpha_bar, sample, model_output)
+  if config.thresholding:
+    return dynamic_threshold(config, x0)
+  if config.clip_sample:
+    return jnp.clip(x0, -config.clip_sample_range, config.clip_sample_range)
+  return x0
+
+
 def ddpm_step(config: SchedulerConfig, schedule: Schedule, index: jax.Array, sample: jax.Array,
               model_output: jax.Array, noise: jax.Array) -> jax.Array:
   """x_t -> x_prev at loop step `index` (traced), with the posterior std ("fixed_small_log") times `noise`.
@@ -49,11 +59,7 @@ def ddpm_step(config: SchedulerConfig, schedule: Schedule, index: jax.Array, sam
   beta_bar, beta_bar_prev = 1 - alpha_bar, 1 - alpha_bar_prev
   alpha = alpha_bar / alpha_bar_prev
   beta = 1 - alpha
-  x0 = predict_original(config, alpha_bar, sample, model_output)
-  if config.thresholding:
-    x0 = dynamic_threshold(config, x0)
-  elif config.clip_sample:
-    x0 = jnp.clip(x0, -config.clip_sample_range, config.clip_sample_range)
+  x0 = clean_prediction(config, alpha_bar, sample, model_output)
   mean = (jnp.sqrt(alpha_bar_prev) * beta / beta_bar) * x0 + (jnp.sqrt(alpha) * beta_bar_prev / beta_bar) * sample
   std = jnp.exp(0.5 * jnp.log(jnp.maximum(beta_bar_prev / beta_bar * beta, 1e-20)))
   return mean + jnp.where(t > 0, std, 0.0) * noise.astype(jnp.float32)

@@ -10,22 +10,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kvjax.diffusion.ddpm import dynamic_threshold, predict_original
+from kvjax.diffusion.ddpm import clean_prediction
 from kvjax.diffusion.schedule import Schedule, SchedulerConfig
 
 # DPM-Solver works in log-SNR, which is -inf where alpha_bar = 0 (the zero-terminal-SNR end of the
 # schedule); that point is moved to 2^-24, as diffusers does.
 _MIN_ALPHA_BAR = 2.0 ** -24
-
-
-def clean_prediction(config: SchedulerConfig, alpha_bar, sample, model_output):
-  """x0 from the model output, thresholded (or clipped) as the reference's scheduler does."""
-  x0 = predict_original(config, alpha_bar, sample, model_output)
-  if config.thresholding:
-    return dynamic_threshold(config, x0)
-  if config.clip_sample:
-    return jnp.clip(x0, -config.clip_sample_range, config.clip_sample_range)
-  return x0
 
 
 def ddim_step(config: SchedulerConfig, schedule: Schedule, index: jax.Array, sample: jax.Array,

@@ -9,9 +9,7 @@ from __future__ import annotations
 import zlib
 from typing import Sequence
 
-import numpy as np
-
-from kvjax.text.tokenizer import TokenizedText
+from kvjax.text.tokenizer import TokenizedText, pad_batch
 
 PAD_ID, EOS_ID, FIRST_WORD_ID = 0, 1, 3
 
@@ -29,10 +27,4 @@ class HashedWordTokenizer:
 
   def __call__(self, prompts: str | Sequence[str]) -> TokenizedText:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    ids = np.full((len(prompts), self.max_length), PAD_ID, np.int32)
-    mask = np.zeros((len(prompts), self.max_length), np.int32)
-    for row, prompt in enumerate(prompts):
-      tokens = self.encode(prompt)
-      ids[row, :len(tokens)] = tokens
-      mask[row, :len(tokens)] = 1
-    return TokenizedText(ids, mask)
+    return pad_batch([self.encode(prompt) for prompt in prompts], self.max_length, PAD_ID)

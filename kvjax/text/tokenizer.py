@@ -25,6 +25,16 @@ class TokenizedText:
   attention_mask: np.ndarray  # (B, max_length) int32, 1 on real tokens (EOS included), 0 on padding
 
 
+def pad_batch(token_ids: Sequence[Sequence[int]], max_length: int, pad_id: int) -> TokenizedText:
+  """Right-pads each row of ids (at most `max_length`) with `pad_id`; the mask is 1 on the given ids."""
+  input_ids = np.full((len(token_ids), max_length), pad_id, np.int32)
+  attention_mask = np.zeros((len(token_ids), max_length), np.int32)
+  for row, ids in enumerate(token_ids):
+    input_ids[row, : len(ids)] = ids
+    attention_mask[row, : len(ids)] = 1
+  return TokenizedText(input_ids, attention_mask)
+
+
 class T5Tokenizer:
   """Tokenizes batches of prompts to fixed-length ids and masks (128 tokens for Kandinsky Video 1.1)."""
 
@@ -80,10 +90,4 @@ class T5Tokenizer:
   def __call__(self, prompts: str | Sequence[str]) -> TokenizedText:
     if isinstance(prompts, str):
       prompts = [prompts]
-    input_ids = np.full((len(prompts), self.max_length), self.pad_id, np.int32)
-    attention_mask = np.zeros((len(prompts), self.max_length), np.int32)
-    for row, prompt in enumerate(prompts):
-      ids = self.encode(prompt)
-      input_ids[row, : len(ids)] = ids
-      attention_mask[row, : len(ids)] = 1
-    return TokenizedText(input_ids, attention_mask)
+    return pad_batch([self.encode(prompt) for prompt in prompts], self.max_length, self.pad_id)

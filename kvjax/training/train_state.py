@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import flax.linen as nn
 import flax.struct
 import flax.traverse_util
 import jax
@@ -45,7 +46,6 @@ def opt_state_shardings(abstract_opt_state, params_shardings, mesh: Mesh):
 
 def state_shardings(boxed_abstract_params, optimizer, mesh: Mesh, ema: bool) -> TrainState:
   params = param_shardings(boxed_abstract_params, mesh)
-  import flax.linen as nn
   abstract_opt = jax.eval_shape(optimizer.init, nn.unbox(boxed_abstract_params))
   return TrainState(step=replicated(mesh), params=params,
                     opt_state=opt_state_shardings(abstract_opt, params, mesh), ema_params=params if ema else None)
