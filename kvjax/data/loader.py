@@ -1,0 +1,90 @@
+"""Training batches from the prepared dataset with grain: random access into the ArrayRecord files, a
+seeded shuffle, sharding by host, and an iterator whose state can be saved and restored for exact resume.
+
+Each element is one clip: a window of `num_frames` frames, `frame_stride` apart, at a random start that
+grain's per-record generator fixes from (seed, record index, epoch); only the window's frames are decoded.
+Frames are resized (short side) and centre-cropped to `resolution`. A clip shorter than the window repeats
+its last frame.
+
+  loader = make_clip_loader(dataset_dir, batch_size=8, num_frames=16, resolution=(256, 256), seed=0)
+  iterator = iter(loader)
+  batch = next(iterator)   # {"frames": uint8 (B, T, H, W, 3), "caption": str (B,), "motion_score": float32 (B,), ...}
+  state = iterator.get_state()        # bytes: store beside the model checkpoint
+  iterator = iter(loader); iterator.set_state(state)   # continues with exactly the batches that followed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from kvjax.data.dataset import SPLIT, decode_jpeg, parse_example, shard_paths
+
+
+def resize_and_crop(frame: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
+  """Scales `frame` so it covers (height, width) = resolution, then cuts out the centre."""
+  import cv2
+  target_h, target_w = resolution
+  height, width = frame.shape[:2]
+  scale = max(target_h / height, target_w / width)
+  size = (max(target_w, round(width * scale)), max(target_h, round(height * scale)))
+  if size != (width, height):
+    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+  top, left = (size[1] - target_h) // 2, (size[0] - target_w) // 2
+  return np.ascontiguousarray(frame[top:top + target_h, left:left + target_w])
+
+
+def window_indices(clip_frames: int, num_frames: int, frame_stride: int, rng: np.random.Generator) -> np.ndarray:
+  span = (num_frames - 1) * frame_stride + 1
+  start = int(rng.integers(0, max(1, clip_frames - span + 1)))
+  return np.minimum(start + frame_stride * np.arange(num_frames), clip_frames - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipWindow(grain.transforms.RandomMap):
+  """serialized example -> {"frames": uint8 (T, H, W, 3), the clip's text and numbers}."""
+  num_frames: int
+  frame_stride: int
+  resolution: tuple[int, int]
+
+  def random_map(self, record: bytes, rng: np.random.Generator) -> dict:
+    example = parse_example(record)
+    jpeg_frames = example.pop("video")
+    indices = window_indices(len(jpeg_frames), self.num_frames, self.frame_stride, rng)
+    frames = np.stack([resize_and_crop(decode_jpeg(jpeg_frames[i]), self.resolution) for i in indices])
+    fps = float(example["fps"])
+    return {
+        "frames": frames,
+        "caption": example["caption"], "source_caption": example["source_caption"],
+        "clip_id": example["clip_id"], "source": example["source"],
+        "motion_score": np.float32(example["motion_score"]), "fps": np.float32(fps / self.frame_stride),
+        "start_seconds": np.float32(example["start_seconds"] + indices[0] / fps),
+    }
+
+
+def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, resolution: tuple[int, int],
+                     seed: int, split: str = SPLIT, frame_stride: int = 1, shuffle: bool = True,
+                     num_epochs: int | None = None, shard_index: int | None = None, shard_count: int | None = None,
+                     worker_count: int = 0):
+  """A grain DataLoader over the dataset at dataset_dir (the prepare output folder, its dataset folder, or
+  the tfds version folder). Iterating it yields batches as described in the module docstring; each host
+  reads its own shard (by default jax.process_index() of jax.process_count()), whole batches only.
+  num_epochs=None repeats forever. `fps` in a batch is the rate of the sampled window."""
+  if shard_index is None or shard_count is None:
+    import jax
+    shard_index, shard_count = jax.process_index(), jax.process_count()
+  if num_frames < 1 or frame_stride < 1 or batch_size < 1:
+    raise ValueError(f"batch_size ({batch_size}), num_frames ({num_frames}) and frame_stride ({frame_stride}) "
+                     "must be at least 1")
+  source = grain.sources.ArrayRecordDataSource(shard_paths(dataset_dir, split))
+  if len(source) < shard_count * batch_size:
+    raise ValueError(f"{dataset_dir}: {len(source)} clips cannot fill a batch of {batch_size} on each of "
+                     f"{shard_count} hosts")
+  sampler = grain.samplers.IndexSampler(
+      len(source), shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
+      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  window = ClipWindow(num_frames, frame_stride, tuple(resolution))
+  return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+                          operations=[window, grain.transforms.Batch(batch_size, drop_remainder=True)])

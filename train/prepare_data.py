@@ -1,0 +1,62 @@
+"""Prepares a folder of videos into the tfds training dataset (kvjax.data.prepare):
+
+  python -m train.prepare_data SRC_DIR OUT_DIR [--captions captions.jsonl] [--workers N]
+
+Re-running with the same OUT_DIR skips finished work; the summary table is printed at the end."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kvjax.data import filters, motion, prepare, scenes, transforms
+from kvjax.data.captions import CaptionsError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  f, s, t, m = filters.FilterConfig(), scenes.SceneConfig(), transforms.TransformConfig(), motion.MotionConfig()
+  parser = argparse.ArgumentParser(prog="python -m train.prepare_data", description=__doc__.split("\n\n")[0])
+  parser.add_argument("src_dir", help="folder of source videos (searched recursively)")
+  parser.add_argument("out_dir", help="output folder: work/ (clip store, ledger) and dataset/ (tfds)")
+  parser.add_argument("--captions", help="JSON lines: {\"clip_id\" or \"source\": ..., \"caption\": ...}")
+  parser.add_argument("--workers", type=int, default=1, help="processes decoding videos in parallel")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the dataset's shuffled order")
+  parser.add_argument("--min-seconds", type=float, default=f.min_seconds)
+  parser.add_argument("--min-area", type=int, default=f.min_area, help="minimum width*height in pixels")
+  parser.add_argument("--min-side", type=int, default=f.min_side)
+  parser.add_argument("--min-fps", type=float, default=f.min_fps)
+  parser.add_argument("--max-clip-seconds", type=float, default=s.max_clip_seconds,
+                      help="longer videos are split at scene cuts (and long scenes into equal parts)")
+  parser.add_argument("--scene-threshold", type=float, default=s.threshold, help="PySceneDetect ContentDetector")
+  parser.add_argument("--short-side", type=int, default=t.target_short_side, help="frames larger are scaled down")
+  parser.add_argument("--fps", type=float, default=t.target_fps, help="output frame rate")
+  parser.add_argument("--motion", choices=("farneback", "raft"), default=m.method)
+  parser.add_argument("--raft-weights", help="torchvision RAFT state dict (a local file) for --motion raft")
+  parser.add_argument("--raft-variant", choices=("raft_large", "raft_small"), default=m.raft_variant)
+  parser.add_argument("--no-progress", action="store_true")
+  return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> prepare.PrepareConfig:
+  return prepare.PrepareConfig(
+      filters=filters.FilterConfig(min_seconds=args.min_seconds, min_area=args.min_area, min_side=args.min_side,
+                                   min_fps=args.min_fps),
+      scenes=scenes.SceneConfig(max_clip_seconds=args.max_clip_seconds, threshold=args.scene_threshold),
+      transform=transforms.TransformConfig(target_short_side=args.short_side, target_fps=args.fps),
+      motion=motion.MotionConfig(method=args.motion, raft_weights=args.raft_weights, raft_variant=args.raft_variant))
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    summary = prepare.prepare(args.src_dir, args.out_dir, captions_path=args.captions, config=config_from_args(args),
+                              workers=args.workers, seed=args.seed, progress=not args.no_progress)
+  except (FileNotFoundError, CaptionsError, ValueError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(summary.table())
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
