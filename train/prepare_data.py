@@ -48,6 +48,9 @@ def config_from_args(args: argparse.Namespace) -> prepare.PrepareConfig:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.no_progress:
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()  # the dataset writer's bars
   try:
     summary = prepare.prepare(args.src_dir, args.out_dir, captions_path=args.captions, config=config_from_args(args),
                               workers=args.workers, seed=args.seed, progress=not args.no_progress)
