@@ -86,8 +86,7 @@ class Summary:
     rows.append(("errors", len(self.errors), "unreadable files, skipped; re-run to retry" if self.errors else ""))
     lines = [f"{name:<20} {count:>7}  {note}".rstrip() for name, count, note in rows]
     lines += [f"  {error}" for error in self.errors]
-    if self.dataset_dir:
-      lines.append(f"dataset: {self.dataset_dir}")
+    lines.append(f"dataset: {self.dataset_dir}" if self.dataset_dir else "dataset: not written (no clips kept)")
     return "\n".join(lines)
 
 
@@ -298,6 +297,8 @@ def prepare(src_dir: str, out_dir: str, *, captions_path: str | None = None, con
       caption = captions_lib.caption_for(captions, clip_id=clip_id, source=source, src_dir=src_dir,
                                          source_caption=load_clip_meta(clip_path).source_caption)
       entries.append((clip_path, caption))
+  if not entries:
+    return summary  # tfds cannot write an empty split; the table says no dataset was written
   order = np.random.default_rng(seed).permutation(len(entries))
   summary.dataset_dir = write_dataset(os.path.join(out_dir, "dataset"), [entries[i] for i in order])
   return summary

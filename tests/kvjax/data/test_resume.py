@@ -84,3 +84,11 @@ def test_parallel_workers_match_one_process(small_folder, tmp_path, test_config)
   for path in glob.glob(str(tmp_path / "one" / "work" / "clips" / "*.npz")):
     other = path.replace(f"{os.sep}one{os.sep}", f"{os.sep}two{os.sep}")
     assert dataset.load_clip_meta(path) == dataset.load_clip_meta(other)
+
+
+def test_no_clips_kept_writes_no_dataset(small_folder, tmp_path, test_config):
+  for name in ("cut.mp4", "static.mp4"):
+    os.remove(small_folder / name)
+  summary = prepare.prepare(str(small_folder), str(tmp_path / "out"), config=test_config, progress=False)
+  assert summary.clips_kept == 0 and len(summary.errors) == 1 and summary.dataset_dir == ""
+  assert "dataset: not written (no clips kept)" in summary.table()
