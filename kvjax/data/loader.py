@@ -71,13 +71,19 @@ def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, reso
   """A grain DataLoader over the dataset at dataset_dir (the prepare output folder, its dataset folder, or
   the tfds version folder). Iterating it yields batches as described in the module docstring; each host
   reads its own shard (by default jax.process_index() of jax.process_count()), whole batches only.
-  num_epochs=None repeats forever. `fps` in a batch is the rate of the sampled window."""
+  num_epochs=None repeats forever. `fps` in a batch is the rate of the sampled window. The order of batches
+  depends on worker_count: restore a saved state into a loader made with the same arguments."""
   if shard_index is None or shard_count is None:
     import jax
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if num_frames < 1 or frame_stride < 1 or batch_size < 1:
     raise ValueError(f"batch_size ({batch_size}), num_frames ({num_frames}) and frame_stride ({frame_stride}) "
                      "must be at least 1")
+  if worker_count > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      # grain's worker processes read absl flags; a program that does not use absl never parses them.
+      flags.FLAGS.mark_as_parsed()
   source = grain.sources.ArrayRecordDataSource(shard_paths(dataset_dir, split))
   if len(source) < shard_count * batch_size:
     raise ValueError(f"{dataset_dir}: {len(source)} clips cannot fill a batch of {batch_size} on each of "
