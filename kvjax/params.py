@@ -16,11 +16,14 @@ from kvjax.models.interpolation_unet import InterpolationUNet
 from kvjax.models.keyframe_unet import KeyframeUNet
 
 
-def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.Module:
+def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none") -> nn.Module:
+  """The module of `config`; `remat` (UNets only) names a rematerialisation policy."""
   if isinstance(config, configs.KeyframeUNetConfig):
-    return KeyframeUNet(config, dtype=dtype, param_dtype=param_dtype)
+    return KeyframeUNet(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
   if isinstance(config, configs.InterpolationUNetConfig):
-    return InterpolationUNet(config, dtype=dtype, param_dtype=param_dtype)
+    return InterpolationUNet(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  if remat != "none":
+    raise ValueError(f"remat applies to the UNets, not to {type(config).__name__}")
   if isinstance(config, configs.MoVQConfig):
     from kvjax.models.movq import MoVQ
     return MoVQ(config, dtype=dtype, param_dtype=param_dtype)

@@ -69,3 +69,9 @@ def add_noise(schedule: Schedule, x0: jax.Array, noise: jax.Array, t: jax.Array)
   """sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, with abar cast to x0's dtype; t scalar or per sample."""
   alpha_bar = _per_sample(x0, schedule.alphas_cumprod[jnp.asarray(t)]).astype(x0.dtype)
   return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1 - alpha_bar) * noise
+
+
+def velocity(schedule: Schedule, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+  """The v-prediction target sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (the inverse of `predict_original`)."""
+  alpha_bar = _per_sample(x0, schedule.alphas_cumprod[jnp.asarray(t)]).astype(x0.dtype)
+  return jnp.sqrt(alpha_bar) * noise - jnp.sqrt(1 - alpha_bar) * x0

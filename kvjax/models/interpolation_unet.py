@@ -86,7 +86,8 @@ class DownLevel(_Level):
   """[self-attention, temporal attention], then num_blocks x (ResNet, cross-attention, ResNet)."""
 
   @nn.compact
-  def __call__(self, x, cond, context, context_mask, temporal):
+  def __call__(self, x, cond, context, context_mask, temporal_mask, num_groups: int):
+    temporal = (num_groups, temporal_mask)
     if self.self_attention:
       x = self._attention("self_attention_block")(x, cond)
     x = self._temporal_attention(x, cond, temporal)
@@ -104,7 +105,8 @@ class UpLevel(_Level):
   """num_blocks x (ResNet, cross-attention, ResNet), then self-attention, THEN temporal attention."""
 
   @nn.compact
-  def __call__(self, x, cond, context, context_mask, temporal):
+  def __call__(self, x, cond, context, context_mask, temporal_mask, num_groups: int):
+    temporal = (num_groups, temporal_mask)
     for j in range(self.num_blocks):
       prefix = f"resnet_attn_blocks_{j}"
       in_width = x.shape[-1]
@@ -134,6 +136,7 @@ class InterpolationUNet(nn.Module):
   config: InterpolationUNetConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # unet_layers.REMAT_POLICIES: recompute levels in the backward pass
 
   @nn.compact
   def __call__(self, x, time, context, context_mask=None, num_groups: int = 1, perturbation_time=None,
@@ -149,7 +152,7 @@ class InterpolationUNet(nn.Module):
     perturbation_time = jnp.full((batch,), 25.0) if perturbation_time is None else perturbation_time
     skip_frames = jnp.ones((batch,), jnp.int32) if skip_frames is None else skip_frames
     temporal_mask = jnp.ones((batch,), jnp.float32) if temporal_mask is None else temporal_mask
-    temporal = (num_groups, jnp.asarray(temporal_mask, jnp.float32))
+    temporal_mask = jnp.asarray(temporal_mask, jnp.float32)
 
     embed = lambda values, name: scalar_embedding_mlp(values, name=name, sinusoidal_dim=cfg.init_channels,
                                                       features=cfg.time_embed_dim, **kw)
@@ -165,4 +168,5 @@ class InterpolationUNet(nn.Module):
     cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask.astype(bool))
 
     x = conv(cfg.init_channels, (3, 3), padding=((1, 1), (1, 1)), name="in_layer", **kw)(x.astype(self.dtype))
-    return down_up_and_out(x, cfg, DownLevel, UpLevel, (cond, context, context_mask, temporal), **kw)
+    return down_up_and_out(x, cfg, DownLevel, UpLevel, (cond, context, context_mask, temporal_mask, num_groups),
+                           remat=self.remat, **kw)

@@ -196,6 +196,7 @@ class KeyframeUNet(nn.Module):
   config: KeyframeUNetConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # unet_layers.REMAT_POLICIES: recompute levels in the backward pass
 
   @nn.compact
   def __call__(self, x, time, context, context_mask=None, frame_index=None, num_frames: int | None = None,
@@ -242,4 +243,4 @@ class KeyframeUNet(nn.Module):
     x = in_layers[input_layer](x.astype(self.dtype))
 
     level_inputs = (cond, context, context_mask, temporal_cond, num_frames)
-    return down_up_and_out(x, cfg, DownLevel, UpLevel, level_inputs, **kw)
+    return down_up_and_out(x, cfg, DownLevel, UpLevel, level_inputs, remat=self.remat, **kw)

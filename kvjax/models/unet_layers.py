@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from kvjax.layers.attention import Attention
@@ -178,15 +179,32 @@ def check_unet_input(x, config) -> None:
     raise ValueError(f"height and width must be multiples of {downsampling}, got {x.shape[1:3]}")
 
 
-def down_up_and_out(x, config, down_level, up_level, level_inputs: tuple, *, dtype: Dtype, param_dtype: Dtype):
+# Rematerialisation: each UNet level's activations are recomputed in the backward pass, keeping only the
+# level outputs (and, with "levels_save_dots", the results of its matmuls and convolutions).
+REMAT_POLICIES = {
+    "none": None,
+    "levels": jax.checkpoint_policies.nothing_saveable,
+    "levels_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def down_up_and_out(x, config, down_level, up_level, level_inputs: tuple, *, dtype: Dtype, param_dtype: Dtype,
+                    remat: str = "none"):
   """The UNet trunk after the input layer (spec §3.10 steps 4-6), shared by both video UNets.
 
   Down levels save their outputs as skips (all but the last); up levels concatenate them back, current
   features first; then GroupNorm -> SiLU -> 3x3 conv. `down_level` / `up_level` are the model's level
   module classes, called with `level_inputs`. Call inside a parent's compact method: the levels become its
-  children `down_samples_{L}` / `up_samples_{U}`.
+  children `down_samples_{L}` / `up_samples_{U}`. The last of `level_inputs` is static (frames or
+  groups per clip); `remat` names a policy of `REMAT_POLICIES`.
   """
   kw = dict(dtype=dtype, param_dtype=param_dtype)
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
+  if REMAT_POLICIES[remat] is not None:
+    static = (1 + 1 + len(level_inputs) - 1,)  # self, x, then the level inputs
+    down_level, up_level = (nn.remat(level, policy=REMAT_POLICIES[remat], static_argnums=static)
+                            for level in (down_level, up_level))
   dims = config.hidden_dims
   levels = config.num_levels
   skips = []

@@ -9,8 +9,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, alphas_cumprod
-from kvjax.text.conditioning import unconditional_context
+from kvjax.diffusion.ddpm import add_noise
+from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, make_schedule
+from kvjax.training.augment import batch_pinning, drop_text, noise_augment, where_sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,45 +23,30 @@ class KeyframeTrainingConfig:
   text_dropout_probability: float = 0.1
 
 
-def _where_sample(keep, a, b):
-  return jnp.where(keep.reshape(keep.shape + (1,) * (a.ndim - 1)), a, b)
-
-
 def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, null_embedding,
                   activation_sharding=None) -> jax.Array:
   """Mean squared epsilon error. `batch`: latents (B, T, h, w, 4), context (B, L, D), context_mask (B, L),
-  motion_score (B,).
-
-  `activation_sharding` (a NamedSharding splitting the leading axis) pins the random draws and the UNet's
-  input and output to a batch-only layout. Without it, weight shardings propagate into the channels of
-  the random draws, and on meshes with a replicated axis XLA's CPU backend then draws different numbers
-  (seen with data=4,tensor=2: a 1% different loss; tensor=8 or fsdp=8 alone agree).
-  """
-  pin = (lambda x: x) if activation_sharding is None else (
-      lambda x: jax.lax.with_sharding_constraint(x, activation_sharding))
+  motion_score (B,). `activation_sharding` pins the draws and the UNet's input and output to the batch
+  layout (`augment.batch_pinning`)."""
+  pin = batch_pinning(activation_sharding)
   latents = batch["latents"].astype(jnp.float32)
   b, t, h, w, c = latents.shape
-  abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
+  schedule = make_schedule(KEYFRAME_SCHEDULER)
   k_time, k_noise, k_level, k_aug, k_blank, k_text = jax.random.split(rng, 6)
 
-  time = pin(jax.random.randint(k_time, (b,), 0, abar.shape[0]))
+  time = pin(jax.random.randint(k_time, (b,), 0, schedule.alphas_cumprod.shape[0]))
   noise = pin(jax.random.normal(k_noise, latents.shape))
-  a = abar[time].reshape(b, 1, 1, 1, 1)
-  noisy = jnp.sqrt(a) * latents + jnp.sqrt(1 - a) * noise
+  noisy = add_noise(schedule, latents, noise, time)
 
   level = pin(jax.random.randint(k_level, (b,), 0, config.max_noise_augmentation + 1))
-  draw = jax.random.uniform if config.augmentation_noise == "uniform" else jax.random.normal
-  a_level = abar[level].reshape(b, 1, 1, 1)
-  first = jnp.sqrt(a_level) * latents[:, 0] + jnp.sqrt(1 - a_level) * pin(draw(k_aug, (b, h, w, c)))
+  first = noise_augment(schedule, latents[:, 0], level, k_aug, config.augmentation_noise, pin)
   given = pin(jax.random.bernoulli(k_blank, 1 - config.blank_first_frame_probability, (b,)))
   condition = jnp.zeros((b, t, h, w, c + 1), jnp.float32)
-  condition = condition.at[:, 0, ..., :c].set(_where_sample(given, first, 0.0))
-  condition = condition.at[:, 0, ..., c].set(_where_sample(given, jnp.ones((b, h, w)), 0.0))
+  condition = condition.at[:, 0, ..., :c].set(where_sample(given, first, 0.0))
+  condition = condition.at[:, 0, ..., c].set(where_sample(given, jnp.ones((b, h, w)), 0.0))
 
-  context, mask = batch["context"], batch["context_mask"].astype(bool)
-  null_context, null_mask = unconditional_context(null_embedding, b, context.shape[1], context.dtype)
   dropped = pin(jax.random.bernoulli(k_text, config.text_dropout_probability, (b,)))
-  context, mask = _where_sample(dropped, null_context, context), _where_sample(dropped, null_mask, mask)
+  context, mask = drop_text(batch["context"], batch["context_mask"], null_embedding, dropped)
 
   per_frame = lambda x: jnp.repeat(x, t, axis=0)
   unet_in = jnp.concatenate([noisy, condition], axis=-1).reshape(b * t, h, w, c + c + 1)

@@ -55,7 +55,7 @@ def create_state(params, optimizer, ema: bool) -> TrainState:
   params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
   # The EMA gets its own buffers: the step donates the state, and a buffer may be donated only once.
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    ema_params=jax.tree.map(lambda p: np.array(p, copy=True), params) if ema else None)
+                    ema_params=jax.tree.map(lambda p: jnp.array(p, copy=True), params) if ema else None)
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, cfg: OptimizerConfig, trainable,

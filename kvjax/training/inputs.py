@@ -1,0 +1,132 @@
+"""What the train step eats, from clips: frames become latents through the frozen image MoVQ encoder,
+captions become text context through the tokenizer, the frozen T5 encoder and the projection head.
+
+Clips come from the prepared dataset (`kvjax.data.loader`, grain) or, for smoke runs and benchmarks, from
+`SyntheticClips` (random frames and captions, clearly not data). Every source is an iterator with
+`get_state()` / `set_state()`, stored with each checkpoint so that a resumed run reads exactly the batches
+the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from kvjax.params import abstract_params, build_model
+from kvjax.pipeline.text_to_video import PipelineWeights
+from kvjax.text.conditioning import project_context
+from kvjax.training.config import TrainConfig
+from kvjax.training.interpolation_loss import FRAMES_PER_GROUP
+from kvjax.training.partitioning import batch_sharding, param_shardings
+
+SYNTHETIC_WORDS = ("a red fox runs through snow waves roll at sunset city lights blink over a busy street "
+                   "clouds drift above green hills").split()
+
+
+class SyntheticClips:
+  """Random clips (uniform uint8 frames, captions of random words, motion scores): exercises the whole
+  training path without a dataset. Batch n depends only on (seed, shard, n)."""
+
+  def __init__(self, batch_size: int, num_frames: int, resolution: tuple[int, int], seed: int,
+               shard_index: int = 0):
+    self.batch_size, self.num_frames, self.resolution = batch_size, num_frames, tuple(resolution)
+    self.seed, self.shard_index, self.position = seed, shard_index, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, Any]:
+    rng = np.random.default_rng([self.seed, self.shard_index, self.position])
+    self.position += 1
+    b, t, (h, w) = self.batch_size, self.num_frames, self.resolution
+    words = rng.choice(SYNTHETIC_WORDS, size=(b, 6))
+    return {"frames": rng.integers(0, 256, (b, t, h, w, 3), dtype=np.uint8),
+            "caption": np.array([" ".join(row) for row in words]),
+            "motion_score": rng.uniform(0, 100, b).astype(np.float32)}
+
+  def get_state(self) -> bytes:
+    return str(self.position).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.position = int(state.decode())
+
+
+def state_to_json(state: bytes) -> str:
+  return base64.b64encode(state).decode("ascii")
+
+
+def state_from_json(text: str) -> bytes:
+  return base64.b64decode(text.encode("ascii"))
+
+
+def loader_frames(config: TrainConfig) -> int:
+  """Frames the loader reads per clip: the keyframe clip, or enough source frames for the widest skip."""
+  if config.model == "keyframe":
+    return config.num_frames
+  return (config.clip_frames - 1) * (max(config.interpolation.skip_frames) + 1) + 1
+
+
+def select_interpolation_frames(frames: np.ndarray, config: TrainConfig, step: int, shard_index: int):
+  """Per clip, a skip value s from the config's choices and every (s + 1)-th frame from the clip's start:
+  frames (B, F, ...) -> ((B, 4G + 1, ...), skip (B,)). Drawn from (seed, step, shard): resumes exactly."""
+  rng = np.random.default_rng([config.seed, step, shard_index, 1])
+  skips = rng.choice(np.asarray(config.interpolation.skip_frames, np.int32), size=frames.shape[0])
+  indices = np.arange(config.clip_frames)[None, :] * (skips[:, None] + 1)
+  return np.take_along_axis(frames, indices.reshape(indices.shape + (1,) * (frames.ndim - 2)), axis=1), skips
+
+
+class ClipEncoder:
+  """Frames (uint8) and captions -> latents, context and mask, with the frozen models sharded on `mesh`."""
+
+  def __init__(self, config: TrainConfig, weights: PipelineWeights, tokenizer, mesh: Mesh):
+    pipeline = config.pipeline_config
+    self.config, self.tokenizer = config, tokenizer
+    movq, t5 = build_model(pipeline.image_movq), build_model(pipeline.text_encoder)
+    frozen = {"movq": weights.image_movq, "t5": weights.text_encoder, "projections": weights.projections}
+    shardings = {"movq": param_shardings(abstract_params(pipeline.image_movq), mesh),
+                 "t5": param_shardings(abstract_params(pipeline.text_encoder), mesh),
+                 "projections": param_shardings(abstract_params(pipeline.projections), mesh)}
+    self.frozen = jax.device_put(frozen, shardings)
+    self.sharding = batch_sharding(mesh)
+
+    def encode(frozen, frames, input_ids, attention_mask):
+      b, t, h, w, c = frames.shape
+      pixels = frames.reshape(b * t, h, w, c).astype(jnp.float32) / 255 * 2 - 1
+      latents = movq.apply({"params": frozen["movq"]}, pixels, method="encode")
+      hidden = t5.apply({"params": frozen["t5"]}, input_ids, attention_mask)
+      context = project_context(frozen["projections"], hidden, attention_mask, config=pipeline.projections)
+      return latents.reshape(b, t, *latents.shape[1:]), context, attention_mask.astype(bool)
+
+    self._encode = jax.jit(encode, in_shardings=(shardings, self.sharding, self.sharding, self.sharding),
+                           out_shardings=self.sharding)
+
+  def __call__(self, clips: dict[str, Any], step: int, shard_index: int = 0) -> dict[str, jax.Array]:
+    """This host's clips -> the global batch of the train step."""
+    frames, extra = np.asarray(clips["frames"]), {}
+    if self.config.model == "keyframe":
+      extra["motion_score"] = np.asarray(clips["motion_score"], np.float32)
+    else:
+      frames, extra["skip_frames"] = select_interpolation_frames(frames, self.config, step, shard_index)
+    tokens = self.tokenizer([str(c) for c in clips["caption"]])
+    glob = lambda x: jax.make_array_from_process_local_data(self.sharding, np.asarray(x))
+    latents, context, mask = self._encode(self.frozen, glob(frames), glob(tokens.input_ids),
+                                          glob(tokens.attention_mask))
+    return {"latents": latents, "context": context, "context_mask": mask, **{k: glob(v) for k, v in extra.items()}}
+
+
+def clip_source(config: TrainConfig, data: str, local_batch_size: int, shard_index: int, shard_count: int,
+                worker_count: int = 0) -> Iterator[dict[str, Any]]:
+  """The clips of `data`: a prepared dataset folder, or "synthetic"."""
+  frames = loader_frames(config)
+  if data == "synthetic":
+    return SyntheticClips(local_batch_size, frames, config.resolution, config.seed, shard_index)
+  from kvjax.data.loader import make_clip_loader
+  loader = make_clip_loader(data, batch_size=local_batch_size, num_frames=frames, resolution=config.resolution,
+                            seed=config.seed, frame_stride=config.frame_stride, shard_index=shard_index,
+                            shard_count=shard_count, worker_count=worker_count)
+  return iter(loader)

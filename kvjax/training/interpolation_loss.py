@@ -1,0 +1,74 @@
+"""The interpolation UNet's training objective: v prediction of the three frames between each pair of
+key frames of a clip (spec §4.8, §7.6).
+
+A clip of 4G + 1 latent frames holds G groups: key frames at 4i and 4(i + 1), targets 4i + 1 ... 4i + 3.
+The groups of a clip are the UNet's temporal axis, as in the sampler. The skip-frame index s says how far
+apart the clip's frames are in the source video (the data side samples every (s + 1)-th frame; the
+pipeline uses s = 3 for its first pass and s = 1 for its second). Key frames are forward-noised to a random
+perturbation level given as an input (the sampler passes 0). With the unconditional probability a clip
+gets what the sampler's unconditional branch gets: the null context, zero key frames and the temporal
+layers switched off (temporal mask 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from kvjax.diffusion.ddpm import add_noise, velocity
+from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, make_schedule
+from kvjax.training.augment import batch_pinning, drop_text, noise_augment, where_sample
+
+FRAMES_PER_GROUP = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpolationTrainingConfig:
+  skip_frames: tuple[int, ...] = (3, 1)  # drawn uniformly per clip by the data side
+  max_perturbation: int = 25  # key-frame noise level ~ U{0..max}; the model's default when none is given
+  augmentation_noise: str = "gaussian"
+  unconditional_probability: float = 0.1
+
+
+def clip_frames(num_groups: int) -> int:
+  return FRAMES_PER_GROUP * num_groups + num_groups + 1
+
+
+def interpolation_loss(params, batch, rng, *, model, config: InterpolationTrainingConfig, null_embedding,
+                       activation_sharding=None) -> jax.Array:
+  """Mean squared v error. `batch`: latents (B, 4G + 1, h, w, 4), context (B, L, D), context_mask (B, L),
+  skip_frames (B,) int."""
+  pin = batch_pinning(activation_sharding)
+  latents = batch["latents"].astype(jnp.float32)
+  b, frames, h, w, c = latents.shape
+  g = (frames - 1) // (FRAMES_PER_GROUP + 1)
+  if frames != clip_frames(g) or g < 1:
+    raise ValueError(f"interpolation clips have 4G + 1 latent frames (G >= 1 groups), got {frames}")
+  schedule = make_schedule(INTERPOLATION_SCHEDULER)
+  k_time, k_noise, k_level, k_aug, k_uncond = jax.random.split(rng, 5)
+
+  groups = latents[:, :-1].reshape(b, g, FRAMES_PER_GROUP + 1, h, w, c)
+  keys = latents[:, ::FRAMES_PER_GROUP + 1]  # (B, G + 1, ...)
+  # (B, G, h, w, 3c), frame-major channels as the UNet's output (spec §4.8)
+  targets = groups[:, :, 1:].transpose(0, 1, 3, 4, 2, 5).reshape(b, g, h, w, FRAMES_PER_GROUP * c)
+
+  time = pin(jax.random.randint(k_time, (b,), 0, schedule.alphas_cumprod.shape[0]))
+  noise = pin(jax.random.normal(k_noise, targets.shape))
+  per_clip = lambda x: jnp.repeat(x, g, axis=0)  # (B, ...) -> (B G, ...), group index minor
+  noisy = add_noise(schedule, targets, noise, time)
+  target_v = velocity(schedule, targets, noise, time)
+
+  level = pin(jax.random.randint(k_level, (b,), 0, config.max_perturbation + 1))
+  keys = noise_augment(schedule, keys.reshape(b, -1), level, k_aug, config.augmentation_noise, pin).reshape(keys.shape)
+  unconditional = pin(jax.random.bernoulli(k_uncond, config.unconditional_probability, (b,)))
+  keys = where_sample(unconditional, jnp.zeros_like(keys), keys)
+  context, mask = drop_text(batch["context"], batch["context_mask"], null_embedding, unconditional)
+
+  left, right = keys[:, :-1], keys[:, 1:]
+  unet_in = jnp.concatenate([left, noisy, right], axis=-1).reshape(b * g, h, w, -1)
+  v = model.apply({"params": params}, pin(unet_in), per_clip(time), per_clip(context), per_clip(mask),
+                  num_groups=g, perturbation_time=per_clip(level), skip_frames=per_clip(batch["skip_frames"]),
+                  temporal_mask=per_clip(jnp.where(unconditional, 0.0, 1.0)))
+  return jnp.mean(jnp.square(pin(v).astype(jnp.float32).reshape(target_v.shape) - target_v))

@@ -1,0 +1,119 @@
+"""The training objectives' batch layouts, checked with stand-in models that see exactly what the UNet sees."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER, alphas_cumprod
+from kvjax.training.interpolation_loss import InterpolationTrainingConfig, clip_frames, interpolation_loss
+from kvjax.training.keyframe_loss import KeyframeTrainingConfig, keyframe_loss
+
+B, G, H, W, C, L, D = 3, 2, 4, 4, 4, 5, 6
+NULL = np.linspace(-1, 1, D).astype(np.float32)
+
+
+class Recorder:
+  """A stand-in UNet: records its inputs and returns `respond(inputs)`."""
+
+  def __init__(self, respond):
+    self.respond, self.seen = respond, {}
+
+  def apply(self, variables, x, time, context, mask, **kwargs):
+    self.seen = dict(x=x, time=time, context=context, mask=mask, **kwargs)
+    return self.respond(self.seen)
+
+
+def _interpolation_batch():
+  rng = np.random.default_rng(0)
+  mask = np.zeros((B, L), bool)
+  mask[:, :2] = True
+  return {"latents": rng.normal(size=(B, clip_frames(G), H, W, C)).astype(np.float32),
+          "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": mask,
+          "skip_frames": np.array([3, 1, 3], np.int32)}
+
+
+def test_interpolation_targets_and_layout():
+  batch = _interpolation_batch()
+  latents = batch["latents"]
+  # the clean in-between frames of group i, frame-major channels (spec §4.8)
+  clean = np.stack([np.concatenate([latents[:, 4 * i + k] for k in (1, 2, 3)], axis=-1) for i in range(G)], 1)
+  clean = clean.reshape(B * G, H, W, 3 * C)
+  abar = jnp.asarray(alphas_cumprod(INTERPOLATION_SCHEDULER))
+
+  def perfect_v(seen):  # v = (sqrt(abar) x_t - x0) / sqrt(1 - abar): what a perfect model answers
+    a = abar[seen["time"]].reshape(-1, 1, 1, 1)
+    return (jnp.sqrt(a) * seen["x"][..., C:4 * C] - clean) / jnp.sqrt(1 - a)
+
+  model = Recorder(perfect_v)
+  config = InterpolationTrainingConfig(max_perturbation=0, unconditional_probability=0.0)
+  loss = interpolation_loss({}, batch, jax.random.key(3), model=model, config=config, null_embedding=NULL)
+  assert float(loss) < 1e-6
+  seen = model.seen
+  assert seen["x"].shape == (B * G, H, W, 5 * C) and seen["num_groups"] == G
+  left = np.stack([latents[:, 4 * i] for i in range(G)], 1).reshape(B * G, H, W, C)
+  right = np.stack([latents[:, 4 * i + 4] for i in range(G)], 1).reshape(B * G, H, W, C)
+  tolerance = 6 * float(jnp.sqrt(1 - abar[0]))  # level 0 still noises a little (6 sigma)
+  np.testing.assert_allclose(seen["x"][..., :C], left, atol=tolerance)
+  np.testing.assert_allclose(seen["x"][..., 4 * C:], right, atol=tolerance)
+  np.testing.assert_array_equal(seen["skip_frames"], np.repeat(batch["skip_frames"], G))
+  np.testing.assert_array_equal(seen["temporal_mask"], np.ones(B * G))
+  np.testing.assert_array_equal(seen["perturbation_time"], np.zeros(B * G))
+  assert np.all(seen["time"].reshape(B, G) == seen["time"].reshape(B, G)[:, :1])  # one timestep per clip
+  np.testing.assert_array_equal(seen["context"], np.repeat(batch["context"], G, axis=0))
+
+
+def test_interpolation_unconditional_clips_see_what_the_sampler_branch_sees():
+  batch = _interpolation_batch()
+  model = Recorder(lambda seen: jnp.zeros(seen["x"].shape[:3] + (3 * C,)))
+  config = InterpolationTrainingConfig(unconditional_probability=1.0)
+  interpolation_loss({}, batch, jax.random.key(0), model=model, config=config, null_embedding=NULL)
+  seen = model.seen
+  assert not np.any(seen["x"][..., :C]) and not np.any(seen["x"][..., 4 * C:])  # zero key frames
+  np.testing.assert_array_equal(seen["temporal_mask"], np.zeros(B * G))
+  np.testing.assert_array_equal(seen["context"][:, 0], np.broadcast_to(NULL, (B * G, D)))
+  assert not np.any(seen["context"][:, 1:]) and np.array_equal(seen["mask"], np.eye(1, L, dtype=bool).repeat(B * G, 0))
+
+
+def test_interpolation_perturbation_levels_are_drawn_and_given():
+  model = Recorder(lambda seen: jnp.zeros(seen["x"].shape[:3] + (3 * C,)))
+  levels = set()
+  for seed in range(6):
+    interpolation_loss({}, _interpolation_batch(), jax.random.key(seed), model=model,
+                       config=InterpolationTrainingConfig(max_perturbation=25), null_embedding=NULL)
+    levels |= set(np.asarray(model.seen["perturbation_time"]).tolist())
+  assert len(levels) > 3 and max(levels) <= 25
+
+
+def test_keyframe_condition_frame_and_targets():
+  rng = np.random.default_rng(1)
+  t = 3
+  mask = np.ones((B, L), bool)
+  batch = {"latents": rng.normal(size=(B, t, H, W, C)).astype(np.float32),
+           "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": mask,
+           "motion_score": np.array([1.0, 10.0, 50.0], np.float32)}
+  abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
+  clean = batch["latents"].reshape(B * t, H, W, C)
+
+  def perfect_eps(seen):
+    a = abar[seen["time"].astype(jnp.int32)].reshape(-1, 1, 1, 1)
+    return (seen["x"][..., :C] - jnp.sqrt(a) * clean) / jnp.sqrt(1 - a)
+
+  model = Recorder(perfect_eps)
+  config = KeyframeTrainingConfig(max_noise_augmentation=0, blank_first_frame_probability=0.0,
+                                  text_dropout_probability=0.0)
+  loss = keyframe_loss({}, batch, jax.random.key(2), model=model, config=config, null_embedding=NULL)
+  assert float(loss) < 1e-6
+  seen = model.seen
+  x = np.asarray(seen["x"]).reshape(B, t, H, W, 2 * C + 1)
+  # the first frame is given, noised to level 0 with uniform noise
+  np.testing.assert_allclose(x[:, 0, ..., C:2 * C], batch["latents"][:, 0], atol=float(jnp.sqrt(1 - abar[0])) + 1e-3)
+  assert np.all(x[:, 0, ..., 2 * C] == 1) and not np.any(x[:, 1:, ..., C:])  # mask on frame 0 only
+  np.testing.assert_array_equal(seen["frame_index"], np.tile(np.arange(t), B))
+  np.testing.assert_array_equal(seen["motion_score"], np.repeat(batch["motion_score"], t))
+  assert seen["num_frames"] == t and seen["input_layer"] == "video"
+
+  blank = dataclasses.replace(config, blank_first_frame_probability=1.0)
+  keyframe_loss({}, batch, jax.random.key(2), model=model, config=blank, null_embedding=NULL)
+  assert not np.any(np.asarray(model.seen["x"])[..., C:])

@@ -1,0 +1,198 @@
+"""Trains the keyframe or interpolation UNet, sharded over a device mesh, with checkpoints and exact resume.
+
+  python -m train --config keyframe-tiny --mesh data=2,fsdp=2,tensor=2 --data synthetic --workdir runs/tiny
+  python -m train --config keyframe-1.1 --mesh fsdp=64 --data prepared/ --weights converted/ --workdir runs/kf
+
+Re-running the same command resumes from the last complete checkpoint in --workdir (same step, same data
+position, same randomness). --data takes a folder written by `python -m train.prepare_data`, or
+"synthetic" for random clips (a smoke test). Without --weights the frozen encoders and the UNet start from
+RANDOM weights with a stand-in tokenizer. On several hosts, start one process per host with
+--coordinator, --num-processes and --process-id (or none of them where the cluster sets them up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from kvjax.training.config import COMPUTE_DTYPES, REMAT_POLICIES, TRAIN_PRESETS
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, choices=sorted(TRAIN_PRESETS), help="training preset")
+  p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
+  p.add_argument("--mesh", default="", help="e.g. data=2,fsdp=2,tensor=2 (default: every device on data)")
+  p.add_argument("--data", default="synthetic", help="prepared dataset folder, or 'synthetic' (random clips)")
+  p.add_argument("--weights", help="folder written by `python -m convert all` (default: random weights)")
+  p.add_argument("--tokenizer", help="FLAN-UL2's spiece.model (default: WEIGHTS/spiece.model)")
+  p.add_argument("--steps", type=int, help="train until this step (default: the preset's total_steps)")
+  p.add_argument("--batch-size", type=int, help="global batch size (clips per step over all hosts)")
+  p.add_argument("--learning-rate", type=float)
+  p.add_argument("--compute-dtype", choices=sorted(COMPUTE_DTYPES))
+  p.add_argument("--remat", choices=REMAT_POLICIES)
+  p.add_argument("--checkpoint-every", type=int)
+  p.add_argument("--keep-checkpoints", type=int)
+  p.add_argument("--log-every", type=int)
+  p.add_argument("--seed", type=int)
+  p.add_argument("--data-workers", type=int, default=0, help="grain reader processes per host")
+  p.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
+  p.add_argument("--num-processes", type=int)
+  p.add_argument("--process-id", type=int)
+  p.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() with the cluster's own settings (TPU pods, SLURM)")
+  return p
+
+
+def _train_config(args):
+  config = TRAIN_PRESETS[args.config]
+  overrides = {"total_steps": args.steps, "global_batch_size": args.batch_size, "compute_dtype": args.compute_dtype,
+               "remat": args.remat, "checkpoint_every": args.checkpoint_every,
+               "keep_checkpoints": args.keep_checkpoints, "log_every": args.log_every, "seed": args.seed}
+  config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+  if args.learning_rate is not None:
+    config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
+                                                                       learning_rate=args.learning_rate))
+  return config
+
+
+def _check_same_run(workdir: str, config) -> None:
+  """A workdir belongs to one run: resuming with other settings (the length aside) is refused."""
+  path = os.path.join(workdir, "config.json")
+  current = dataclasses.asdict(config)
+  if os.path.isfile(path):
+    with open(path) as f:
+      saved = json.load(f)
+    strip = lambda d: {k: v for k, v in d.items() if k != "total_steps"}
+    if strip(json.loads(json.dumps(current))) != strip(saved):
+      changed = sorted(k for k in current if k != "total_steps" and json.loads(json.dumps(current[k])) != saved.get(k))
+      raise SystemExit(f"{workdir} holds a run with other settings ({', '.join(changed)}); use a new --workdir")
+
+
+def _write_json(path: str, value) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _metrics_log(workdir: str, resumed_step: int):
+  """metrics.jsonl, cut back to the resumed step (a killed run may have logged steps it did not save)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  kept = []
+  if os.path.isfile(path):
+    with open(path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resumed_step]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+  return open(path, "a")
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  import jax
+  if args.coordinator or args.distributed:
+    jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id)
+  import numpy as np
+  from kvjax.params import random_params
+  from kvjax.pipeline.text_to_video import random_weights
+  from kvjax.training.checkpointing import TrainCheckpoints, abstract_with_shardings
+  from kvjax.training.inputs import ClipEncoder, clip_source, state_from_json, state_to_json
+  from kvjax.training.mesh import make_mesh
+  from kvjax.training.trainer import Trainer
+
+  try:
+    config = _train_config(args)
+  except ValueError as e:
+    raise SystemExit(f"--config {args.config}: {e}")
+  if config.global_batch_size % jax.process_count():
+    raise SystemExit(f"batch size {config.global_batch_size} does not split over {jax.process_count()} hosts")
+  if args.data != "synthetic" and not os.path.isdir(args.data):
+    raise SystemExit(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
+  mesh = make_mesh(args.mesh)
+  pipeline = config.pipeline_config
+  main_host = jax.process_index() == 0
+  say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_host else (lambda *a: None)
+
+  if args.weights is None:
+    say("no --weights: the encoders and the UNet start from RANDOM weights, captions use a stand-in tokenizer")
+    from kvjax.text.hashed_tokenizer import HashedWordTokenizer
+    weights = random_weights(pipeline, config.seed)
+    weights = dataclasses.replace(weights, **{config.model: random_params(config.unet_config, config.seed)})
+    tokenizer = HashedWordTokenizer(pipeline.text_encoder.vocab_size, pipeline.tokens_length)
+  else:
+    from kvjax.pipeline.weights import load_pipeline_weights
+    from kvjax.text.tokenizer import T5Tokenizer
+    loaded, weights = load_pipeline_weights(args.weights, pipeline.tokens_length)
+    if loaded != pipeline:
+      raise SystemExit(f"--weights {args.weights}: the models differ from the {config.pipeline!r} pipeline of "
+                       f"--config {args.config}")
+    tokenizer_path = args.tokenizer or os.path.join(args.weights, "spiece.model")
+    if not os.path.isfile(tokenizer_path):
+      raise SystemExit(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
+    tokenizer = T5Tokenizer(tokenizer_path, pipeline.tokens_length)
+
+  os.makedirs(args.workdir, exist_ok=True)
+  _check_same_run(args.workdir, config)
+  if main_host:
+    _write_json(os.path.join(args.workdir, "config.json"), dataclasses.asdict(config))
+
+  trainer = Trainer(config, mesh, getattr(weights, f"{config.model}_null"))
+  encoder = ClipEncoder(config, weights, tokenizer, mesh)
+  local_batch = config.global_batch_size // jax.process_count()
+  clips = clip_source(config, args.data, local_batch, jax.process_index(), jax.process_count(), args.data_workers)
+  checkpoints = TrainCheckpoints(os.path.join(args.workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                 save_every=config.checkpoint_every)
+  step, state, data_state = checkpoints.restore_latest(abstract_with_shardings(trainer.abstract_state(),
+                                                                               trainer.shardings))
+  if step is None:
+    step, state = 0, trainer.init_state(getattr(weights, config.model))
+  else:
+    clips.set_state(state_from_json(data_state["clips"][str(jax.process_index())]))
+    say(f"resumed from step {step} ({checkpoints.directory})")
+  metrics_file = _metrics_log(args.workdir, step) if main_host else None
+
+  start = time.perf_counter()
+  while step < config.total_steps:
+    batch = encoder(next(clips), step, jax.process_index())
+    state, metrics = trainer.step(state, batch)
+    step += 1
+    if step % config.log_every == 0 or step == config.total_steps:
+      record = {"step": step, **{k: float(v) for k, v in metrics.items()},
+                "seconds": round(time.perf_counter() - start, 3)}
+      say(" ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+      if metrics_file:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+    if step % config.checkpoint_every == 0 or step == config.total_steps:
+      # Each host's reader position (multi-host: gathered so that every host restores its own).
+      positions = _gather_data_states(state_to_json(clips.get_state()))
+      checkpoints.save(step, state, {"clips": positions}, force=step == config.total_steps)
+  checkpoints.wait()
+  checkpoints.close()
+  say(f"done: step {step}, checkpoints {checkpoints.all_steps()} in {checkpoints.directory}")
+  return 0
+
+
+def _gather_data_states(local: str) -> dict[str, str]:
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+  if jax.process_count() == 1:
+    return {"0": local}
+  encoded = np.frombuffer(local.encode("ascii").ljust(4096), np.uint8)
+  if len(local) > 4096:
+    raise ValueError("data iterator state longer than 4096 bytes")
+  gathered = multihost_utils.process_allgather(encoded)
+  return {str(i): bytes(row).decode("ascii").rstrip() for i, row in enumerate(np.asarray(gathered))}
+
+
+if __name__ == "__main__":
+  sys.exit(main())
