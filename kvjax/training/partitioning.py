@@ -10,7 +10,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kvjax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 
-BATCH_AXES = ("data", "fsdp")  # the batch is split over both data-parallel axes
+# The batch is split over both data-parallel axes, fsdp-major. Not ("data", "fsdp"): XLA's SPMD partitioner
+# (jax/jaxlib 0.10.2, Shardy and GSPMD alike) miscompiles a dot whose lhs batch is split over (X, Y), with its
+# contraction and the result's features on a third axis, when the weight's output dimension is split over Y,
+# the minor batch axis: it permutes the lhs shards to Y-major and never permutes the result back, so rows of
+# different batch shards trade places (data=2,fsdp=2,tensor=2: ~50% error in the UNet forward at the first
+# ("heads", "embed") or ("mlp", "embed") weight). Weights are never split over "data", so with "data" minor
+# no weight can meet that pattern. Each host still loads its own (now strided) rows of the global batch.
+BATCH_AXES = ("fsdp", "data")
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,

@@ -81,6 +81,6 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
 
 
 def jit_train_step(step, shardings: TrainState, mesh: Mesh):
-  """The step compiled with explicit shardings: state as the rules say, batch split over data and fsdp."""
+  """The step compiled with explicit shardings: state as the rules say, batch split over the data-parallel axes."""
   return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
                  out_shardings=(shardings, replicated(mesh)), donate_argnums=0)

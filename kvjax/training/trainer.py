@@ -75,6 +75,6 @@ class Trainer:
     return self.step.lower(with_sharding(self.abstract_state(), self.shardings), batch)
 
   def global_batch(self, local_batch: dict[str, Any]) -> dict[str, jax.Array]:
-    """This host's slice of the batch (numpy) -> global arrays split over (data, fsdp)."""
+    """This host's slice of the batch (numpy) -> global arrays split over (fsdp, data)."""
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
             for k, v in local_batch.items()}
