@@ -1,0 +1,103 @@
+"""python -m train on 8 simulated devices over a prepared dataset: a run killed in the middle of writing a
+checkpoint resumes from the last complete one and continues the same loss curve."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from data_testing_utils import moving_frames, write_video
+from kvjax.data.prepare import PrepareConfig, prepare
+from kvjax.data.transforms import TransformConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMMON = ["--config", "keyframe-tiny", "--mesh", "data=2,fsdp=2,tensor=2", "--steps", "6", "--checkpoint-every", "2",
+          "--batch-size", "4"]
+
+# Runs the program, but SIGKILLs the process when orbax is about to publish the checkpoint of step 4: its
+# files are written, the final rename has not happened (the worst moment to die).
+KILL_DURING_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    from orbax.checkpoint._src.path import atomicity
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+    async def finalize_or_die(self, *args, **kwargs):
+      if os.path.basename(str(self.get_final())) == "4":
+        os.kill(os.getpid(), signal.SIGKILL)
+      return await finalize(self, *args, **kwargs)
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_die
+    from train.__main__ import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train_data")
+  videos = root / "videos"
+  videos.mkdir()
+  for seed in range(4):
+    write_video(videos / f"pan{seed}.mp4", moving_frames(240, 320, 72, seed=seed, pixels_per_frame=seed), 24)
+  (root / "captions.jsonl").write_text("".join(
+      json.dumps({"source": f"pan{seed}.mp4", "caption": f"a field panned at speed {seed}"}) + "\n" for seed in range(4)))
+  config = PrepareConfig(transform=TransformConfig(target_short_side=64))
+  summary = prepare(str(videos), str(root / "prepared"), captions_path=str(root / "captions.jsonl"), config=config,
+                    progress=False, seed=0)
+  assert summary.clips_kept == 4
+  return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  # A persistent compilation cache: the killed and the resumed run reuse the first run's executables.
+  cache = tmp_path_factory.mktemp("jax_cache")
+  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_COMPILATION_CACHE_DIR": str(cache),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def _train(args, env, script=None):
+  command = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "train", *args]
+  return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def _metrics(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_killed_mid_save_resumes_on_the_same_loss_curve(dataset, env, tmp_path):
+  args = COMMON + ["--data", str(dataset)]
+  straight = _train(args + ["--workdir", str(tmp_path / "straight")], env)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  expected = _metrics(tmp_path / "straight")
+  assert [m["step"] for m in expected] == [1, 2, 3, 4, 5, 6]
+  assert all(m["loss"] > 0 and m["grad_norm"] > 0 for m in expected)
+
+  workdir = tmp_path / "killed"
+  killed = _train(args + ["--workdir", str(workdir)], env, script=KILL_DURING_SAVE)
+  assert killed.returncode == -9, killed.stderr[-3000:]
+  saved = sorted(os.listdir(workdir / "checkpoints"))
+  assert "2" in saved and "4" not in saved and any("tmp" in name for name in saved), saved
+
+  resumed = _train(args + ["--workdir", str(workdir)], env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from step 2" in resumed.stderr
+  got = _metrics(workdir)
+  assert [m["step"] for m in got] == [1, 2, 3, 4, 5, 6]
+  for a, b in zip(got, expected):  # same data, same randomness, same arithmetic
+    assert (a["loss"], a["grad_norm"], a["learning_rate"]) == (b["loss"], b["grad_norm"], b["learning_rate"])
+  assert sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()) == [2, 4, 6]
+
+
+def test_other_settings_in_the_same_workdir_are_refused(tmp_path, env):
+  first = _train(["--config", "keyframe-tiny", "--workdir", str(tmp_path), "--steps", "0"], env)
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = _train(["--config", "keyframe-tiny", "--workdir", str(tmp_path), "--steps", "0", "--seed", "5"], env)
+  assert second.returncode != 0 and "other settings (seed)" in second.stderr
+
+
+def test_missing_dataset_is_named(tmp_path, env):
+  result = _train(["--config", "keyframe-tiny", "--workdir", str(tmp_path), "--data", str(tmp_path / "nope")], env)
+  assert result.returncode != 0 and "no such folder" in result.stderr
