@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -85,8 +86,13 @@ def random_params(config, seed: int = 0, param_dtype=jnp.float32) -> dict[str, A
   return flax.traverse_util.unflatten_dict({path: draw(path, leaf) for path, leaf in flat.items()})
 
 
+@functools.lru_cache(maxsize=32)
 def abstract_params(config, param_dtype=jnp.float32) -> dict[str, Any]:
-  """Shapes and dtypes of every parameter (boxed with logical axes), computed with `jax.eval_shape`."""
+  """Shapes and dtypes of every parameter (boxed with logical axes), computed with `jax.eval_shape`.
+
+  Cached per (config, dtype): tracing a production UNet takes seconds, and the result is immutable
+  (ShapeDtypeStructs), so sharing it is safe.
+  """
   model = build_model(config, param_dtype=param_dtype)
   return jax.eval_shape(lambda rng, inputs: model.init(rng, **inputs)["params"],
                         jax.random.key(0), example_inputs(config))

@@ -91,7 +91,7 @@ class ClipEncoder:
     shardings = {"movq": param_shardings(abstract_params(pipeline.image_movq), mesh),
                  "t5": param_shardings(abstract_params(pipeline.text_encoder), mesh),
                  "projections": param_shardings(abstract_params(pipeline.projections), mesh)}
-    self.frozen = jax.device_put(frozen, shardings)
+    self.frozen = jax.device_put(jax.tree.map(np.asarray, frozen), shardings)  # from host: no per-shape reshards
     self.sharding = batch_sharding(mesh)
 
     def encode(frozen, frames, input_ids, attention_mask):

@@ -63,8 +63,14 @@ class Trainer:
     return jax.eval_shape(lambda p: create_state(p, self.optimizer, self.ema), nn.unbox(self.boxed_abstract_params))
 
   def init_state(self, params) -> TrainState:
-    """A fresh state from `params` (host or device arrays), placed as the rules say."""
-    return jax.device_put(create_state(params, self.optimizer, self.ema), self.shardings)
+    """A fresh state from `params` (host or device arrays), placed as the rules say.
+
+    The parameters go to their shards straight from host memory and the optimiser state is made in one
+    compiled call: resharding device arrays leaf by leaf would compile a slicing program per shape.
+    """
+    host = jax.tree.map(lambda p: np.asarray(p, np.float32), params)
+    placed = jax.device_put(host, self.shardings.params)
+    return jax.jit(lambda p: create_state(p, self.optimizer, self.ema), out_shardings=self.shardings)(placed)
 
   def lower(self):
     """The step lowered on abstract inputs (compile it for its memory analysis without any weights)."""
