@@ -8,9 +8,12 @@
 The devices are simulated CPU devices (`--xla_force_host_platform_device_count`, set from `--devices`
 before jax is imported); a mesh of fewer devices uses the first ones. Nothing is allocated for the
 production models: the state's bytes come from its shapes and shardings, the rest from compiling the
-train step on abstract inputs (`Trainer.lower().compile().memory_analysis()`).
+train step on abstract inputs (`Trainer.lower().compile().memory_analysis()`). One compile of a
+production step takes ~5 minutes on 2 CPU cores and ~6 GiB of host memory, whatever the mesh; use
+`--skip-compile` for the state columns alone (seconds), or `--compile-max-devices 8`.
 
-State table (exact, from `abstract_state()` and `sharding.shard_shape`), GiB per device:
+One table per model, one row per mesh, GiB per device. Left of the `|`, the state (exact, from
+`abstract_state()` and `sharding.shard_shape`):
   params     the float32 master weights (every parameter, frozen ones included)
   opt state  AdamW's two moments for the trainable parameters (frozen ones have none)
   EMA        the exponential moving average of the parameters
@@ -19,13 +22,15 @@ State table (exact, from `abstract_state()` and `sharding.shard_shape`), GiB per
   total/dev  the unsharded state over this row's: FSDP and tensor parallelism divide the state by
              `fsdp x tp` (a little less where a dimension does not divide and stays whole)
 
-Compiled table (XLA's buffer assignment for one device, CPU backend), GiB per device:
-  args       the step's inputs: the state (above) and this device's slice of the batch
+Right of the `|`, the compiled step (XLA's buffer assignment for one device, on the CPU backend; a GPU
+or TPU compile schedules and fuses differently, so its temp differs):
+  args       the step's inputs: the state (left) and this device's slice of the batch
+  batch      of which this device's slice of the batch (latents and text context, float32)
   temp       everything the step allocates besides inputs and outputs: activations kept for the
              backward pass (per UNet level with remat), gradients, gathered weights, workspace
   out-alias  outputs not written in place of a donated input (the state is donated, so about nothing)
   peak       args + temp + out-alias: what a device needs to run the step
-  compile s  seconds to lower and compile (2 shared CPU cores are slow; numbers are per process)
+  compile s  seconds to lower and compile
 
 Step table (the tiny presets, random weights, on CPU): the first step (compile + run) and the mean of the
 next `--tiny-steps`. Simulated devices share the host's cores, so more of them is not faster here; it
@@ -41,7 +46,7 @@ import sys
 import time
 
 DEFAULT_MESHES = ("fsdp=8", "data=2,fsdp=2,tensor=2", "fsdp=64", "data=8,fsdp=8", "fsdp=16,tensor=4")
-TINY_MESHES = ("data=1", "fsdp=8", "data=2,fsdp=2,tensor=2")
+TINY_MESHES = ("data=1", "data=2,fsdp=2,tensor=2")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
