@@ -100,13 +100,11 @@ def main(argv=None) -> int:
   if args.coordinator or args.distributed:
     jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                process_id=args.process_id)
-  import numpy as np
-  from kvjax.params import random_params
-  from kvjax.pipeline.text_to_video import random_weights
   from kvjax.training.checkpointing import TrainCheckpoints, abstract_with_shardings
-  from kvjax.training.inputs import ClipEncoder, clip_source, state_from_json, state_to_json
+  from kvjax.training.inputs import state_from_json, state_to_json, step_inputs
   from kvjax.training.mesh import make_mesh
   from kvjax.training.trainer import Trainer
+  from kvjax.training.weights import training_weights
 
   try:
     config = _train_config(args)
@@ -117,27 +115,15 @@ def main(argv=None) -> int:
   if args.data != "synthetic" and not os.path.isdir(args.data):
     raise SystemExit(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
   mesh = make_mesh(args.mesh)
-  pipeline = config.pipeline_config
   main_host = jax.process_index() == 0
   say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_host else (lambda *a: None)
 
   if args.weights is None:
     say("no --weights: the encoders and the UNet start from RANDOM weights, captions use a stand-in tokenizer")
-    from kvjax.text.hashed_tokenizer import HashedWordTokenizer
-    weights = random_weights(pipeline, config.seed)
-    weights = dataclasses.replace(weights, **{config.model: random_params(config.unet_config, config.seed)})
-    tokenizer = HashedWordTokenizer(pipeline.text_encoder.vocab_size, pipeline.tokens_length)
-  else:
-    from kvjax.pipeline.weights import load_pipeline_weights
-    from kvjax.text.tokenizer import T5Tokenizer
-    loaded, weights = load_pipeline_weights(args.weights, pipeline.tokens_length)
-    if loaded != pipeline:
-      raise SystemExit(f"--weights {args.weights}: the models differ from the {config.pipeline!r} pipeline of "
-                       f"--config {args.config}")
-    tokenizer_path = args.tokenizer or os.path.join(args.weights, "spiece.model")
-    if not os.path.isfile(tokenizer_path):
-      raise SystemExit(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    tokenizer = T5Tokenizer(tokenizer_path, pipeline.tokens_length)
+  try:
+    weights, tokenizer = training_weights(config, args.weights, args.tokenizer)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(str(e))
 
   os.makedirs(args.workdir, exist_ok=True)
   _check_same_run(args.workdir, config)
@@ -145,9 +131,13 @@ def main(argv=None) -> int:
     _write_json(os.path.join(args.workdir, "config.json"), dataclasses.asdict(config))
 
   trainer = Trainer(config, mesh, getattr(weights, f"{config.model}_null"))
-  encoder = ClipEncoder(config, weights, tokenizer, mesh)
-  local_batch = config.global_batch_size // jax.process_count()
-  clips = clip_source(config, args.data, local_batch, jax.process_index(), jax.process_count(), args.data_workers)
+  try:
+    inputs = step_inputs(config, args.data, weights=weights, tokenizer=tokenizer, mesh=mesh,
+                         local_batch_size=config.global_batch_size // jax.process_count(),
+                         shard_index=jax.process_index(), shard_count=jax.process_count(),
+                         worker_count=args.data_workers)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"--data {args.data}: {e}")
   checkpoints = TrainCheckpoints(os.path.join(args.workdir, "checkpoints"), keep=config.keep_checkpoints,
                                  save_every=config.checkpoint_every)
   step, state, data_state = checkpoints.restore_latest(abstract_with_shardings(trainer.abstract_state(),
@@ -155,13 +145,13 @@ def main(argv=None) -> int:
   if step is None:
     step, state = 0, trainer.init_state(getattr(weights, config.model))
   else:
-    clips.set_state(state_from_json(data_state["clips"][str(jax.process_index())]))
+    inputs.set_state(state_from_json(data_state["clips"][str(jax.process_index())]))
     say(f"resumed from step {step} ({checkpoints.directory})")
   metrics_file = _metrics_log(args.workdir, step) if main_host else None
 
   start = time.perf_counter()
   while step < config.total_steps:
-    batch = encoder(next(clips), step, jax.process_index())
+    batch = inputs.next_batch(step)
     state, metrics = trainer.step(state, batch)
     step += 1
     if step % config.log_every == 0 or step == config.total_steps:
@@ -173,7 +163,7 @@ def main(argv=None) -> int:
         metrics_file.flush()
     if step % config.checkpoint_every == 0 or step == config.total_steps:
       # Each host's reader position (multi-host: gathered so that every host restores its own).
-      positions = _gather_data_states(state_to_json(clips.get_state()))
+      positions = _gather_data_states(state_to_json(inputs.get_state()))
       checkpoints.save(step, state, {"clips": positions}, force=step == config.total_steps)
   checkpoints.wait()
   checkpoints.close()

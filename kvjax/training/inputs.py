@@ -10,6 +10,7 @@ the uninterrupted run would have.
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any, Iterator
 
 import jax
@@ -105,22 +106,70 @@ class ClipEncoder:
     self._encode = jax.jit(encode, in_shardings=(shardings, self.sharding, self.sharding, self.sharding),
                            out_shardings=self.sharding)
 
-  def __call__(self, clips: dict[str, Any], step: int, shard_index: int = 0) -> dict[str, jax.Array]:
-    """This host's clips -> the global batch of the train step."""
-    frames, extra = np.asarray(clips["frames"]), {}
-    if self.config.model == "keyframe":
-      extra["motion_score"] = np.asarray(clips["motion_score"], np.float32)
+  def encode(self, frames: np.ndarray, captions) -> dict[str, jax.Array]:
+    """This host's frames (B, F, H, W, 3) uint8 and captions -> global latents, context and mask."""
+    tokens = self.tokenizer([str(c) for c in captions])
+    to_global = lambda x: global_array(self.sharding, x)
+    latents, context, mask = self._encode(self.frozen, to_global(frames), to_global(tokens.input_ids),
+                                          to_global(tokens.attention_mask))
+    return {"latents": latents, "context": context, "context_mask": mask}
+
+
+def global_array(sharding, local) -> jax.Array:
+  """This host's rows -> the global array split as `sharding` says (every host passes its own rows)."""
+  return jax.make_array_from_process_local_data(sharding, np.asarray(local))
+
+
+def conditioning(config: TrainConfig, examples: dict[str, Any], step: int, shard_index: int):
+  """This host's clip frames or latents (B, F, ...) -> (those the objective sees, its per-clip inputs)."""
+  frames = np.asarray(examples["frames" if "frames" in examples else "latents"])
+  if config.model == "keyframe":
+    return frames, {"motion_score": np.asarray(examples["motion_score"], np.float32)}
+  frames, skips = select_interpolation_frames(frames, config, step, shard_index)
+  return frames, {"skip_frames": skips}
+
+
+class StepInputs:
+  """`next_batch(step)`: the global batch of a step, from clips encoded on the fly or from pre-computed
+  inputs; `get_state()` / `set_state()` save and restore the reader's position."""
+
+  def __init__(self, config: TrainConfig, reader, encoder: ClipEncoder | None, sharding, shard_index: int):
+    self.config, self.reader, self.encoder, self.sharding = config, reader, encoder, sharding
+    self.shard_index = shard_index
+
+  def next_batch(self, step: int) -> dict[str, jax.Array]:
+    examples = next(self.reader)
+    selected, extra = conditioning(self.config, examples, step, self.shard_index)
+    to_global = lambda x: global_array(self.sharding, x)
+    if self.encoder is not None:
+      batch = self.encoder.encode(selected, examples["caption"])
     else:
-      frames, extra["skip_frames"] = select_interpolation_frames(frames, self.config, step, shard_index)
-    tokens = self.tokenizer([str(c) for c in clips["caption"]])
-    glob = lambda x: jax.make_array_from_process_local_data(self.sharding, np.asarray(x))
-    latents, context, mask = self._encode(self.frozen, glob(frames), glob(tokens.input_ids),
-                                          glob(tokens.attention_mask))
-    return {"latents": latents, "context": context, "context_mask": mask, **{k: glob(v) for k, v in extra.items()}}
+      batch = {"latents": to_global(selected), "context": to_global(examples["context"]),
+               "context_mask": to_global(examples["context_mask"])}
+    return {**batch, **{k: to_global(v) for k, v in extra.items()}}
+
+  def get_state(self) -> bytes:
+    return self.reader.get_state()
+
+  def set_state(self, state: bytes) -> None:
+    self.reader.set_state(state)
 
 
-def clip_source(config: TrainConfig, data: str, local_batch_size: int, shard_index: int, shard_count: int,
-                worker_count: int = 0) -> Iterator[dict[str, Any]]:
+def step_inputs(config: TrainConfig, data: str, *, weights: PipelineWeights, tokenizer, mesh: Mesh,
+                local_batch_size: int, shard_index: int, shard_count: int, worker_count: int = 0) -> StepInputs:
+  """Inputs from `data`: a prepared dataset folder, a pre-computed inputs folder (`python -m
+  train.precompute`), or "synthetic"."""
+  from kvjax.training.precomputed import META, make_precomputed_loader
+  if data != "synthetic" and os.path.isfile(os.path.join(data, META)):
+    reader = iter(make_precomputed_loader(data, config, batch_size=local_batch_size, shard_index=shard_index,
+                                          shard_count=shard_count, worker_count=worker_count))
+    return StepInputs(config, reader, None, batch_sharding(mesh), shard_index)
+  reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count)
+  return StepInputs(config, reader, ClipEncoder(config, weights, tokenizer, mesh), batch_sharding(mesh), shard_index)
+
+
+def clip_reader(config: TrainConfig, data: str, local_batch_size: int, shard_index: int, shard_count: int,
+                worker_count: int = 0, shuffle: bool = True, num_epochs: int | None = None) -> Iterator[dict[str, Any]]:
   """The clips of `data`: a prepared dataset folder, or "synthetic"."""
   frames = loader_frames(config)
   if data == "synthetic":
@@ -128,5 +177,6 @@ def clip_source(config: TrainConfig, data: str, local_batch_size: int, shard_ind
   from kvjax.data.loader import make_clip_loader
   loader = make_clip_loader(data, batch_size=local_batch_size, num_frames=frames, resolution=config.resolution,
                             seed=config.seed, frame_stride=config.frame_stride, shard_index=shard_index,
-                            shard_count=shard_count, worker_count=worker_count)
+                            shard_count=shard_count, worker_count=worker_count, shuffle=shuffle,
+                            num_epochs=num_epochs)
   return iter(loader)

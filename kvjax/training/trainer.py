@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 
 from kvjax.params import abstract_params, build_model
 from kvjax.training.config import COMPUTE_DTYPES, TrainConfig
+from kvjax.training.inputs import global_array
 from kvjax.training.interpolation_loss import interpolation_loss
 from kvjax.training.keyframe_loss import keyframe_loss
 from kvjax.training.optimizer import make_optimizer
@@ -82,5 +83,4 @@ class Trainer:
 
   def global_batch(self, local_batch: dict[str, Any]) -> dict[str, jax.Array]:
     """This host's slice of the batch (numpy) -> global arrays split over (fsdp, data)."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+    return {k: global_array(self.batch_sharding, v) for k, v in local_batch.items()}

@@ -102,3 +102,21 @@ def test_other_settings_in_the_same_workdir_are_refused(tmp_path, env):
 def test_missing_dataset_is_named(tmp_path, env):
   result = _train(["--config", "keyframe-tiny", "--workdir", str(tmp_path), "--data", str(tmp_path / "nope")], env)
   assert result.returncode != 0 and "no such folder" in result.stderr
+
+
+def test_precomputed_inputs_train_the_interpolation_unet(dataset, env, tmp_path):
+  # Encoders run once (python -m train.precompute); training then reads latents and context, not frames.
+  inputs = tmp_path / "inputs"
+  made = subprocess.run([sys.executable, "-m", "train.precompute", "--config", "interpolation-tiny", "--data",
+                         str(dataset), "--out", str(inputs), "--batch-size", "2"],
+                        env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert made.returncode == 0, made.stderr[-3000:]
+  assert "4 clips encoded" in made.stderr and not any(n.startswith(".") for n in os.listdir(tmp_path))
+  args = ["--config", "interpolation-tiny", "--mesh", "fsdp=4,tensor=2", "--steps", "2", "--batch-size", "4",
+          "--data", str(inputs), "--workdir", str(tmp_path / "run")]
+  trained = _train(args, env)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2]
+  other = _train(["--config", "keyframe-tiny", "--steps", "1", "--data", str(inputs), "--workdir",
+                  str(tmp_path / "other")], env)
+  assert other.returncode != 0 and "made for other settings" in other.stderr
