@@ -51,7 +51,11 @@ def main(argv=None) -> int:
     raise SystemExit(str(e))
   if args.weights is None:
     print("no --weights: encoding with RANDOM weights and a stand-in tokenizer", file=sys.stderr)
-  encoder = ClipEncoder(config, weights, tokenizer, make_mesh(args.mesh))
+  mesh = make_mesh(args.mesh)
+  if args.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    raise SystemExit(f"--batch-size {args.batch_size} must split over the mesh's data x fsdp = "
+                     f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
+  encoder = ClipEncoder(config, weights, tokenizer, mesh)
   # One pass in order; the last partial batch is dropped by the reader.
   clips = clip_reader(config, args.data, args.batch_size, 0, 1, shuffle=False, num_epochs=1)
 

@@ -109,7 +109,8 @@ def test_precomputed_inputs_train_the_interpolation_unet(dataset, env, tmp_path)
   inputs = tmp_path / "inputs"
   made = subprocess.run([sys.executable, "-m", "train.precompute", "--config", "interpolation-tiny", "--data",
                          str(dataset), "--out", str(inputs), "--batch-size", "2"],
-                        env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+                        env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, cwd=REPO,
+                        capture_output=True, text=True, timeout=900)
   assert made.returncode == 0, made.stderr[-3000:]
   assert "4 clips encoded" in made.stderr and not any(n.startswith(".") for n in os.listdir(tmp_path))
   args = ["--config", "interpolation-tiny", "--mesh", "fsdp=4,tensor=2", "--steps", "2", "--batch-size", "4",
