@@ -9,8 +9,9 @@ The devices are simulated CPU devices (`--xla_force_host_platform_device_count`,
 before jax is imported); a mesh of fewer devices uses the first ones. Nothing is allocated for the
 production models: the state's bytes come from its shapes and shardings, the rest from compiling the
 train step on abstract inputs (`Trainer.lower().compile().memory_analysis()`). One compile of a
-production step takes ~5 minutes on 2 CPU cores and ~6 GiB of host memory, whatever the mesh; use
-`--skip-compile` for the state columns alone (seconds), or `--compile-max-devices 8`.
+production step is slow on a CPU host (2 shared cores: keyframe fsdp=8 6 minutes, data=2,fsdp=2,tensor=2
+21 minutes) and takes ~7 GiB of host memory; `--skip-compile` gives the state columns alone in seconds,
+`--compile-max-devices 8` compiles only the smaller meshes.
 
 One table per model, one row per mesh, GiB per device. Left of the `|`, the state (exact, from
 `abstract_state()` and `sharding.shard_shape`):
