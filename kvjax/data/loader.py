@@ -79,18 +79,26 @@ def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, reso
   if num_frames < 1 or frame_stride < 1 or batch_size < 1:
     raise ValueError(f"batch_size ({batch_size}), num_frames ({num_frames}) and frame_stride ({frame_stride}) "
                      "must be at least 1")
+  source = grain.sources.ArrayRecordDataSource(shard_paths(dataset_dir, split))
+  window = ClipWindow(num_frames, frame_stride, tuple(resolution))
+  return sharded_batches(source, window, f"{dataset_dir}: {len(source)} clips", batch_size=batch_size, seed=seed,
+                         shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
+                         worker_count=worker_count)
+
+
+def sharded_batches(source, transform, what: str, *, batch_size: int, seed: int, shuffle: bool,
+                    num_epochs: int | None, shard_index: int, shard_count: int, worker_count: int):
+  """A grain DataLoader of whole batches of `transform`ed records, this host's shard of `source` only
+  (`what` names the records in the error when they cannot fill a batch on every host)."""
   if worker_count > 0:
     from absl import flags
     if not flags.FLAGS.is_parsed():
       # grain's worker processes read absl flags; a program that does not use absl never parses them.
       flags.FLAGS.mark_as_parsed()
-  source = grain.sources.ArrayRecordDataSource(shard_paths(dataset_dir, split))
   if len(source) < shard_count * batch_size:
-    raise ValueError(f"{dataset_dir}: {len(source)} clips cannot fill a batch of {batch_size} on each of "
-                     f"{shard_count} hosts")
+    raise ValueError(f"{what} cannot fill a batch of {batch_size} on each of {shard_count} hosts")
   sampler = grain.samplers.IndexSampler(
       len(source), shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
-  window = ClipWindow(num_frames, frame_stride, tuple(resolution))
   return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
-                          operations=[window, grain.transforms.Batch(batch_size, drop_remainder=True)])
+                          operations=[transform, grain.transforms.Batch(batch_size, drop_remainder=True)])

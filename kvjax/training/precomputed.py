@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from kvjax.atomic import staged
+from kvjax.data.loader import sharded_batches
 from kvjax.training.config import TrainConfig
 from kvjax.training.inputs import loader_frames
 
@@ -93,11 +94,6 @@ def make_precomputed_loader(folder: str, config: TrainConfig, *, batch_size: int
   meta = check_precomputed(folder, config)
   paths = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".array_record"))
   source = grain.sources.ArrayRecordDataSource(paths)
-  if len(source) < batch_size * shard_count:
-    raise ValueError(f"{folder}: {meta['records']} records cannot fill a batch of {batch_size} on each of "
-                     f"{shard_count} hosts")
-  sampler = grain.samplers.IndexSampler(
-      len(source), shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=config.seed)
-  return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
-                          operations=[_Decode(), grain.transforms.Batch(batch_size, drop_remainder=True)])
+  return sharded_batches(source, _Decode(), f"{folder}: {meta['records']} records", batch_size=batch_size,
+                         seed=config.seed, shuffle=True, num_epochs=None, shard_index=shard_index,
+                         shard_count=shard_count, worker_count=worker_count)

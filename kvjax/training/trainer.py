@@ -13,6 +13,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kvjax.params import abstract_params, build_model
+from kvjax.training.checkpointing import abstract_with_shardings
 from kvjax.training.config import COMPUTE_DTYPES, TrainConfig
 from kvjax.training.inputs import global_array
 from kvjax.training.interpolation_loss import interpolation_loss
@@ -75,11 +76,9 @@ class Trainer:
 
   def lower(self):
     """The step lowered on abstract inputs (compile it for its memory analysis without any weights)."""
-    with_sharding = lambda tree, shardings: jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
              for k, v in abstract_batch(self.config).items()}
-    return self.step.lower(with_sharding(self.abstract_state(), self.shardings), batch)
+    return self.step.lower(abstract_with_shardings(self.abstract_state(), self.shardings), batch)
 
   def global_batch(self, local_batch: dict[str, Any]) -> dict[str, jax.Array]:
     """This host's slice of the batch (numpy) -> global arrays split over (fsdp, data)."""
