@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions
-from kvjax.pipeline.text_to_video import TextToVideo, random_weights
+from kvjax.pipeline.text_to_video import TextToVideo
+from kvjax.pipeline.weights import random_weights
 
 
 def peak_memory_gib() -> float:

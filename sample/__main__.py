@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output .mp4, .gif, or folder for PNG frames")
   p.add_argument("--image", nargs="+", help="first-frame image(s) for image-to-video (one, or one per prompt)")
   p.add_argument("--weights", help="folder written by `python -m convert all` (default: tiny random weights)")
+  p.add_argument("--image-movq", help="converted image MoVQ folder replacing the one of --weights (e.g. from "
+                 "`python -m train.export`)")
+  p.add_argument("--video-movq", help="converted video MoVQ decoder folder replacing the one of --weights")
   p.add_argument("--tokenizer", help="SentencePiece model of FLAN-UL2 (spiece.model); default: WEIGHTS/spiece.model")
   p.add_argument("--fps", choices=sorted(FPS_PASSES), default=d.fps, help="low: 12 frames, medium: 45, high: 177")
   p.add_argument("--motion", choices=list(MOTION_SCORES), default=d.motion)
@@ -74,11 +77,20 @@ def _images(paths, count):
   return images * count if len(images) == 1 else images
 
 
+def _model_overrides(args) -> dict[str, str]:
+  paths = {"image_movq": args.image_movq, "video_movq": args.video_movq}
+  for field, path in paths.items():
+    if path is not None and not os.path.isfile(os.path.join(path, "config.json")):
+      raise FileNotFoundError(f"--{field.replace('_', '-')} {path}: not a converted model folder (no config.json)")
+  return {field: path for field, path in paths.items() if path is not None}
+
+
 def run(args) -> int:
   import jax.numpy as jnp
   from sample.writers import check_output_path, write_frames
   from kvjax.pipeline.config import PIPELINE_PRESETS
-  from kvjax.pipeline.text_to_video import TextToVideo, random_weights
+  from kvjax.pipeline.text_to_video import TextToVideo
+  from kvjax.pipeline.weights import random_weights, with_models
 
   outputs = _outputs(args.out, len(args.prompts))
   for out in outputs:  # fail before any work on a bad or taken output path
@@ -91,7 +103,7 @@ def run(args) -> int:
           file=sys.stderr)
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
     config = PIPELINE_PRESETS["tiny"]
-    weights = random_weights(config, args.seed)
+    config, weights = with_models(config, random_weights(config, args.seed), _model_overrides(args))
     tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, config.tokens_length)
   else:
     from kvjax.pipeline.weights import load_pipeline_weights
@@ -99,7 +111,7 @@ def run(args) -> int:
     tokenizer_path = args.tokenizer or os.path.join(args.weights, "spiece.model")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    config, weights = load_pipeline_weights(args.weights)
+    config, weights = load_pipeline_weights(args.weights, overrides=_model_overrides(args))
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
   size = 64 if random else 512
   steps = args.steps or ((4, 4, 2) if random else None)

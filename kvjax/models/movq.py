@@ -25,7 +25,7 @@ from kvjax.configs import MoVQConfig
 from kvjax.layers.attention import dot_product_attention
 from kvjax.layers.basic import conv
 from kvjax.layers.norms import GroupNorm
-from kvjax.models.unet_layers import merge_scalar, to_video
+from kvjax.models.unet_layers import merge_scalar, rematerialised, to_video
 
 Dtype = Any
 AttentionNormLatent = Literal["first_of_clip", "own"]
@@ -250,28 +250,36 @@ class Encoder(nn.Module):
   config: MoVQConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # unet_layers.REMAT_POLICIES: recompute each level in the backward pass
 
   @nn.compact
   def __call__(self, x):
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    level = rematerialised(EncoderLevel, self.remat, ())
     h = conv(cfg.ch, (3, 3), name="conv_in", **kw)(x)
     for i in range(cfg.num_levels):
-      h = EncoderLevel(cfg, i, name=f"down_{i}", **kw)(h)
+      h = level(cfg, i, name=f"down_{i}", **kw)(h)
     h = EncoderMid(cfg, name="mid", **kw)(h)
     h = SpatialNorm(cfg.num_groups, name="norm_out", **kw)(h)
     return conv(cfg.z_channels, (3, 3), name="conv_out", **kw)(nn.silu(h))
 
 
 class Decoder(nn.Module):
-  """The (temporal) MoVQ decoder: z (N, h, w, 4) and its raw latent zq -> images (N, 8h, 8w, 3)."""
+  """The (temporal) MoVQ decoder: z (N, h, w, 4) and its raw latent zq -> images (N, 8h, 8w, 3).
+
+  `features_only` stops before `conv_out` and returns its input (the trainer's adaptive GAN weight needs
+  the gradients of the output layer alone)."""
 
   config: MoVQConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # unet_layers.REMAT_POLICIES: recompute each level in the backward pass
 
   @nn.compact
-  def __call__(self, z, zq, num_frames: int, attention_norm_latent: AttentionNormLatent = "first_of_clip"):
+  def __call__(self, z, zq, num_frames: int, attention_norm_latent: AttentionNormLatent = "first_of_clip",
+               features_only: bool = False):
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    level = rematerialised(DecoderLevel, self.remat, (4,))  # self, h, zq, attention_zq, num_frames
     if attention_norm_latent == "first_of_clip":  # spec §5.6: frame 0 of each clip, repeated over the clip
       attention_zq = jnp.repeat(to_video(zq, num_frames)[:, 0], num_frames, axis=0)
     elif attention_norm_latent == "own":
@@ -280,11 +288,16 @@ class Decoder(nn.Module):
       raise ValueError(f"attention_norm_latent must be 'first_of_clip' or 'own', got {attention_norm_latent!r}")
     lowest = cfg.num_levels - 1
     h = conv(cfg.ch * cfg.ch_mult[lowest], (3, 3), name="conv_in", **kw)(z)
-    h = DecoderLevel(cfg, lowest, is_mid=True, name="mid", **kw)(h, zq, attention_zq, num_frames)
+    h = level(cfg, lowest, is_mid=True, name="mid", **kw)(h, zq, attention_zq, num_frames)
     for i in reversed(range(cfg.num_levels)):  # `up.{n-1}` is the lowest resolution and runs first
-      h = DecoderLevel(cfg, i, name=f"up_{i}", **kw)(h, zq, attention_zq, num_frames)
-    h = SpatialNorm(cfg.num_groups, conditioned=True, name="norm_out", **kw)(h, zq)
-    return conv(cfg.out_ch, (3, 3), name="conv_out", **kw)(nn.silu(h))
+      h = level(cfg, i, name=f"up_{i}", **kw)(h, zq, attention_zq, num_frames)
+    h = nn.silu(SpatialNorm(cfg.num_groups, conditioned=True, name="norm_out", **kw)(h, zq))
+    return h if features_only else output_layer(cfg, **kw)(h)
+
+
+def output_layer(config: MoVQConfig, **kw) -> nn.Module:
+  """The decoder's `conv_out` (its parameters are `params["decoder"]["conv_out"]`)."""
+  return conv(config.out_ch, (3, 3), name="conv_out", **kw)
 
 
 class MoVQ(nn.Module):
@@ -293,14 +306,15 @@ class MoVQ(nn.Module):
   config: MoVQConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # unet_layers.REMAT_POLICIES, for training: encoder and decoder levels recomputed
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     z = self.config.z_channels
-    self.encoder = Encoder(self.config, **kw)
+    self.encoder = Encoder(self.config, remat=self.remat, **kw)
     self.quant_conv = conv(z, (1, 1), name="quant_conv", **kw)
     self.post_quant_conv = conv(z, (1, 1), name="post_quant_conv", **kw)
-    self.decoder = Decoder(self.config, **kw)
+    self.decoder = Decoder(self.config, remat=self.remat, **kw)
 
   def encode(self, images):
     """(N, H, W, 3) in [-1, 1] -> latents (N, H/8, W/8, 4); H and W must divide by the down-sampling."""
@@ -312,14 +326,15 @@ class MoVQ(nn.Module):
     return self.quant_conv(self.encoder(images))
 
   def decode(self, latents, num_frames: int | None = None,
-             attention_norm_latent: AttentionNormLatent = "first_of_clip"):
-    """(N, h, w, 4) -> (N, 8h, 8w, 3), in clips of `num_frames` (default: the whole batch, as the reference)."""
+             attention_norm_latent: AttentionNormLatent = "first_of_clip", features_only: bool = False):
+    """(N, h, w, 4) -> (N, 8h, 8w, 3), in clips of `num_frames` (default: the whole batch, as the reference);
+    `features_only`: the input of the output layer instead (`Decoder`)."""
     if latents.ndim != 4 or latents.shape[-1] != self.config.z_channels:
       raise ValueError(f"latents must be (N, h, w, {self.config.z_channels}), got {latents.shape}")
     num_frames = num_frames or latents.shape[0]
     if latents.shape[0] % num_frames:
       raise ValueError(f"{latents.shape[0]} latents do not split into clips of {num_frames} frames")
-    return self.decoder(self.post_quant_conv(latents), latents, num_frames, attention_norm_latent)
+    return self.decoder(self.post_quant_conv(latents), latents, num_frames, attention_norm_latent, features_only)
 
   def __call__(self, images, num_frames: int | None = None):
     return self.decode(self.encode(images), num_frames)

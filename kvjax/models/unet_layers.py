@@ -188,6 +188,15 @@ REMAT_POLICIES = {
 }
 
 
+def rematerialised(level, remat: str, static_argnums: tuple[int, ...]):
+  """The module class `level`, recomputed in the backward pass as the policy `remat` says (as is for
+  "none"); `static_argnums` count `self` as 0."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
+  policy = REMAT_POLICIES[remat]
+  return level if policy is None else nn.remat(level, policy=policy, static_argnums=static_argnums)
+
+
 def down_up_and_out(x, config, down_level, up_level, level_inputs: tuple, *, dtype: Dtype, param_dtype: Dtype,
                     remat: str = "none"):
   """The UNet trunk after the input layer (spec §3.10 steps 4-6), shared by both video UNets.
@@ -199,12 +208,8 @@ def down_up_and_out(x, config, down_level, up_level, level_inputs: tuple, *, dty
   groups per clip); `remat` names a policy of `REMAT_POLICIES`.
   """
   kw = dict(dtype=dtype, param_dtype=param_dtype)
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
-  if REMAT_POLICIES[remat] is not None:
-    static = (1 + 1 + len(level_inputs) - 1,)  # self, x, then the level inputs
-    down_level, up_level = (nn.remat(level, policy=REMAT_POLICIES[remat], static_argnums=static)
-                            for level in (down_level, up_level))
+  static = (1 + 1 + len(level_inputs) - 1,)  # self, x, then the level inputs
+  down_level, up_level = (rematerialised(level, remat, static) for level in (down_level, up_level))
   dims = config.hidden_dims
   levels = config.num_levels
   skips = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,36 +17,12 @@ from PIL import Image
 
 from kvjax.diffusion.schedule import SchedulerConfig
 from kvjax.models.movq import MoVQ, reference_chunk_sizes
-from kvjax.params import build_model, random_params
+from kvjax.params import build_model
 from kvjax.pipeline import samplers
 from kvjax.pipeline.config import FPS_PASSES, GenerationOptions, PipelineConfig
 from kvjax.pipeline.images import fit_and_crop, to_uint8
+from kvjax.pipeline.weights import PipelineWeights
 from kvjax.text.conditioning import text_context, unconditional_context
-
-
-@flax.struct.dataclass
-class PipelineWeights:
-  """Every model's parameters (a pytree: `jax.device_put` places them all at once)."""
-
-  keyframe: Any
-  keyframe_null: Any
-  interpolation: Any
-  interpolation_null: Any
-  image_movq: Any
-  video_movq: Any
-  text_encoder: Any
-  projections: Any
-
-
-def random_weights(config: PipelineConfig, seed: int = 0) -> PipelineWeights:
-  """Random weights for every model (`kvjax.params.random_params`), null embeddings drawn at random."""
-  rng = np.random.default_rng(seed)
-  seeds = rng.integers(0, 2 ** 31, 6)
-  null = lambda: jnp.asarray(0.5 * rng.standard_normal(config.keyframe.context_dim, np.float32))
-  return PipelineWeights(
-      random_params(config.keyframe, seeds[0]), null(), random_params(config.interpolation, seeds[1]), null(),
-      random_params(config.image_movq, seeds[2]), random_params(config.video_movq, seeds[3]),
-      random_params(config.text_encoder, seeds[4]), random_params(config.projections, seeds[5]))
 
 
 Progress = Callable[[str, float], None]  # (stage, seconds) when a stage ends

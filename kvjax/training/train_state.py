@@ -9,9 +9,8 @@ import flax.struct
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from kvjax.training.optimizer import OptimizerConfig, learning_rate_schedule
 from kvjax.training.partitioning import batch_sharding, param_shardings, replicated
@@ -58,6 +57,22 @@ def create_state(params, optimizer, ema: bool) -> TrainState:
                     ema_params=jax.tree.map(lambda p: jnp.array(p, copy=True), params) if ema else None)
 
 
+def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransformation,
+                    cfg: OptimizerConfig) -> TrainState:
+  """One optimiser update of `state` (and its EMA) from `grads`."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
+  return TrainState(state.step + 1, params, opt_state, ema)
+
+
+def trained_grad_norm(grads, trainable) -> jax.Array:
+  """Global norm of the gradients of the trainable parameters (frozen ones have gradients too, unused)."""
+  return optax.global_norm([g for g, on in zip(jax.tree.leaves(grads), jax.tree.leaves(trainable)) if on])
+
+
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, cfg: OptimizerConfig, trainable,
                     seed: int = 0):
   """`step(state, batch) -> (state, metrics)`; the step's randomness is fold_in(seed, step), so a resumed
@@ -67,20 +82,16 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
   def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
-    trained = [g for g, on in zip(jax.tree.leaves(grads), jax.tree.leaves(trainable)) if on]
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(trained),
+    metrics = {"loss": loss, "grad_norm": trained_grad_norm(grads, trainable),
                "learning_rate": schedule(state.step // cfg.accumulation_steps)}
-    return TrainState(state.step + 1, params, opt_state, ema), metrics
+    return apply_gradients(state, grads, optimizer, cfg), metrics
 
   return step
 
 
-def jit_train_step(step, shardings: TrainState, mesh: Mesh):
-  """The step compiled with explicit shardings: state as the rules say, batch split over the data-parallel axes."""
-  return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
-                 out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+def jit_train_step(step, shardings, mesh: Mesh, frozen_shardings=None):
+  """The step compiled with explicit shardings: state as the rules say, batch split over the data-parallel
+  axes; `frozen_shardings`, where given, place a third argument (weights that do not train, such as a
+  perceptual network: arguments, not constants baked into the program)."""
+  in_shardings = (shardings, batch_sharding(mesh)) + (() if frozen_shardings is None else (frozen_shardings,))
+  return jax.jit(step, in_shardings=in_shardings, out_shardings=(shardings, replicated(mesh)), donate_argnums=0)

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from kvjax import configs
@@ -26,6 +27,18 @@ def test_every_policy_keeps_the_parameter_tree(remat):
   assert jax.tree.leaves(rematted) == jax.tree.leaves(plain)
 
 
-def test_remat_applies_to_unets_only():
-  with pytest.raises(ValueError, match="UNets"):
-    build_model(configs.IMAGE_MOVQ_TINY, remat="levels")
+def test_remat_applies_to_unets_and_movqs_only():
+  with pytest.raises(ValueError, match="UNets and MoVQs"):
+    build_model(configs.T5_ENCODER_TINY, remat="levels")
+
+
+def test_movq_remat_keeps_the_parameter_tree_and_the_output():
+  images = jnp.linspace(-1, 1, 2 * 16 * 16 * 3).reshape(2, 16, 16, 3)
+  def run(remat):
+    model = build_model(configs.VIDEO_MOVQ_TINY, remat=remat)
+    params = model.init(jax.random.key(0), images, 2)["params"]
+    return params, jax.grad(lambda p: jnp.sum(model.apply({"params": p}, images, 2) ** 2))(params)
+  (p_remat, g_remat), (p_plain, g_plain) = run("levels"), run("none")
+  assert jax.tree.structure(p_remat) == jax.tree.structure(p_plain)
+  for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,8 @@ from PIL import Image
 
 from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions
 from kvjax.pipeline.images import fit_and_crop, to_uint8
-from kvjax.pipeline.text_to_video import TextToVideo, random_weights
+from kvjax.pipeline.text_to_video import TextToVideo
+from kvjax.pipeline.weights import random_weights
 from kvjax.text.hashed_tokenizer import HashedWordTokenizer
 
 CONFIG = PIPELINE_PRESETS["tiny"]
