@@ -258,6 +258,67 @@ class TextProjectionConfig(ConfigBase):
     return cls(in_dim=in_dim or cls.in_dim, context_dim=int(section["context_dim"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorConfig(ConfigBase):
+  """A MoVQ-GAN discriminator (pix2pix / taming-transformers NLayerDiscriminator layout).
+
+  `architecture` selects the module: "patch" judges single frames (N, H, W, C), "video" judges clips
+  (B, T, H, W, C) with (temporal_kernel, 4, 4) convolutions, so that it sees motion. `channels` is the
+  width of the first layer; each of the `num_layers - 1` further strided layers doubles it, up to 8x.
+
+  `norm` is "group" (GroupNorm with min(32, channels) groups, over every position of a sample and a group
+  of channels) or "none". BatchNorm, the pix2pix default, is deliberately not offered: its batch statistics
+  couple the shards of a data-parallel batch (the result depends on how the batch is split, or needs a
+  cross-device reduction in every layer) and it needs mutable running statistics.
+  """
+
+  kind: ClassVar[str] = "discriminator"
+
+  architecture: str = "patch"
+  in_channels: int = 3
+  channels: int = 64
+  num_layers: int = 3
+  norm: str = "group"
+  temporal_kernel: int = 3
+
+  ARCHITECTURES: ClassVar[tuple[str, ...]] = ("patch", "video")
+  NORMS: ClassVar[tuple[str, ...]] = ("group", "none")
+  MAX_GROUPS: ClassVar[int] = 32
+
+  def __post_init__(self):
+    if self.architecture not in self.ARCHITECTURES:
+      raise ValueError(f"discriminator architecture {self.architecture!r} not supported; "
+                       f"one of {', '.join(self.ARCHITECTURES)}")
+    if self.norm not in self.NORMS:
+      raise ValueError(f"discriminator norm {self.norm!r} not supported; one of {', '.join(self.NORMS)} "
+                       f"(BatchNorm is not offered: it couples data-parallel shards)")
+    for name in ("in_channels", "channels", "num_layers"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"discriminator {name} must be >= 1, got {getattr(self, name)}")
+    if self.temporal_kernel < 3 or self.temporal_kernel % 2 == 0:
+      raise ValueError(f"discriminator temporal_kernel must be odd and >= 3 (padded symmetrically in time), "
+                       f"got {self.temporal_kernel}")
+    if self.norm == "group":
+      bad = [w for w in self.widths[1:] if w % self.norm_groups]
+      if bad:
+        raise ValueError(f"discriminator widths {list(bad)} do not split into {self.norm_groups} groups")
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """Output channels of the layers before the logits: the strided ones, then the stride-1 one."""
+    return tuple(self.channels * min(2 ** n, 8) for n in range(self.num_layers + 1))
+
+  @property
+  def norm_groups(self) -> int:
+    return min(self.MAX_GROUPS, self.channels)
+
+  @property
+  def min_spatial_size(self) -> int:
+    """The smallest height and width with a non-empty logit map (4x4 kernels, padding 1: each strided
+    layer halves the size rounding down, each of the two stride-1 layers takes one off)."""
+    return 3 * 2 ** self.num_layers
+
+
 KEYFRAME_1_1 = KeyframeUNetConfig(
     model_channels=384, init_channels=192, num_channels=9, out_channels=4, time_embed_dim=1536,
     context_dim=4096, groups=32, head_dim=64, expansion_ratio=4, compression_ratio=2,
@@ -301,6 +362,12 @@ T5_ENCODER_TINY = T5EncoderConfig(vocab_size=128, d_model=32, d_kv=8, d_ff=48, n
 TEXT_PROJECTIONS_1_1 = TextProjectionConfig()
 TEXT_PROJECTIONS_TINY = TextProjectionConfig(in_dim=32, context_dim=48)
 
+# MoVQ-GAN discriminators: pix2pix's default (64 channels, 3 layers), per frame or over clips.
+PATCH_DISCRIMINATOR = DiscriminatorConfig(architecture="patch", channels=64, num_layers=3)
+VIDEO_DISCRIMINATOR = DiscriminatorConfig(architecture="video", channels=64, num_layers=3)
+PATCH_DISCRIMINATOR_TINY = DiscriminatorConfig(architecture="patch", channels=8, num_layers=2)
+VIDEO_DISCRIMINATOR_TINY = DiscriminatorConfig(architecture="video", channels=8, num_layers=2)
+
 PRODUCTION_PRESETS = {
     "keyframe-1.1": KEYFRAME_1_1,
     "interpolation-1.1": INTERPOLATION_1_1,
@@ -308,6 +375,8 @@ PRODUCTION_PRESETS = {
     "video-movq-1.1": VIDEO_MOVQ_1_1,
     "flan-ul2-encoder": FLAN_UL2_ENCODER,
     "t5-projections-1.1": TEXT_PROJECTIONS_1_1,
+    "patch-discriminator": PATCH_DISCRIMINATOR,
+    "video-discriminator": VIDEO_DISCRIMINATOR,
 }
 
 TINY_PRESETS = {
@@ -317,6 +386,8 @@ TINY_PRESETS = {
     "video-movq-tiny": VIDEO_MOVQ_TINY,
     "t5-encoder-tiny": T5_ENCODER_TINY,
     "t5-projections-tiny": TEXT_PROJECTIONS_TINY,
+    "patch-discriminator-tiny": PATCH_DISCRIMINATOR_TINY,
+    "video-discriminator-tiny": VIDEO_DISCRIMINATOR_TINY,
 }
 
 PRESETS = {**PRODUCTION_PRESETS, **TINY_PRESETS}
@@ -346,4 +417,5 @@ CONFIG_TYPES = {
     MoVQConfig.kind: MoVQConfig,
     T5EncoderConfig.kind: T5EncoderConfig,
     TextProjectionConfig.kind: TextProjectionConfig,
+    DiscriminatorConfig.kind: DiscriminatorConfig,
 }

@@ -34,6 +34,9 @@ def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32, remat: str =
   if isinstance(config, configs.TextProjectionConfig):
     from kvjax.models.text_projection import TextProjections
     return TextProjections(config, dtype=dtype, param_dtype=param_dtype)
+  if isinstance(config, configs.DiscriminatorConfig):
+    from kvjax.models.discriminators import build_discriminator
+    return build_discriminator(config, dtype=dtype, param_dtype=param_dtype)
   raise TypeError(f"no model for config type {type(config).__name__}")
 
 
@@ -55,6 +58,11 @@ def example_inputs(config, batch: int = 3, size: int | None = None) -> dict[str,
                 attention_mask=jax.ShapeDtypeStruct((batch, 2), jnp.int32))
   if isinstance(config, configs.TextProjectionConfig):
     return dict(hidden_states=jax.ShapeDtypeStruct((batch, 2, config.in_dim), jnp.float32))
+  if isinstance(config, configs.DiscriminatorConfig):
+    size = size or config.min_spatial_size
+    if config.architecture == "video":
+      return dict(x=jax.ShapeDtypeStruct((batch, 2, size, size, config.in_channels), jnp.float32))
+    return dict(x=jax.ShapeDtypeStruct((batch, size, size, config.in_channels), jnp.float32))
   raise TypeError(f"no example inputs for config type {type(config).__name__}")
 
 
