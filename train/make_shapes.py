@@ -1,0 +1,129 @@
+"""Writes a folder of synthetic moving-shape videos (kvjax.data.shapes) for `python -m train.prepare_data`:
+
+  python -m train.make_shapes OUT --videos N [--seconds 3] [--fps 24] [--size 256] [--seed 0]
+  python -m train.prepare_data OUT prepared/ --captions OUT/captions.jsonl
+
+OUT gets shapes-00000.mp4, ... (H.264, 4:4:4 chroma, near-lossless, so colours survive) and captions.jsonl,
+one {"source": "shapes-00000.mp4", "caption": "a red circle moving right", "spec": {...}} per video (the
+caption is also the video's title tag). Videos come in triples: videos 3k, 3k+1 and 3k+2 show one scene
+(shape, colour, direction, size, start side, background, drawn from (seed, k)) at the slow, medium and fast
+speeds, so every run of 3 or more videos has all three and a model sees speed as the only difference.
+The folder appears only when complete; an existing OUT is refused unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+# The writer's H.264 settings: constant quality 10 (near-lossless) and full-resolution chroma, so a shape's
+# colour is not smeared into its neighbours; edges of 1 px stay sharp.
+CRF = 10
+PIX_FMT = "yuv444p"
+MIN_SIZE = 16
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m train.make_shapes", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("out", help="new folder for the videos and captions.jsonl")
+  p.add_argument("--videos", type=int, required=True, help="how many videos")
+  p.add_argument("--seconds", type=float, default=3.0, help="length of each video (prepare_data keeps >= 2 s)")
+  p.add_argument("--fps", type=float, default=24.0, help="frame rate (prepare_data keeps >= 23 fps)")
+  p.add_argument("--size", type=int, default=256,
+                 help="width and height in pixels (prepare_data keeps areas >= 256x256)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+  return p
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+  """The first bad option as a one-line message, or None."""
+  if args.videos < 1:
+    return f"--videos {args.videos}: give at least 1"
+  if not args.seconds > 0 or not args.fps > 0:
+    return f"--seconds {args.seconds} and --fps {args.fps} must be positive"
+  if round(args.seconds * args.fps) < 2:
+    return f"--seconds {args.seconds} at --fps {args.fps} gives under 2 frames: nothing can move"
+  if args.size < MIN_SIZE or args.size % 2:
+    return f"--size {args.size}: give an even number of pixels, at least {MIN_SIZE}"
+  if args.seed < 0:
+    return f"--seed {args.seed}: give a non-negative seed"
+  return None
+
+
+def filter_warnings(args: argparse.Namespace) -> list[str]:
+  """What prepare_data's default filters would drop these videos for."""
+  from kvjax.data import filters
+  config = filters.FilterConfig()
+  drops = [filters.check_duration(args.seconds, config), filters.check_fps(args.fps, config),
+           filters.check_size(args.size, args.size, config)]
+  return [f"warning: prepare_data's default {drop.reason} filter drops these videos ({drop.detail})"
+          for drop in drops if drop is not None]
+
+
+def video_spec(seed: int, index: int, num_frames: int, size: int):
+  """The spec of video `index`: scene index // 3 of `seed` at speed class index % 3."""
+  from kvjax.data import shapes
+  rng = np.random.default_rng([seed, index // 3])
+  return shapes.sample_spec(rng, num_frames, resolution=(size, size),
+                            speed_class=shapes.SPEED_CLASSES[index % len(shapes.SPEED_CLASSES)])
+
+
+def write_mp4(path: str, frames: np.ndarray, fps: float, title: str = "") -> None:
+  """uint8 (T, H, W, 3) RGB frames -> an H.264 mp4 (CRF, PIX_FMT), with `title` as its title tag."""
+  import imageio_ffmpeg
+  height, width = frames.shape[1:3]
+  output_params = ["-crf", str(CRF)] + (["-metadata", f"title={title}"] if title else [])
+  writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out=PIX_FMT,
+                                       quality=None, macro_block_size=1, output_params=output_params)
+  writer.send(None)
+  for frame in frames:
+    writer.send(np.ascontiguousarray(frame))
+  writer.close()
+
+
+def make_shapes(out: str, *, videos: int, seconds: float, fps: float, size: int, seed: int,
+                overwrite: bool = False) -> list[dict]:
+  """Writes the folder (see the module docstring); returns the captions.jsonl entries."""
+  from kvjax.atomic import staged
+  from kvjax.data import shapes
+  num_frames = max(2, round(seconds * fps))
+  frames_at_24 = 1 + (num_frames - 1) * shapes.FPS / fps  # the same span of time in 24 fps frames
+  entries = []
+  with staged(out, overwrite=overwrite) as staging:
+    for index in range(videos):
+      spec = video_spec(seed, index, frames_at_24, size)
+      text = shapes.caption(spec)
+      name = f"shapes-{index:05d}.mp4"
+      write_mp4(os.path.join(staging, name), shapes.render_clip(spec, num_frames, size, size, fps=fps), fps, text)
+      entries.append({"source": name, "caption": text, "spec": spec.to_json()})
+    with open(os.path.join(staging, "captions.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(entry) + "\n" for entry in entries)
+  return entries
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  problem = check_args(args)
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
+  for warning in filter_warnings(args):
+    print(warning, file=sys.stderr)
+  try:
+    entries = make_shapes(args.out, videos=args.videos, seconds=args.seconds, fps=args.fps, size=args.size,
+                          seed=args.seed, overwrite=args.overwrite)
+  except FileExistsError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{len(entries)} videos and captions.jsonl written to {os.path.abspath(args.out)}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
