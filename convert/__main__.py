@@ -3,6 +3,7 @@
   python -m convert keyframe t2v.pt OUT_DIR [--config PRESET|configs.json] [--dtype fp32|bf16|fp16]
   (also: interpolation, movq, video-movq, t5, projections)
   python -m convert all RELEASE_DIR OUT_DIR [--t5 T5_DIR] [--dtype ...]
+  python -m convert lpips vgg.pth OUT_DIR --vgg vgg16-397923af.pth   (or one lpips.LPIPS state dict)
   python -m convert verify FIXTURE_DIR
 """
 
@@ -39,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--t5", help="the Hugging Face T5 folder (default: the sub-folder of SRC with a T5 config.json)")
   p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  p = commands.add_parser("lpips", help="convert LPIPS (net='vgg') weights for the MoVQ trainer's perceptual loss")
+  p.add_argument("src", help="the lpips package's linear heads (lpips/weights/v0.1/vgg.pth), or the state dict "
+                 "of a whole lpips.LPIPS(net='vgg')")
+  p.add_argument("out", help="output folder (must not exist unless --overwrite)")
+  p.add_argument("--vgg", help="torchvision's VGG16 ImageNet state dict (vgg16-397923af.pth), when SRC holds "
+                 "only the heads")
+  p.add_argument("--config", default="lpips-vgg", help="LPIPS preset (default lpips-vgg)")
+  p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
+  p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
   p = commands.add_parser("verify", help="check conversions against reference outputs")
   p.add_argument("fixtures", help="a fixture folder (with manifest.json) or a folder of them")
   return parser
@@ -54,6 +64,19 @@ def _convert(args) -> int:
   out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
   print(f"converted {args.src} ({count_params(converted.params):,} parameters, config from {origin}, "
         f"{args.dtype}) -> {out} in {time.perf_counter() - start:.1f} s")
+  return 0
+
+
+def _convert_lpips(args) -> int:
+  from kvjax.conversion.lpips import convert_lpips
+  from kvjax.conversion.store import save_converted
+  from kvjax.models.lpips import LPIPS_PRESETS
+  from kvjax.params import count_params
+  if args.config not in LPIPS_PRESETS:
+    raise ValueError(f"--config {args.config}: one of {', '.join(LPIPS_PRESETS)}")
+  converted = convert_lpips(args.src, LPIPS_PRESETS[args.config], DTYPES[args.dtype], vgg=args.vgg)
+  out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
+  print(f"converted {args.src} ({count_params(converted.params):,} parameters, {args.config}) -> {out}")
   return 0
 
 
@@ -80,7 +103,7 @@ def main(argv=None) -> int:
   from kvjax.checkpoints import CheckpointError
   from kvjax.conversion.state_dict import ConversionError
   try:
-    run = {"verify": _verify, "all": _convert_all}.get(args.command, _convert)
+    run = {"verify": _verify, "all": _convert_all, "lpips": _convert_lpips}.get(args.command, _convert)
     return run(args)
   except (CheckpointError, ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

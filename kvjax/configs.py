@@ -319,6 +319,25 @@ class DiscriminatorConfig(ConfigBase):
     return 3 * 2 ** self.num_layers
 
 
+@dataclasses.dataclass(frozen=True)
+class LPIPSConfig(ConfigBase):
+  """LPIPS (Zhang et al. 2018, the `lpips` package's net='vgg', v0.1): VGG16 `features` up to relu5_3 with a
+  tap at the end of each stage and a 1x1 linear head per tap. `widths`/`convs_per_stage` are VGG16's in
+  production; smaller ones make a CPU-sized stand-in (no pretrained weights exist for it)."""
+
+  kind: ClassVar[str] = "lpips"
+
+  widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+  convs_per_stage: tuple[int, ...] = (2, 2, 3, 3, 3)
+
+  def __post_init__(self):
+    for name in ("widths", "convs_per_stage"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    if len(self.widths) != len(self.convs_per_stage) or not self.widths or min(self.widths + self.convs_per_stage) < 1:
+      raise ValueError(f"LPIPS widths {self.widths} and convs_per_stage {self.convs_per_stage} must be positive, "
+                       "one per stage")
+
+
 KEYFRAME_1_1 = KeyframeUNetConfig(
     model_channels=384, init_channels=192, num_channels=9, out_channels=4, time_embed_dim=1536,
     context_dim=4096, groups=32, head_dim=64, expansion_ratio=4, compression_ratio=2,
@@ -368,6 +387,9 @@ VIDEO_DISCRIMINATOR = DiscriminatorConfig(architecture="video", channels=64, num
 PATCH_DISCRIMINATOR_TINY = DiscriminatorConfig(architecture="patch", channels=8, num_layers=2)
 VIDEO_DISCRIMINATOR_TINY = DiscriminatorConfig(architecture="video", channels=8, num_layers=2)
 
+LPIPS_VGG = LPIPSConfig()
+LPIPS_TINY = LPIPSConfig(widths=(8, 16, 16, 32, 32), convs_per_stage=(1, 1, 1, 1, 1))
+
 PRODUCTION_PRESETS = {
     "keyframe-1.1": KEYFRAME_1_1,
     "interpolation-1.1": INTERPOLATION_1_1,
@@ -377,6 +399,7 @@ PRODUCTION_PRESETS = {
     "t5-projections-1.1": TEXT_PROJECTIONS_1_1,
     "patch-discriminator": PATCH_DISCRIMINATOR,
     "video-discriminator": VIDEO_DISCRIMINATOR,
+    "lpips-vgg": LPIPS_VGG,
 }
 
 TINY_PRESETS = {
@@ -388,6 +411,7 @@ TINY_PRESETS = {
     "t5-projections-tiny": TEXT_PROJECTIONS_TINY,
     "patch-discriminator-tiny": PATCH_DISCRIMINATOR_TINY,
     "video-discriminator-tiny": VIDEO_DISCRIMINATOR_TINY,
+    "lpips-tiny": LPIPS_TINY,
 }
 
 PRESETS = {**PRODUCTION_PRESETS, **TINY_PRESETS}
@@ -418,4 +442,5 @@ CONFIG_TYPES = {
     T5EncoderConfig.kind: T5EncoderConfig,
     TextProjectionConfig.kind: TextProjectionConfig,
     DiscriminatorConfig.kind: DiscriminatorConfig,
+    LPIPSConfig.kind: LPIPSConfig,
 }

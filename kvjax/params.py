@@ -18,16 +18,16 @@ from kvjax.models.keyframe_unet import KeyframeUNet
 
 
 def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none") -> nn.Module:
-  """The module of `config`; `remat` (UNets only) names a rematerialisation policy."""
+  """The module of `config`; `remat` (UNets and MoVQs) names a rematerialisation policy."""
   if isinstance(config, configs.KeyframeUNetConfig):
     return KeyframeUNet(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
   if isinstance(config, configs.InterpolationUNetConfig):
     return InterpolationUNet(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
-  if remat != "none":
-    raise ValueError(f"remat applies to the UNets, not to {type(config).__name__}")
   if isinstance(config, configs.MoVQConfig):
     from kvjax.models.movq import MoVQ
-    return MoVQ(config, dtype=dtype, param_dtype=param_dtype)
+    return MoVQ(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  if remat != "none":
+    raise ValueError(f"remat applies to the UNets and MoVQs, not to {type(config).__name__}")
   if isinstance(config, configs.T5EncoderConfig):
     from kvjax.models.t5_encoder import T5Encoder
     return T5Encoder(config, dtype=dtype, param_dtype=param_dtype)
@@ -37,6 +37,9 @@ def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32, remat: str =
   if isinstance(config, configs.DiscriminatorConfig):
     from kvjax.models.discriminators import build_discriminator
     return build_discriminator(config, dtype=dtype, param_dtype=param_dtype)
+  if isinstance(config, configs.LPIPSConfig):
+    from kvjax.models.lpips import LPIPS
+    return LPIPS(config, dtype=dtype, param_dtype=param_dtype)
   raise TypeError(f"no model for config type {type(config).__name__}")
 
 
@@ -63,6 +66,9 @@ def example_inputs(config, batch: int = 3, size: int | None = None) -> dict[str,
     if config.architecture == "video":
       return dict(x=jax.ShapeDtypeStruct((batch, 2, size, size, config.in_channels), jnp.float32))
     return dict(x=jax.ShapeDtypeStruct((batch, size, size, config.in_channels), jnp.float32))
+  if isinstance(config, configs.LPIPSConfig):
+    image = jax.ShapeDtypeStruct((batch, 16, 16, 3), jnp.float32)
+    return dict(x=image, y=image)
   raise TypeError(f"no example inputs for config type {type(config).__name__}")
 
 
