@@ -4,6 +4,7 @@
   python bench/train_memory.py --devices 8 --models keyframe    # only meshes of up to 8 devices
   python bench/train_memory.py --meshes fsdp=64 "fsdp=16,tensor=4" --skip-compile
   python bench/train_memory.py --tiny-only                      # CPU step time of the tiny presets only
+  python bench/train_memory.py --models image_movq,video_movq   # the MoVQ-GAN recipes (with LPIPS)
 
 The devices are simulated CPU devices (`--xla_force_host_platform_device_count`, set from `--devices`
 before jax is imported); a mesh of fewer devices uses the first ones. Nothing is allocated for the
@@ -15,9 +16,10 @@ production step is slow on a CPU host (2 shared cores: keyframe fsdp=8 6 minutes
 
 One table per model, one row per mesh, GiB per device. Left of the `|`, the state (exact, from
 `abstract_state()` and `sharding.shard_shape`):
-  params     the float32 master weights (every parameter, frozen ones included)
-  opt state  AdamW's two moments for the trainable parameters (frozen ones have none)
-  EMA        the exponential moving average of the parameters
+  params     the float32 master weights (every parameter, frozen ones included; MoVQ: generator and
+             discriminator)
+  opt state  AdamW's two moments for the trainable parameters (frozen ones have none; MoVQ: both optimisers)
+  EMA        the exponential moving average of the parameters (MoVQ: the generator's)
   state      params + opt state + EMA; the `1 device (unsharded)` row is the whole state
   fsdp x tp  the mesh's fsdp x tensor size: the axes parameters are split over (never data)
   total/dev  the unsharded state over this row's: FSDP and tensor parallelism divide the state by
@@ -26,7 +28,8 @@ One table per model, one row per mesh, GiB per device. Left of the `|`, the stat
 Right of the `|`, the compiled step (XLA's buffer assignment for one device, on the CPU backend; a GPU
 or TPU compile schedules and fuses differently, so its temp differs):
   args       the step's inputs: the state (left) and this device's slice of the batch
-  batch      of which this device's slice of the batch (latents and text context, float32)
+  batch      of which this device's slice of the batch (UNets: latents and text context, float32; MoVQs:
+             uint8 frames; the MoVQ's frozen LPIPS weights count in args too)
   temp       everything the step allocates besides inputs and outputs: activations kept for the
              backward pass (per UNet level with remat), gradients, gathered weights, workspace
   out-alias  outputs not written in place of a donated input (the state is donated, so about nothing)
@@ -53,7 +56,8 @@ TINY_MESHES = ("data=1", "data=2,fsdp=2,tensor=2")
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--devices", type=int, default=64, help="simulated CPU devices (meshes larger are skipped)")
-  p.add_argument("--models", default="keyframe,interpolation", help="comma-separated: keyframe,interpolation")
+  p.add_argument("--models", default="keyframe,interpolation",
+                 help="comma-separated: keyframe,interpolation,image_movq,video_movq")
   p.add_argument("--meshes", nargs="+", default=DEFAULT_MESHES, help="mesh specs, e.g. fsdp=8 data=2,fsdp=4")
   p.add_argument("--batch", type=int, help="global batch (default: the production preset's, 64)")
   p.add_argument("--frames", type=int, help="keyframe clip frames (default: the preset's, 12)")
@@ -81,7 +85,9 @@ import numpy as np  # noqa: E402
 from kvjax.params import random_params  # noqa: E402
 from kvjax.training.config import TRAIN_PRESETS, TrainConfig  # noqa: E402
 from kvjax.training.mesh import make_mesh, parse_mesh  # noqa: E402
-from kvjax.training.trainer import Trainer, abstract_batch  # noqa: E402
+from kvjax.training.movq_gan import GANState  # noqa: E402
+from kvjax.training.trainer import abstract_batch, make_trainer  # noqa: E402
+from kvjax.training.weights import lpips_weights, movq_start  # noqa: E402
 
 GIB = 2 ** 30
 
@@ -90,9 +96,11 @@ def mesh_devices(spec: str) -> int:
   return math.prod(parse_mesh(spec).values())
 
 
-def trainer_on(config: TrainConfig, spec: str) -> Trainer:
+def trainer_on(config: TrainConfig, spec: str):
   mesh = make_mesh(spec, jax.devices()[:mesh_devices(spec)])
-  return Trainer(config, mesh, null_embedding=np.zeros(config.unet_config.context_dim, np.float32))
+  if config.is_movq:  # with the perceptual network (random weights: only their shapes matter here)
+    return make_trainer(config, mesh, lpips_params=lpips_weights(config, "random"))
+  return make_trainer(config, mesh, null_embedding=np.zeros(config.model_config.context_dim, np.float32))
 
 
 def per_device_bytes(tree, shardings) -> int:
@@ -107,10 +115,16 @@ def total_bytes(tree) -> int:
   return sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
 
-def state_row(trainer: Trainer) -> tuple[dict[str, float], dict[str, float]]:
+def state_row(trainer) -> tuple[dict[str, float], dict[str, float]]:
   state, shardings = trainer.abstract_state(), trainer.shardings
-  parts = {"params": (state.params, shardings.params), "opt state": (state.opt_state, shardings.opt_state),
-           "EMA": (state.ema_params, shardings.ema_params)}
+  if isinstance(state, GANState):
+    g, d, gs, ds = state.generator, state.discriminator, shardings.generator, shardings.discriminator
+    parts = {"params": ((g.params, d.params), (gs.params, ds.params)),
+             "opt state": ((g.opt_state, d.opt_state), (gs.opt_state, ds.opt_state)),
+             "EMA": (g.ema_params, gs.ema_params)}
+  else:
+    parts = {"params": (state.params, shardings.params), "opt state": (state.opt_state, shardings.opt_state),
+             "EMA": (state.ema_params, shardings.ema_params)}
   row = {name: per_device_bytes(tree, s) / GIB if tree is not None else 0.0 for name, (tree, s) in parts.items()}
   row["state"] = per_device_bytes(state, shardings) / GIB
   unsharded = {name: total_bytes(tree) / GIB if tree is not None else 0.0 for name, (tree, _) in parts.items()}
@@ -118,7 +132,7 @@ def state_row(trainer: Trainer) -> tuple[dict[str, float], dict[str, float]]:
   return row, unsharded
 
 
-def compiled_row(trainer: Trainer) -> dict[str, float]:
+def compiled_row(trainer) -> dict[str, float]:
   start = time.perf_counter()
   memory = trainer.lower().compile().memory_analysis()
   seconds = time.perf_counter() - start
@@ -131,17 +145,18 @@ def compiled_row(trainer: Trainer) -> dict[str, float]:
 
 
 def production_config(model: str, args: argparse.Namespace) -> TrainConfig:
-  config = TRAIN_PRESETS[f"{model}-1.1"]
+  config = TRAIN_PRESETS[f"{model.replace('_', '-')}-1.1"]
   changes = {"global_batch_size": args.batch, "num_frames": args.frames, "num_groups": args.groups,
              "remat": args.remat}
   return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
 def describe(config: TrainConfig) -> str:
-  clip = f"{config.num_frames} frames" if config.model == "keyframe" else f"{config.num_groups} groups"
-  return (f"{config.model}: {config.pipeline}, global batch {config.global_batch_size} x {clip} "
-          f"({config.clip_frames} latent) at {config.resolution[0]}x{config.resolution[1]}, "
-          f"{config.compute_dtype} compute, remat {config.remat}")
+  clip = f"{config.num_groups} groups" if config.model == "interpolation" else f"{config.num_frames} frames"
+  extra = (f", {config.movq.discriminator}, {config.movq.lpips}" if config.is_movq
+           else f" ({config.clip_frames} latent)")
+  return (f"{config.model}: {config.pipeline}, global batch {config.global_batch_size} x {clip}{extra} "
+          f"at {config.resolution[0]}x{config.resolution[1]}, {config.compute_dtype} compute, remat {config.remat}")
 
 
 def memory_tables(args: argparse.Namespace) -> None:
@@ -196,6 +211,8 @@ def random_batch(config: TrainConfig, rng: np.random.Generator) -> dict[str, np.
       batch[name] = rng.choice(np.array([1, 3], np.int32), a.shape)
     elif name == "motion_score":
       batch[name] = rng.random(a.shape, np.float32)
+    elif name == "frames":
+      batch[name] = rng.integers(0, 256, a.shape).astype(np.uint8)
     else:
       batch[name] = rng.standard_normal(a.shape, np.float32)
   return batch
@@ -208,8 +225,8 @@ def step_table(args: argparse.Namespace) -> None:
   print(f"{'preset':<20} {'mesh':<24} {'devices':>7} {'first s':>8} {'step s':>8}")
   start = time.perf_counter()
   for model in args.models.split(","):
-    config = TRAIN_PRESETS[f"{model}-tiny"]
-    params = random_params(config.unet_config, 0)
+    config = TRAIN_PRESETS[f"{model.replace('_', '-')}-tiny"]
+    params = movq_start(config, None)[0] if config.is_movq else random_params(config.model_config, 0)
     batch = random_batch(config, np.random.default_rng(0))
     for spec in meshes:
       trainer = trainer_on(config, spec)
@@ -223,7 +240,7 @@ def step_table(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - t)
       assert np.isfinite(float(metrics["loss"])), metrics
       mean = sum(times[1:]) / max(len(times) - 1, 1)
-      print(f"{model + '-tiny':<20} {spec:<24} {mesh_devices(spec):>7} {times[0]:>8.2f} {mean:>8.2f}", flush=True)
+      print(f"{model.replace('_', '-') + '-tiny':<20} {spec:<24} {mesh_devices(spec):>7} {times[0]:>8.2f} {mean:>8.2f}", flush=True)
   print(f"# tiny steps: {time.perf_counter() - start:.1f} s")
 
 

@@ -82,6 +82,8 @@ def _model_overrides(args) -> dict[str, str]:
   for field, path in paths.items():
     if path is not None and not os.path.isfile(os.path.join(path, "config.json")):
       raise FileNotFoundError(f"--{field.replace('_', '-')} {path}: not a converted model folder (no config.json)")
+    if path is not None:
+      print(f"{field.replace('_', ' ')}: {path}", file=sys.stderr)
   return {field: path for field, path in paths.items() if path is not None}
 
 

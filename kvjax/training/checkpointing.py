@@ -14,6 +14,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+# UNet runs keep the null embedding they train with beside the checkpoints (it does not train), so that
+# `python -m train.export` can write a complete converted UNet.
+NULL_EMBEDDING = "null_embedding.npy"
+
 
 class TrainCheckpoints:
   """`save(step, state, data_state)` (async), `restore_latest(abstract_state) -> (step, state, data_state)`."""

@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
+
+from kvjax import configs
 
 from kvjax.pipeline.config import PIPELINE_PRESETS, PipelineConfig
 from kvjax.training.interpolation_loss import InterpolationTrainingConfig, clip_frames
 from kvjax.training.keyframe_loss import KeyframeTrainingConfig
+from kvjax.training.movq_gan import MoVQTrainingConfig
 from kvjax.training.optimizer import OptimizerConfig
 
-MODELS = ("keyframe", "interpolation")
+UNET_MODELS = ("keyframe", "interpolation")
+MOVQ_MODELS = ("image_movq", "video_movq")
+MODELS = UNET_MODELS + MOVQ_MODELS
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REMAT_POLICIES = ("none", "levels", "levels_save_dots")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """One training run. `pipeline` names the models (`PIPELINE_PRESETS`): the UNet that trains and the
-  frozen encoders (MoVQ, T5, projections) that turn videos and captions into its inputs."""
+  """One training run. `pipeline` names the models (`PIPELINE_PRESETS`): the one that trains (a UNet or a
+  MoVQ) and, for the UNets, the frozen encoders (MoVQ, T5, projections) that turn videos and captions into
+  its inputs."""
 
-  model: str = "keyframe"  # which UNet trains: keyframe | interpolation
+  model: str = "keyframe"  # which model trains: keyframe | interpolation (UNets) | image_movq | video_movq
   pipeline: str = "tiny"
   global_batch_size: int = 8  # clips per step over all hosts
-  num_frames: int = 12  # keyframe clips: latent frames per clip
+  num_frames: int = 12  # keyframe and MoVQ clips: frames per clip (image_movq decodes each frame alone)
   num_groups: int = 2  # interpolation clips: groups per clip (4G + 1 frames)
   # Keyframe clips: source frames from one key frame to the next (the dataset is at 24 fps). Interpolation
   # clips take every (s + 1)-th frame for the skip value s drawn per clip.
@@ -34,6 +41,7 @@ class TrainConfig:
   remat: str = "none"  # none | levels (recompute each UNet level in the backward pass) | levels_save_dots
   keyframe: KeyframeTrainingConfig = KeyframeTrainingConfig()
   interpolation: InterpolationTrainingConfig = InterpolationTrainingConfig()
+  movq: MoVQTrainingConfig = MoVQTrainingConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
   total_steps: int = 100_000
   seed: int = 0
@@ -47,9 +55,19 @@ class TrainConfig:
     for name, (value, allowed) in checks.items():
       if value not in allowed:
         raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {value!r}")
-    multiple = self.pipeline_config.size_multiple
+    multiple = self.model_config.downsampling_factor if self.is_movq else self.pipeline_config.size_multiple
     if any(side % multiple for side in self.resolution):
       raise ValueError(f"TrainConfig.resolution {self.resolution} must be multiples of {multiple}")
+    if self.is_movq:
+      disc = configs.PRESETS.get(self.movq.discriminator)
+      if not isinstance(disc, configs.DiscriminatorConfig):
+        names = sorted(k for k, v in configs.PRESETS.items() if isinstance(v, configs.DiscriminatorConfig))
+        raise ValueError(f"TrainConfig.movq.discriminator {self.movq.discriminator!r} is not one of {', '.join(names)}")
+      if not isinstance(configs.PRESETS.get(self.movq.lpips), configs.LPIPSConfig):
+        raise ValueError(f"TrainConfig.movq.lpips {self.movq.lpips!r} is not an LPIPS preset")
+      if min(self.resolution) < disc.min_spatial_size:
+        raise ValueError(f"TrainConfig.resolution {self.resolution}: the {self.movq.discriminator} needs at least "
+                         f"{disc.min_spatial_size} pixels a side")
     if self.global_batch_size < 1 or self.num_frames < 1 or self.num_groups < 1:
       raise ValueError("TrainConfig: global_batch_size, num_frames and num_groups must be positive")
 
@@ -58,13 +76,25 @@ class TrainConfig:
     return PIPELINE_PRESETS[self.pipeline]
 
   @property
-  def unet_config(self):
+  def is_movq(self) -> bool:
+    return self.model in MOVQ_MODELS
+
+  @property
+  def model_config(self):
+    """The configuration of the model that trains."""
     return getattr(self.pipeline_config, self.model)
 
   @property
   def clip_frames(self) -> int:
     """Latent (= video) frames per training clip."""
-    return self.num_frames if self.model == "keyframe" else clip_frames(self.num_groups)
+    return clip_frames(self.num_groups) if self.model == "interpolation" else self.num_frames
+
+  @property
+  def loader_frames(self) -> int:
+    """Frames the loader reads per clip: the clip, or enough source frames for the widest interpolation skip."""
+    if self.model != "interpolation":
+      return self.num_frames
+    return (self.clip_frames - 1) * (max(self.interpolation.skip_frames) + 1) + 1
 
   @property
   def latent_size(self) -> tuple[int, int]:
@@ -85,4 +115,51 @@ TRAIN_PRESETS = {
     "interpolation-tiny": TrainConfig(model="interpolation", global_batch_size=8, num_groups=1, resolution=(64, 64),
                                       optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2, decay_steps=100),
                                       total_steps=20, log_every=1, checkpoint_every=5),
+    # MoVQ-GAN at 256 px as MoVQGAN trains: the image autoencoder on frames, the temporal decoder on clips of
+    # the medium-fps decode chunk (45 frames -> 5 chunks of 9), its temporal layers alone by default.
+    "image-movq-1.1": TrainConfig(
+        model="image_movq", pipeline="kandinsky-video-1.1", global_batch_size=64, num_frames=1,
+        resolution=(256, 256), compute_dtype="bfloat16", remat="levels",
+        optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=200_000),
+        movq=MoVQTrainingConfig(discriminator="patch-discriminator", discriminator_start=20_000,
+                                discriminator_optimizer=OptimizerConfig(learning_rate=1e-4, ema_decay=0.0))),
+    "video-movq-1.1": TrainConfig(
+        model="video_movq", pipeline="kandinsky-video-1.1", global_batch_size=16, num_frames=9,
+        resolution=(256, 256), compute_dtype="bfloat16", remat="levels",
+        optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=100_000),
+        movq=MoVQTrainingConfig(discriminator="video-discriminator", discriminator_start=5_000,
+                                discriminator_optimizer=OptimizerConfig(learning_rate=1e-4, ema_decay=0.0))),
+    # Seconds per step on a CPU: the tiny MoVQ, discriminators and LPIPS network (random LPIPS weights
+    # unless given), the GAN terms on from the first step.
+    "image-movq-tiny": TrainConfig(
+        model="image_movq", global_batch_size=8, num_frames=1, resolution=(32, 32),
+        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2, decay_steps=100, ema_decay=0.99),
+        movq=MoVQTrainingConfig(discriminator="patch-discriminator-tiny", lpips="lpips-tiny",
+                                discriminator_optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2,
+                                                                        decay_steps=100, ema_decay=0.0)),
+        total_steps=20, log_every=1, checkpoint_every=5),
+    "video-movq-tiny": TrainConfig(
+        model="video_movq", global_batch_size=4, num_frames=4, resolution=(32, 32),
+        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2, decay_steps=100, ema_decay=0.99),
+        movq=MoVQTrainingConfig(discriminator="video-discriminator-tiny", lpips="lpips-tiny",
+                                discriminator_optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2,
+                                                                        decay_steps=100, ema_decay=0.0)),
+        total_steps=20, log_every=1, checkpoint_every=5),
 }
+
+
+def config_from_dict(cls, values: dict[str, Any]):
+  """A (nested) frozen config dataclass from its `dataclasses.asdict` JSON; unknown fields are an error."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+  kwargs = {}
+  for name, value in values.items():
+    default = fields[name].default
+    if dataclasses.is_dataclass(default):
+      value = config_from_dict(type(default), value)
+    elif isinstance(default, tuple):
+      value = tuple(value)
+    kwargs[name] = value
+  return cls(**kwargs)

@@ -19,11 +19,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kvjax.params import abstract_params, build_model
-from kvjax.pipeline.text_to_video import PipelineWeights
+from kvjax.pipeline.weights import PipelineWeights
 from kvjax.text.conditioning import project_context
 from kvjax.training.config import TrainConfig
-from kvjax.training.interpolation_loss import FRAMES_PER_GROUP
 from kvjax.training.partitioning import batch_sharding, param_shardings
+
+# --data values that name generated clips rather than a folder.
+GENERATED_SOURCES = ("synthetic", "shapes")
 
 SYNTHETIC_WORDS = ("a red fox runs through snow waves roll at sunset city lights blink over a busy street "
                    "clouds drift above green hills").split()
@@ -63,13 +65,6 @@ def state_to_json(state: bytes) -> str:
 
 def state_from_json(text: str) -> bytes:
   return base64.b64decode(text.encode("ascii"))
-
-
-def loader_frames(config: TrainConfig) -> int:
-  """Frames the loader reads per clip: the keyframe clip, or enough source frames for the widest skip."""
-  if config.model == "keyframe":
-    return config.num_frames
-  return (config.clip_frames - 1) * (max(config.interpolation.skip_frames) + 1) + 1
 
 
 def select_interpolation_frames(frames: np.ndarray, config: TrainConfig, step: int, shard_index: int):
@@ -123,6 +118,8 @@ def global_array(sharding, local) -> jax.Array:
 def conditioning(config: TrainConfig, examples: dict[str, Any], step: int, shard_index: int):
   """This host's clip frames or latents (B, F, ...) -> (those the objective sees, its per-clip inputs)."""
   frames = np.asarray(examples["frames" if "frames" in examples else "latents"])
+  if config.is_movq:
+    return frames, {}
   if config.model == "keyframe":
     return frames, {"motion_score": np.asarray(examples["motion_score"], np.float32)}
   frames, skips = select_interpolation_frames(frames, config, step, shard_index)
@@ -141,7 +138,9 @@ class StepInputs:
     examples = next(self.reader)
     selected, extra = conditioning(self.config, examples, step, self.shard_index)
     to_global = lambda x: global_array(self.sharding, x)
-    if self.encoder is not None:
+    if self.config.is_movq:  # the MoVQ trains on the frames themselves
+      batch = {"frames": to_global(selected)}
+    elif self.encoder is not None:
       batch = self.encoder.encode(selected, examples["caption"])
     else:
       batch = {"latents": to_global(selected), "context": to_global(examples["context"]),
@@ -155,12 +154,18 @@ class StepInputs:
     self.reader.set_state(state)
 
 
-def step_inputs(config: TrainConfig, data: str, *, weights: PipelineWeights, tokenizer, mesh: Mesh,
+def step_inputs(config: TrainConfig, data: str, *, weights: PipelineWeights | None, tokenizer, mesh: Mesh,
                 local_batch_size: int, shard_index: int, shard_count: int, worker_count: int = 0) -> StepInputs:
   """Inputs from `data`: a prepared dataset folder, a pre-computed inputs folder (`python -m
-  train.precompute`), or "synthetic"."""
+  train.precompute`, UNets only), or "synthetic". MoVQs need no `weights` or `tokenizer` (they eat frames)."""
   from kvjax.training.precomputed import META, make_precomputed_loader
-  if data != "synthetic" and os.path.isfile(os.path.join(data, META)):
+  precomputed = data not in GENERATED_SOURCES and os.path.isfile(os.path.join(data, META))
+  if config.is_movq:
+    if precomputed:
+      raise ValueError("pre-computed inputs hold latents for the UNets; a MoVQ trains on a prepared dataset")
+    reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count)
+    return StepInputs(config, reader, None, batch_sharding(mesh), shard_index)
+  if precomputed:
     reader = iter(make_precomputed_loader(data, config, batch_size=local_batch_size, shard_index=shard_index,
                                           shard_count=shard_count, worker_count=worker_count))
     return StepInputs(config, reader, None, batch_sharding(mesh), shard_index)
@@ -170,10 +175,15 @@ def step_inputs(config: TrainConfig, data: str, *, weights: PipelineWeights, tok
 
 def clip_reader(config: TrainConfig, data: str, local_batch_size: int, shard_index: int, shard_count: int,
                 worker_count: int = 0, shuffle: bool = True, num_epochs: int | None = None) -> Iterator[dict[str, Any]]:
-  """The clips of `data`: a prepared dataset folder, or "synthetic"."""
-  frames = loader_frames(config)
+  """The clips of `data`: a prepared dataset folder, "synthetic" (random pixels) or "shapes" (the moving
+  shapes of `kvjax.data.shapes`, rendered on the fly)."""
+  frames = config.loader_frames
   if data == "synthetic":
     return SyntheticClips(local_batch_size, frames, config.resolution, config.seed, shard_index)
+  if data == "shapes":
+    from kvjax.data.shapes import ShapeClips
+    return ShapeClips(local_batch_size, frames, config.resolution, config.seed, shard_index=shard_index,
+                      shard_count=shard_count)
   from kvjax.data.loader import make_clip_loader
   loader = make_clip_loader(data, batch_size=local_batch_size, num_frames=frames, resolution=config.resolution,
                             seed=config.seed, frame_stride=config.frame_stride, shard_index=shard_index,

@@ -21,7 +21,6 @@ import numpy as np
 from kvjax.atomic import staged
 from kvjax.data.loader import sharded_batches
 from kvjax.training.config import TrainConfig
-from kvjax.training.inputs import loader_frames
 
 META = "meta.json"
 RECORD_KEYS = ("latents", "context", "context_mask", "motion_score")
@@ -29,7 +28,7 @@ RECORD_KEYS = ("latents", "context", "context_mask", "motion_score")
 
 def input_settings(config: TrainConfig) -> dict[str, Any]:
   """What pre-computed inputs depend on: frozen models, frame count and spacing, resolution."""
-  return {"pipeline": config.pipeline, "frames": loader_frames(config), "frame_stride": config.frame_stride,
+  return {"pipeline": config.pipeline, "frames": config.loader_frames, "frame_stride": config.frame_stride,
           "resolution": list(config.resolution)}
 
 

@@ -4,6 +4,10 @@ Keyframe UNet: every temporal layer (temporal ResNet and attention blocks, the f
 and motion-score embeddings) and the new 9-channel `in_layer`. Interpolation UNet: every temporal layer,
 the perturbation and skip embeddings with their merge scalars, and the input/output convolutions, whose
 channel counts (20 in, 12 out) differ from the image model's.
+
+MoVQ: the image recipe trains the whole autoencoder; the video recipe keeps the encoder and quant conv
+frozen and trains the decoder's temporal layers ("temporal") or the whole decoder with its post-quant conv
+("decoder").
 """
 
 from __future__ import annotations
@@ -18,14 +22,24 @@ TRAINABLE_PATTERNS = {
     "keyframe_unet": r"^(temporal_|to_temporal_embed_)|/temporal_|^in_layer/",
     "interpolation_unet": r"^(temporal_|perturbation_to_time_embed_|skip_|time_embed_merge)|/temporal_"
                           r"|^in_layer/|^out_layer_2/",
+    "image_movq": r".",
+    "video_movq_temporal": r"^decoder/.*temporal_",
+    "video_movq_decoder": r"^(decoder|post_quant_conv)/",
 }
 
 
-def trainable_mask(params, kind: str) -> Any:
-  """A tree of bools like `params`: True where the parameter trains."""
-  if kind not in TRAINABLE_PATTERNS:
-    raise ValueError(f"no training recipe for model kind {kind!r}; known: {', '.join(TRAINABLE_PATTERNS)}")
-  pattern = re.compile(TRAINABLE_PATTERNS[kind])
+def training_recipe(config) -> str:
+  """The `TRAINABLE_PATTERNS` key of a TrainConfig."""
+  if config.model == "video_movq":
+    return f"video_movq_{config.movq.train_scope}"
+  return "image_movq" if config.model == "image_movq" else config.model_config.kind
+
+
+def trainable_mask(params, recipe: str) -> Any:
+  """A tree of bools like `params`: True where the parameter trains (`recipe`: a TRAINABLE_PATTERNS key)."""
+  if recipe not in TRAINABLE_PATTERNS:
+    raise ValueError(f"no training recipe {recipe!r}; known: {', '.join(TRAINABLE_PATTERNS)}")
+  pattern = re.compile(TRAINABLE_PATTERNS[recipe])
   flat = flax.traverse_util.flatten_dict(params)
   return flax.traverse_util.unflatten_dict({path: bool(pattern.search("/".join(path))) for path in flat})
 

@@ -1,10 +1,12 @@
-"""A training run's compiled pieces: the model and its objective, the optimiser, the shardings of the state
-and the batch, and the jit-compiled step."""
+"""A training run's compiled pieces: the model and its objective, the optimisers, the shardings of the state
+and the batch, and the jit-compiled step. One design for every model: `UNetTrainer` (keyframe and
+interpolation UNets, a diffusion objective) and `MoVQTrainer` (the MoVQ and a discriminator, a GAN) share
+placement, lowering, batching and the train loop of `python -m train`."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -12,25 +14,30 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from kvjax import configs
 from kvjax.params import abstract_params, build_model
 from kvjax.training.checkpointing import abstract_with_shardings
 from kvjax.training.config import COMPUTE_DTYPES, TrainConfig
 from kvjax.training.inputs import global_array
 from kvjax.training.interpolation_loss import interpolation_loss
 from kvjax.training.keyframe_loss import keyframe_loss
+from kvjax.training.movq_gan import GANState, make_gan_losses, make_gan_train_step
 from kvjax.training.optimizer import make_optimizer
-from kvjax.training.partitioning import batch_sharding
+from kvjax.training.partitioning import batch_sharding, param_shardings, replicated
 from kvjax.training.train_state import TrainState, create_state, jit_train_step, make_train_step, state_shardings
-from kvjax.training.trainable import trainable_mask
+from kvjax.training.trainable import trainable_mask, training_recipe
 
 
 def abstract_batch(config: TrainConfig) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global batch the step takes: encoded latents and text context, and per-clip conditioning."""
+  """The global batch the step takes: UNets get encoded latents, text context and per-clip conditioning;
+  MoVQs get the frames themselves (uint8)."""
   b, (h, w) = config.global_batch_size, config.latent_size
+  if config.is_movq:
+    return {"frames": jax.ShapeDtypeStruct((b, config.num_frames, *config.resolution, 3), jnp.uint8)}
   pipeline = config.pipeline_config
   batch = {
       "latents": jax.ShapeDtypeStruct((b, config.clip_frames, h, w, pipeline.image_movq.z_channels), jnp.float32),
-      "context": jax.ShapeDtypeStruct((b, pipeline.tokens_length, config.unet_config.context_dim), jnp.float32),
+      "context": jax.ShapeDtypeStruct((b, pipeline.tokens_length, config.model_config.context_dim), jnp.float32),
       "context_mask": jax.ShapeDtypeStruct((b, pipeline.tokens_length), jnp.bool_),
   }
   if config.model == "keyframe":
@@ -40,46 +47,127 @@ def abstract_batch(config: TrainConfig) -> dict[str, jax.ShapeDtypeStruct]:
   return batch
 
 
-class Trainer:
-  """`trainer.step(state, batch) -> (state, metrics)`, compiled once, sharded on `mesh` by the rule table."""
+class _Trainer:
+  """What every recipe shares. A recipe sets `config`, `mesh`, `shardings` (of the state), `_create`
+  (initial parameters -> state), `_initial` (boxed abstract initial parameters), `_compiled` (the jitted
+  step) and `frozen` (its third argument: weights that do not train, or None)."""
 
-  def __init__(self, config: TrainConfig, mesh: Mesh, null_embedding):
-    self.config, self.mesh = config, mesh
-    unet = config.unet_config
-    self.model = build_model(unet, dtype=COMPUTE_DTYPES[config.compute_dtype], remat=config.remat)
-    self.boxed_abstract_params = abstract_params(unet)
-    self.trainable = trainable_mask(nn.unbox(self.boxed_abstract_params), unet.kind)
-    self.optimizer = make_optimizer(config.optimizer, self.trainable)
-    self.ema = config.optimizer.ema_decay > 0
-    self.shardings: TrainState = state_shardings(self.boxed_abstract_params, self.optimizer, mesh, ema=self.ema)
-    self.batch_sharding = batch_sharding(mesh)
-    objective = keyframe_loss if config.model == "keyframe" else interpolation_loss
-    loss_fn = functools.partial(objective, model=self.model, config=getattr(config, config.model),
-                                null_embedding=np.asarray(null_embedding, np.float32),
-                                activation_sharding=self.batch_sharding)
-    self.step = jit_train_step(make_train_step(loss_fn, self.optimizer, config.optimizer, self.trainable,
-                                               seed=config.seed), self.shardings, mesh)
+  config: TrainConfig
+  mesh: Mesh
+  shardings: Any
+  _create: Callable
+  _initial: Any
+  _compiled: Any
+  frozen: Any = None
 
-  def abstract_state(self) -> TrainState:
+  def _finish(self, step_fn, frozen=None, frozen_shardings=None):
+    self.batch_sharding = batch_sharding(self.mesh)
+    self.frozen = None if frozen is None else jax.device_put(jax.tree.map(np.asarray, frozen), frozen_shardings)
+    self._compiled = jit_train_step(step_fn, self.shardings, self.mesh,
+                                    None if frozen is None else frozen_shardings)
+
+  def _frozen_args(self, frozen=None) -> tuple:
+    return () if self.frozen is None else (self.frozen if frozen is None else frozen,)
+
+  def step(self, state, batch):
+    """`(state, batch) -> (state, metrics)`, compiled once; `state` is donated."""
+    return self._compiled(state, batch, *self._frozen_args())
+
+  def abstract_state(self):
     """The state's shapes and dtypes (no memory), e.g. to restore a checkpoint or lower the step."""
-    return jax.eval_shape(lambda p: create_state(p, self.optimizer, self.ema), nn.unbox(self.boxed_abstract_params))
+    return jax.eval_shape(self._create, nn.unbox(self._initial))
 
-  def init_state(self, params) -> TrainState:
-    """A fresh state from `params` (host or device arrays), placed as the rules say.
+  def init_state(self, params):
+    """A fresh state from the initial parameters (host or device arrays), placed as the rules say.
 
     The parameters go to their shards straight from host memory and the optimiser state is made in one
     compiled call: resharding device arrays leaf by leaf would compile a slicing program per shape.
     """
     host = jax.tree.map(lambda p: np.asarray(p, np.float32), params)
-    placed = jax.device_put(host, self.shardings.params)
-    return jax.jit(lambda p: create_state(p, self.optimizer, self.ema), out_shardings=self.shardings)(placed)
+    placed = jax.device_put(host, param_shardings(self._initial, self.mesh))
+    return jax.jit(self._create, out_shardings=self.shardings)(placed)
 
   def lower(self):
     """The step lowered on abstract inputs (compile it for its memory analysis without any weights)."""
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
              for k, v in abstract_batch(self.config).items()}
-    return self.step.lower(abstract_with_shardings(self.abstract_state(), self.shardings), batch)
+    frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), self.frozen)
+    return self._compiled.lower(abstract_with_shardings(self.abstract_state(), self.shardings), batch,
+                                *self._frozen_args(frozen))
 
   def global_batch(self, local_batch: dict[str, Any]) -> dict[str, jax.Array]:
     """This host's slice of the batch (numpy) -> global arrays split over (fsdp, data)."""
     return {k: global_array(self.batch_sharding, v) for k, v in local_batch.items()}
+
+
+class UNetTrainer(_Trainer):
+  """The keyframe or interpolation UNet with its diffusion objective; the initial parameters are the UNet's."""
+
+  def __init__(self, config: TrainConfig, mesh: Mesh, null_embedding):
+    self.config, self.mesh = config, mesh
+    unet = config.model_config
+    self.model = build_model(unet, dtype=COMPUTE_DTYPES[config.compute_dtype], remat=config.remat)
+    self._initial = abstract_params(unet)
+    self.trainable = trainable_mask(nn.unbox(self._initial), training_recipe(config))
+    self.optimizer = make_optimizer(config.optimizer, self.trainable)
+    ema = config.optimizer.ema_decay > 0
+    self.shardings: TrainState = state_shardings(self._initial, self.optimizer, mesh, ema=ema)
+    self._create = lambda params: create_state(params, self.optimizer, ema)
+    objective = keyframe_loss if config.model == "keyframe" else interpolation_loss
+    loss_fn = functools.partial(objective, model=self.model, config=getattr(config, config.model),
+                                null_embedding=np.asarray(null_embedding, np.float32),
+                                activation_sharding=batch_sharding(mesh))
+    self._finish(make_train_step(loss_fn, self.optimizer, config.optimizer, self.trainable, seed=config.seed))
+
+
+def discriminator_config(config: TrainConfig) -> configs.DiscriminatorConfig:
+  return configs.PRESETS[config.movq.discriminator]
+
+
+class MoVQTrainer(_Trainer):
+  """The MoVQ (generator) and a discriminator trained together; initial parameters
+  {"generator": MoVQ params, "discriminator": discriminator params}. `lpips_params` (for the config's
+  LPIPS preset) turn the perceptual term on; None leaves it off."""
+
+  def __init__(self, config: TrainConfig, mesh: Mesh, lpips_params=None):
+    self.config, self.mesh = config, mesh
+    dtype = COMPUTE_DTYPES[config.compute_dtype]
+    movq_config, disc_config = config.model_config, discriminator_config(config)
+    self.generator = build_model(movq_config, dtype=dtype, remat=config.remat)
+    self.discriminator = build_model(disc_config, dtype=dtype)
+    self.perceptual = perceptual = lpips_params is not None and config.movq.perceptual_weight > 0
+    lpips = frozen_shardings = None
+    if perceptual:
+      from kvjax.models.lpips import LPIPS, LPIPS_PRESETS
+      lpips = LPIPS(LPIPS_PRESETS[config.movq.lpips], dtype=dtype)
+      frozen_shardings = param_shardings(abstract_params(LPIPS_PRESETS[config.movq.lpips]), mesh)
+
+    boxed = {"generator": abstract_params(movq_config), "discriminator": abstract_params(disc_config)}
+    self._initial = boxed
+    self.trainable = trainable_mask(nn.unbox(boxed["generator"]), training_recipe(config))
+    disc_trainable = jax.tree.map(lambda _: True, nn.unbox(boxed["discriminator"]))
+    self.optimizer = make_optimizer(config.optimizer, self.trainable)
+    self.discriminator_optimizer = make_optimizer(config.movq.discriminator_optimizer, disc_trainable)
+    ema = config.optimizer.ema_decay > 0
+    self.shardings = GANState(state_shardings(boxed["generator"], self.optimizer, mesh, ema=ema),
+                              state_shardings(boxed["discriminator"], self.discriminator_optimizer, mesh, ema=False),
+                              replicated(mesh))
+    self._create = lambda p: GANState(create_state(p["generator"], self.optimizer, ema),
+                                      create_state(p["discriminator"], self.discriminator_optimizer, False),
+                                      jnp.zeros((2,), jnp.float32))
+
+    pin = functools.partial(jax.lax.with_sharding_constraint, shardings=batch_sharding(mesh))
+    generator_loss, discriminator_loss = make_gan_losses(
+        config.movq, movq=self.generator, discriminator=self.discriminator, lpips=lpips,
+        video=config.model == "video_movq", pin=pin)
+    step = make_gan_train_step(config.movq, generator_loss=generator_loss, discriminator_loss=discriminator_loss,
+                               generator_optimizer=self.optimizer,
+                               discriminator_optimizer=self.discriminator_optimizer,
+                               generator_optimizer_config=config.optimizer, trainable=self.trainable)
+    self._finish(step, {"lpips": lpips_params if perceptual else None}, {"lpips": frozen_shardings})
+
+
+def make_trainer(config: TrainConfig, mesh: Mesh, *, null_embedding=None, lpips_params=None) -> _Trainer:
+  if config.is_movq:
+    return MoVQTrainer(config, mesh, lpips_params)
+  return UNetTrainer(config, mesh, null_embedding)

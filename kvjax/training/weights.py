@@ -1,16 +1,22 @@
 """The weights a training run starts from: converted official weights (`python -m convert all`) with the
-FLAN-UL2 tokenizer, or random weights with a stand-in tokenizer for smoke runs."""
+FLAN-UL2 tokenizer, or random weights with a stand-in tokenizer for smoke runs; for the MoVQ recipes, one
+MoVQ (and the perceptual network's weights)."""
 
 from __future__ import annotations
 
 import os
 
-from kvjax.pipeline.text_to_video import random_weights
+from kvjax.conversion.store import load_converted
+from kvjax.params import abstract_params, random_params
+from kvjax.pipeline.weights import FOLDERS, random_weights
 from kvjax.training.config import TrainConfig
+from kvjax.training.movq_gan import identity_temporal_layers
+from kvjax.training.trainer import discriminator_config
 
 
 def training_weights(config: TrainConfig, weights_dir: str | None, tokenizer_path: str | None = None):
-  """(PipelineWeights, tokenizer); `weights_dir` None gives random weights (the caller should say so)."""
+  """(PipelineWeights, tokenizer) for a UNet run; `weights_dir` None gives random weights (the caller
+  should say so)."""
   pipeline = config.pipeline_config
   if weights_dir is None:
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
@@ -27,3 +33,45 @@ def training_weights(config: TrainConfig, weights_dir: str | None, tokenizer_pat
   return weights, T5Tokenizer(tokenizer_path, pipeline.tokens_length)
 
 
+def _converted(path: str, expected, what: str):
+  model = load_converted(path)
+  if model.config != expected:
+    raise ValueError(f"{path}: this {model.kind} is not the {what} this run trains (other configuration)")
+  return model.params
+
+
+def movq_start(config: TrainConfig, weights_dir: str | None) -> tuple[dict, str]:
+  """The initial parameters of a MoVQ run, {"generator", "discriminator"}, and a sentence saying what they
+  are. `weights_dir`: a converted MoVQ folder or a `convert all` output (its movq/ or video_movq/); None for
+  random weights. The video recipe with `init_from="image"` starts from the image MoVQ with identity
+  temporal layers."""
+  pipeline, movq = config.pipeline_config, config.movq
+  source = "video_movq" if config.model == "video_movq" and movq.init_from == "video" else "image_movq"
+  source_config = getattr(pipeline, source)
+  if weights_dir is None:
+    params, said = random_params(source_config, config.seed), f"RANDOM {source.replace('_', ' ')} weights"
+  else:
+    single = os.path.isfile(os.path.join(weights_dir, "config.json"))
+    path = weights_dir if single else os.path.join(weights_dir, FOLDERS[source])
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      raise FileNotFoundError(f"{weights_dir}: neither a converted MoVQ nor a `convert all` folder with {FOLDERS[source]}/")
+    params, said = _converted(path, source_config, source.replace("_", " ")), f"the {source.replace('_', ' ')} of {path}"
+  if source != config.model:
+    params = identity_temporal_layers(params, abstract_params(config.model_config), config.seed)
+    said += ", temporal layers added at identity"
+  disc = random_params(discriminator_config(config), config.seed + 1)
+  return {"generator": params, "discriminator": disc}, said
+
+
+def lpips_weights(config: TrainConfig, path: str | None):
+  """The perceptual network's parameters: a converted folder (`python -m convert lpips`), "random" (for
+  smoke runs and tests), or None (the perceptual term is off)."""
+  if path is None:
+    return None
+  from kvjax.models.lpips import LPIPS_PRESETS
+  lpips_config = LPIPS_PRESETS[config.movq.lpips]
+  if path == "random":  # linear heads non-negative, as trained ones are: a distance, not a signed score
+    params = random_params(lpips_config, config.seed + 2)
+    return {name: ({"model_1": {"kernel": abs(tree["model_1"]["kernel"])}} if name.startswith("lin") else tree)
+            for name, tree in params.items()}
+  return _converted(path, lpips_config, f"{config.movq.lpips} network")

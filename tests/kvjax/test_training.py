@@ -15,7 +15,7 @@ from kvjax.training.config import TRAIN_PRESETS
 from kvjax.training.mesh import make_mesh, parse_mesh
 from kvjax.training.optimizer import OptimizerConfig
 from kvjax.training.trainable import count_trainable, trainable_mask
-from kvjax.training.trainer import Trainer, abstract_batch
+from kvjax.training.trainer import UNetTrainer, abstract_batch
 
 CFG = configs.KEYFRAME_TINY
 
@@ -42,9 +42,9 @@ def _run(mesh, preset="keyframe-tiny", steps=2, remat="none"):
   config = dataclasses.replace(
       TRAIN_PRESETS[preset], global_batch_size=4, num_frames=2, resolution=(32, 32), remat=remat,
       optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=1, decay_steps=10, ema_decay=0.5))
-  params = random_params(config.unet_config, seed=1)
+  params = random_params(config.model_config, seed=1)
   initial = jax.tree.map(np.asarray, params)  # the step donates its state
-  trainer = Trainer(config, mesh, null_embedding=np.full((config.unet_config.context_dim,), 0.3, np.float32))
+  trainer = UNetTrainer(config, mesh, null_embedding=np.full((config.model_config.context_dim,), 0.3, np.float32))
   state = trainer.init_state(params)
   rng = np.random.default_rng(0)
   batch = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in abstract_batch(config).items()}
