@@ -68,15 +68,20 @@ def _convert(args) -> int:
 
 
 def _convert_lpips(args) -> int:
-  from kvjax.conversion.lpips import convert_lpips
+  from kvjax.conversion.lpips import IGNORED_COUNT, convert_lpips
   from kvjax.conversion.store import save_converted
   from kvjax.models.lpips import LPIPS_PRESETS
   from kvjax.params import count_params
   if args.config not in LPIPS_PRESETS:
-    raise ValueError(f"--config {args.config}: one of {', '.join(LPIPS_PRESETS)}")
+    raise ValueError(f"--config {args.config!r}: an LPIPS preset, one of {', '.join(LPIPS_PRESETS)}")
+  start = time.perf_counter()
   converted = convert_lpips(args.src, LPIPS_PRESETS[args.config], DTYPES[args.dtype], vgg=args.vgg)
   out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
-  print(f"converted {args.src} ({count_params(converted.params):,} parameters, {args.config}) -> {out}")
+  sources = f"{args.src} + {args.vgg}" if args.vgg else args.src
+  left_out = int(converted.extras.get(IGNORED_COUNT, 0))
+  note = f", {left_out} classifier tensors left out" if left_out else ""
+  print(f"converted {sources} ({count_params(converted.params):,} parameters, {args.config}, {args.dtype}{note}) "
+        f"-> {out} in {time.perf_counter() - start:.1f} s")
   return 0
 
 

@@ -4,6 +4,7 @@ distances equal in float32."""
 
 import sys
 import urllib.request
+import warnings
 from unittest import mock
 
 import flax.traverse_util
@@ -19,8 +20,8 @@ from kvjax.models.lpips import LPIPS, vgg_feature_indices
 from kvjax.params import abstract_params, count_params, random_params
 
 VGG = configs.LPIPS_VGG
-# Relative error of every distance. Measured: at most 8e-7, about the package's own float32-vs-float64
-# error (5e-7); both are float32 sums over 13 convolutions in a different order.
+# Relative error of every distance. Measured: at most 1.3e-6 (absolute 3e-8), which is the package's own
+# float32 error: against its float64 result the package is 1.3e-6 off, this model 3e-7.
 TOLERANCE = 1e-5
 # (batch, height, width): square, and non-square with odd sizes at the later stages (7x9 -> 3x4).
 SHAPES = ((3, 64, 64), (2, 56, 72))
@@ -58,8 +59,11 @@ def _no_downloads(*args, **kwargs):
 def reference(tmp_path_factory):
   """The package's LPIPS with random weights (heads non-negative, as trained ones) and its saved state dict."""
   torch, torchvision, lpips = _import_lpips()
+  torch.manual_seed(0)  # torchvision's initialisation of the convolutions draws from the global generator
   with mock.patch.object(torch.hub, "download_url_to_file", _no_downloads), \
-       mock.patch.object(urllib.request, "urlopen", _no_downloads):
+       mock.patch.object(urllib.request, "urlopen", _no_downloads), warnings.catch_warnings():
+    # The package still calls torchvision's vgg16(pretrained=False), which torchvision takes as weights=None.
+    warnings.filterwarnings("ignore", "The parameter 'pretrained'|Arguments other than a weight enum", UserWarning)
     model = lpips.LPIPS(net="vgg", version="0.1", pretrained=False, pnet_rand=True, verbose=False).eval()
   generator = torch.Generator().manual_seed(0)
   with torch.no_grad():
@@ -115,7 +119,8 @@ def test_bfloat16_compute_is_close(reference, converted):
   expected = _package_distances(reference, x, y)
   got = np.asarray(jax.jit(LPIPS(VGG, dtype=jnp.bfloat16).apply)({"params": converted.params}, x, y))
   assert got.dtype == np.float32
-  np.testing.assert_allclose(got, expected, rtol=0.05)
+  print(f"bfloat16: max rel {(np.abs(got - expected) / expected).max():.2e}")
+  np.testing.assert_allclose(got, expected, rtol=0.02)  # measured 4e-3
 
 
 def test_heads_file_and_torchvision_vgg16_convert_to_the_same_parameters(reference, converted):
@@ -168,7 +173,7 @@ def test_bad_sources_are_named(reference):
   assert "1 mis-shaped keys:\n  net.slice1.0.bias: checkpoint (63,), model expects (64,)" in message
   heads = str(reference["root"] / "heads_only.pth")
   torch.save({k: v for k, v in state.items() if k.startswith("lin")}, heads)
-  with pytest.raises(ConversionError, match=r"13 missing keys(.|\n)*net\.slice1\.0\.bias"):
+  with pytest.raises(ConversionError, match=r"26 missing keys:\n  net\.slice1\.0\.bias \(64,\)"):
     convert_lpips(heads, VGG)  # the heads without --vgg
   with pytest.raises(ConversionError, match="holds the VGG weights already"):
     convert_lpips(str(reference["root"] / "lpips_vgg.pth"), VGG, vgg=heads)
@@ -189,13 +194,18 @@ def test_bad_sources_are_named(reference):
     convert_lpips(scaled, VGG)
 
 
-def test_identical_images_are_at_distance_zero_with_finite_gradients():
+def test_identical_images_are_at_distance_zero_and_dead_features_have_finite_gradients():
   tiny = configs.LPIPS_TINY
-  params = random_params(tiny, 0)
-  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  params = random_params(tiny, 0)  # biases 0
+  x, y = (jnp.asarray(a) for a in _pairs((2, 16, 16), 0))
   model = LPIPS(tiny)
-  assert np.asarray(model.apply({"params": params}, x, x)).tolist() == [0.0, 0.0]
-  grad = jax.grad(lambda y: model.apply({"params": params}, x, y).sum())(jnp.zeros_like(x))  # features all 0
+  distance = jax.jit(model.apply)
+  same = np.asarray(distance({"params": params}, x, x))
+  assert same.shape == (2,) and np.abs(same).max() < 1e-12  # XLA may order one batch's two halves apart
+  # A first bias far below zero makes every feature of every stage 0, where the norm has no derivative.
+  dead = jax.tree.map(lambda a: a, params)
+  dead["net"]["slice1_0"]["bias"] = jnp.full_like(params["net"]["slice1_0"]["bias"], -1e3)
+  grad = jax.jit(jax.grad(lambda y: model.apply({"params": dead}, x, y).sum()))(y)
   assert bool(jnp.all(jnp.isfinite(grad)))
   with pytest.raises(ValueError, match="at least 16x16"):
     model.apply({"params": params}, x[:, :8], x[:, :8])
