@@ -1,0 +1,34 @@
+import json
+import os
+
+import pytest
+
+from data_testing_utils import moving_frames, write_video
+from kvjax.data.prepare import PrepareConfig, prepare
+from kvjax.data.transforms import TransformConfig
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train_data")
+  videos = root / "videos"
+  videos.mkdir()
+  for seed in range(4):
+    write_video(videos / f"pan{seed}.mp4", moving_frames(240, 320, 72, seed=seed, pixels_per_frame=seed), 24)
+  (root / "captions.jsonl").write_text("".join(
+      json.dumps({"source": f"pan{seed}.mp4", "caption": f"a field panned at speed {seed}"}) + "\n" for seed in range(4)))
+  config = PrepareConfig(transform=TransformConfig(target_short_side=64))
+  summary = prepare(str(videos), str(root / "prepared"), captions_path=str(root / "captions.jsonl"), config=config,
+                    progress=False, seed=0)
+  assert summary.clips_kept == 4
+  return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  # A persistent compilation cache: the killed and the resumed run reuse the first run's executables.
+  cache = tmp_path_factory.mktemp("jax_cache")
+  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_COMPILATION_CACHE_DIR": str(cache),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
