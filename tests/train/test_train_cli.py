@@ -2,6 +2,7 @@
 checkpoint resumes from the last complete one and continues the same loss curve; bad settings are named.
 (The MoVQ recipe's run, export and sampling: test_train_movq_cli.py.)"""
 
+import os
 import subprocess
 import sys
 
