@@ -102,6 +102,14 @@ class TrainConfig:
     return self.resolution[0] // factor, self.resolution[1] // factor
 
 
+def _tiny_movq(model: str, batch: int, frames: int, discriminator: str) -> TrainConfig:
+  tiny_adam = lambda ema: OptimizerConfig(learning_rate=1e-3, warmup_steps=2, decay_steps=100, ema_decay=ema)
+  return TrainConfig(model=model, global_batch_size=batch, num_frames=frames, resolution=(32, 32),
+                     optimizer=tiny_adam(0.99), total_steps=20, log_every=1, checkpoint_every=5,
+                     movq=MoVQTrainingConfig(discriminator=discriminator, lpips="lpips-tiny",
+                                             discriminator_optimizer=tiny_adam(0.0)))
+
+
 TRAIN_PRESETS = {
     # The paper's setting: 12 key frames at 512 px, bf16 compute, each UNet level recomputed backwards.
     "keyframe-1.1": TrainConfig(model="keyframe", pipeline="kandinsky-video-1.1", global_batch_size=64,
@@ -131,20 +139,8 @@ TRAIN_PRESETS = {
                                 discriminator_optimizer=OptimizerConfig(learning_rate=1e-4, ema_decay=0.0))),
     # Seconds per step on a CPU: the tiny MoVQ, discriminators and LPIPS network (random LPIPS weights
     # unless given), the GAN terms on from the first step.
-    "image-movq-tiny": TrainConfig(
-        model="image_movq", global_batch_size=8, num_frames=1, resolution=(32, 32),
-        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2, decay_steps=100, ema_decay=0.99),
-        movq=MoVQTrainingConfig(discriminator="patch-discriminator-tiny", lpips="lpips-tiny",
-                                discriminator_optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2,
-                                                                        decay_steps=100, ema_decay=0.0)),
-        total_steps=20, log_every=1, checkpoint_every=5),
-    "video-movq-tiny": TrainConfig(
-        model="video_movq", global_batch_size=4, num_frames=4, resolution=(32, 32),
-        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2, decay_steps=100, ema_decay=0.99),
-        movq=MoVQTrainingConfig(discriminator="video-discriminator-tiny", lpips="lpips-tiny",
-                                discriminator_optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2,
-                                                                        decay_steps=100, ema_decay=0.0)),
-        total_steps=20, log_every=1, checkpoint_every=5),
+    "image-movq-tiny": _tiny_movq("image_movq", batch=8, frames=1, discriminator="patch-discriminator-tiny"),
+    "video-movq-tiny": _tiny_movq("video_movq", batch=4, frames=4, discriminator="video-discriminator-tiny"),
 }
 
 
