@@ -33,7 +33,7 @@ def _run(args: list[str]) -> float:
   return time.perf_counter() - start
 
 
-def _last_metrics(workdir: str) -> list[dict]:
+def _metrics(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 
   height, width = map(int, args.resolution.split("x"))
   results = evaluate(w("image_export"), w("video_export"), (height, width), args.num_frames)
-  curves = {name: _last_metrics(w(name)) for name in ("image", "video")}
+  curves = {name: _metrics(w(name)) for name in ("image", "video")}
   print(f"\nMoVQ learning on moving shapes ({args.resolution}, clips of {args.num_frames} frames, CPU; video "
         f"recipe trains: {args.train_scope})")
   for name, rows in curves.items():

@@ -102,6 +102,16 @@ class TrainConfig:
     return self.resolution[0] // factor, self.resolution[1] // factor
 
 
+def _production_movq(model: str, batch: int, frames: int, discriminator: str, discriminator_start: int,
+                     decay_steps: int) -> TrainConfig:
+  return TrainConfig(model=model, pipeline="kandinsky-video-1.1", global_batch_size=batch, num_frames=frames,
+                     resolution=(256, 256), compute_dtype="bfloat16", remat="levels",
+                     optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=decay_steps),
+                     movq=MoVQTrainingConfig(discriminator=discriminator, discriminator_start=discriminator_start,
+                                             discriminator_optimizer=OptimizerConfig(learning_rate=1e-4,
+                                                                                     ema_decay=0.0)))
+
+
 def _tiny_movq(model: str, batch: int, frames: int, discriminator: str) -> TrainConfig:
   tiny_adam = lambda ema: OptimizerConfig(learning_rate=1e-3, warmup_steps=2, decay_steps=100, ema_decay=ema)
   return TrainConfig(model=model, global_batch_size=batch, num_frames=frames, resolution=(32, 32),
@@ -125,18 +135,10 @@ TRAIN_PRESETS = {
                                       total_steps=20, log_every=1, checkpoint_every=5),
     # MoVQ-GAN at 256 px as MoVQGAN trains: the image autoencoder on frames, the temporal decoder on clips of
     # the medium-fps decode chunk (45 frames -> 5 chunks of 9), its temporal layers alone by default.
-    "image-movq-1.1": TrainConfig(
-        model="image_movq", pipeline="kandinsky-video-1.1", global_batch_size=64, num_frames=1,
-        resolution=(256, 256), compute_dtype="bfloat16", remat="levels",
-        optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=200_000),
-        movq=MoVQTrainingConfig(discriminator="patch-discriminator", discriminator_start=20_000,
-                                discriminator_optimizer=OptimizerConfig(learning_rate=1e-4, ema_decay=0.0))),
-    "video-movq-1.1": TrainConfig(
-        model="video_movq", pipeline="kandinsky-video-1.1", global_batch_size=16, num_frames=9,
-        resolution=(256, 256), compute_dtype="bfloat16", remat="levels",
-        optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=100_000),
-        movq=MoVQTrainingConfig(discriminator="video-discriminator", discriminator_start=5_000,
-                                discriminator_optimizer=OptimizerConfig(learning_rate=1e-4, ema_decay=0.0))),
+    "image-movq-1.1": _production_movq("image_movq", batch=64, frames=1, discriminator="patch-discriminator",
+                                       discriminator_start=20_000, decay_steps=200_000),
+    "video-movq-1.1": _production_movq("video_movq", batch=16, frames=9, discriminator="video-discriminator",
+                                       discriminator_start=5_000, decay_steps=100_000),
     # Seconds per step on a CPU: the tiny MoVQ, discriminators and LPIPS network (random LPIPS weights
     # unless given), the GAN terms on from the first step.
     "image-movq-tiny": _tiny_movq("image_movq", batch=8, frames=1, discriminator="patch-discriminator-tiny"),
