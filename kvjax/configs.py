@@ -390,6 +390,26 @@ VIDEO_DISCRIMINATOR_TINY = DiscriminatorConfig(architecture="video", channels=8,
 LPIPS_VGG = LPIPSConfig()
 LPIPS_TINY = LPIPSConfig(widths=(8, 16, 16, 32, 32), convs_per_stage=(1, 1, 1, 1, 1))
 
+# The embedded demo (kvjax/demo, made by `python -m train.demo`): small models that kvjax trains from scratch
+# on the moving-shapes world, 64x64 videos with key frames at 128x128. The MoVQs are the tiny ones (4x
+# down-sampling, 4 latent channels); the UNets have three levels (latent sizes divisible by 4).
+DEMO_KEYFRAME = KeyframeUNetConfig(
+    model_channels=32, init_channels=32, num_channels=9, out_channels=4, time_embed_dim=128,
+    context_dim=64, groups=8, head_dim=32, expansion_ratio=2, compression_ratio=2,
+    dim_mult=(1, 2, 3), num_blocks=(2, 2, 2),
+    add_cross_attention=(False, True, True), add_self_attention=(False, True, True),
+    noise_augmentation=True, motion_score=True)
+DEMO_INTERPOLATION = InterpolationUNetConfig(
+    model_channels=32, init_channels=32, num_channels=20, out_channels=12, time_embed_dim=128,
+    context_dim=64, groups=8, head_dim=32, expansion_ratio=2, compression_ratio=2,
+    dim_mult=(1, 2, 2), num_blocks=(2, 2, 2), time_downsample=(False, False, False),
+    add_cross_attention=(False, True, True), add_self_attention=(False, True, True))
+# Frozen random weights: the captions are a few dozen words, which any fixed encoder keeps apart. The
+# vocabulary holds the caption words (kvjax.text.tokenizer_training) and T5Tokenizer's 100 sentinels.
+DEMO_T5_ENCODER = T5EncoderConfig(vocab_size=160, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                  relative_attention_num_buckets=8, relative_attention_max_distance=20)
+DEMO_TEXT_PROJECTIONS = TextProjectionConfig(in_dim=64, context_dim=64)
+
 PRODUCTION_PRESETS = {
     "keyframe-1.1": KEYFRAME_1_1,
     "interpolation-1.1": INTERPOLATION_1_1,
@@ -414,7 +434,14 @@ TINY_PRESETS = {
     "lpips-tiny": LPIPS_TINY,
 }
 
-PRESETS = {**PRODUCTION_PRESETS, **TINY_PRESETS}
+DEMO_PRESETS = {
+    "keyframe-demo": DEMO_KEYFRAME,
+    "interpolation-demo": DEMO_INTERPOLATION,
+    "t5-encoder-demo": DEMO_T5_ENCODER,
+    "t5-projections-demo": DEMO_TEXT_PROJECTIONS,
+}
+
+PRESETS = {**PRODUCTION_PRESETS, **TINY_PRESETS, **DEMO_PRESETS}
 
 # Published parameter counts of the released checkpoints (spec §10).
 PUBLISHED_PARAMETER_COUNTS = {

@@ -3,9 +3,13 @@
   python -m sample "a red fox running through snow" --out fox.mp4 --weights converted/ --tokenizer spiece.model
   python -m sample "waves at sunset" --image beach.jpg --fps medium --motion high --out waves.gif --weights converted/
 
+  python -m sample "a blue square moving left" --out demo.gif         # the embedded demo weights
+
 --out takes .mp4, .gif, or a folder (no suffix) of PNG frames; with several prompts, files are numbered.
-Without --weights, the tiny preset runs with RANDOM weights (the output is noise): a smoke test of the
-whole path that needs no download.
+Without --weights, the embedded demo runs: a small Kandinsky Video that kvjax trained on a synthetic world of
+moving shapes (circle, square, triangle; red, green, blue, yellow, white; moving left, right, up, down;
+`python -m train.demo` rebuilds it), 64x64. --weights random runs the tiny preset with RANDOM weights (the
+output is noise): a smoke test of the whole path.
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch)")
   p.add_argument("--out", required=True, help="output .mp4, .gif, or folder for PNG frames")
   p.add_argument("--image", nargs="+", help="first-frame image(s) for image-to-video (one, or one per prompt)")
-  p.add_argument("--weights", help="folder written by `python -m convert all` (default: tiny random weights)")
+  p.add_argument("--weights", help="folder written by `python -m convert all`, or 'random' (the tiny preset, "
+                 "random weights); default: the embedded demo")
   p.add_argument("--image-movq", help="converted image MoVQ folder replacing the one of --weights (e.g. from "
                  "`python -m train.export`)")
   p.add_argument("--video-movq", help="converted video MoVQ decoder folder replacing the one of --weights")
   p.add_argument("--tokenizer", help="SentencePiece model of FLAN-UL2 (spiece.model); default: WEIGHTS/spiece.model")
   p.add_argument("--fps", choices=sorted(FPS_PASSES), default=d.fps, help="low: 12 frames, medium: 45, high: 177")
-  p.add_argument("--motion", choices=list(MOTION_SCORES), default=d.motion)
-  p.add_argument("--width", type=int, help="video width (default 512; 64 with random weights)")
-  p.add_argument("--height", type=int, help="video height (default 512; 64 with random weights)")
+  p.add_argument("--motion", choices=list(MOTION_SCORES), help=f"default {d.motion} (the demo: its own)")
+  p.add_argument("--width", type=int, help="video width (default 512; 64 for the demo and random weights)")
+  p.add_argument("--height", type=int, help="video height (default 512; 64 for the demo and random weights)")
   p.add_argument("--key-frame-guidance", type=float, default=d.key_frame_guidance_scale)
   p.add_argument("--text-guidance", type=float, default=d.guidance_weight_prompt)
   p.add_argument("--image-guidance", type=float, default=d.guidance_weight_image)
@@ -42,9 +47,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--noise-augmentation", type=int, default=d.noise_augmentation)
   p.add_argument("--steps", type=int, nargs=3, metavar=("KEY", "BASE", "INTERP"),
                  help=f"denoising steps per stage (default {d.key_frame_steps} {d.base_frame_steps} "
-                 f"{d.interpolation_steps}; 4 4 2 with random weights)")
-  p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
-                 help="ddpm is the reference; ddim and dpm_solver_pp are faster (not the reference)")
+                 f"{d.interpolation_steps}; the demo's own; 4 4 2 with random weights)")
+  p.add_argument("--sampler", choices=SAMPLERS,
+                 help=f"{d.sampler} (default) is the reference; ddim and dpm_solver_pp are faster (not the "
+                 "reference; the demo uses ddim)")
   p.add_argument("--seed", type=int, default=d.seed)
   p.add_argument("--bf16", action="store_true", help="compute the UNets in bfloat16")
   p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -87,6 +93,28 @@ def _model_overrides(args) -> dict[str, str]:
   return {field: path for field, path in paths.items() if path is not None}
 
 
+def _sampling_defaults(weights_dir: str) -> dict:
+  """WEIGHTS/sampling.json: the options a weights folder recommends (GenerationOptions fields), if any."""
+  import dataclasses
+  import json
+  from kvjax.demo import SAMPLING_DEFAULTS
+  path = os.path.join(weights_dir, SAMPLING_DEFAULTS)
+  if not os.path.isfile(path):
+    return {}
+  if os.path.getsize(path) > 1 << 16:
+    raise ValueError(f"{path}: larger than 64 KiB; not a sampling defaults file")
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not JSON ({e})") from None
+  fields = {f.name for f in dataclasses.fields(GenerationOptions)}
+  if not isinstance(values, dict) or set(values) - fields:
+    raise ValueError(f"{path}: expected an object of generation options ({', '.join(sorted(fields))})")
+  print(f"defaults from {path}: {', '.join(f'{k} {v}' for k, v in values.items())}", file=sys.stderr)
+  return values
+
+
 def run(args) -> int:
   import jax.numpy as jnp
   from sample.writers import check_output_path, write_frames
@@ -98,9 +126,20 @@ def run(args) -> int:
   for out in outputs:  # fail before any work on a bad or taken output path
     check_output_path(out, args.overwrite)
   images = _images(args.image, len(args.prompts))
-  random = args.weights is None
+  from kvjax import demo
+  weights_dir = args.weights
+  if weights_dir is None:
+    weights_dir = demo.DEMO_WEIGHTS if demo.installed() else "random"
+    if weights_dir == "random":
+      print(f"the embedded demo weights are not installed ({demo.DEMO_WEIGHTS}; `python -m train.demo OUT "
+            "--install` makes them)", file=sys.stderr)
+  random = weights_dir == "random"
+  defaults = {} if random else _sampling_defaults(weights_dir)
+  if weights_dir == demo.DEMO_WEIGHTS:
+    print(f"weights: the embedded demo ({weights_dir}): a small model kvjax trained on moving shapes, "
+          f"{defaults.get('width')}x{defaults.get('height')}; pass --weights for others", file=sys.stderr)
   if random:
-    print("no --weights: running the TINY preset with RANDOM weights and a stand-in tokenizer; the video "
+    print("--weights random: running the TINY preset with RANDOM weights and a stand-in tokenizer; the video "
           "will be noise (convert the official checkpoints with `python -m convert all` for real output)",
           file=sys.stderr)
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
@@ -110,20 +149,21 @@ def run(args) -> int:
   else:
     from kvjax.pipeline.weights import load_pipeline_weights
     from kvjax.text.tokenizer import T5Tokenizer
-    tokenizer_path = args.tokenizer or os.path.join(args.weights, "spiece.model")
+    tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    config, weights = load_pipeline_weights(args.weights, overrides=_model_overrides(args))
+    config, weights = load_pipeline_weights(weights_dir, overrides=_model_overrides(args))
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
-  size = 64 if random else 512
-  steps = args.steps or ((4, 4, 2) if random else None)
-  options = GenerationOptions(
-      width=args.width or size, height=args.height or size, fps=args.fps, motion=args.motion,
+  if random:
+    defaults = dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
+  given = dict(width=args.width, height=args.height, sampler=args.sampler, motion=args.motion,
+               **({} if args.steps is None else dict(key_frame_steps=args.steps[0], base_frame_steps=args.steps[1],
+                                                     interpolation_steps=args.steps[2])))
+  options = GenerationOptions(**{**defaults, **{k: v for k, v in given.items() if v is not None}},
+      fps=args.fps,
       key_frame_guidance_scale=args.key_frame_guidance, guidance_weight_prompt=args.text_guidance,
       guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
-      noise_augmentation=args.noise_augmentation, sampler=args.sampler, seed=args.seed,
-      **({} if steps is None else dict(key_frame_steps=steps[0], base_frame_steps=steps[1],
-                                       interpolation_steps=steps[2])))
+      noise_augmentation=args.noise_augmentation, seed=args.seed)
   options.check_size(config)
   pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32)
   start = time.perf_counter()

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                  "'shapes' (moving shapes rendered on the fly)")
   p.add_argument("--weights", help="folder written by `python -m convert all` (default: random weights)")
   p.add_argument("--tokenizer", help="FLAN-UL2's spiece.model (default: WEIGHTS/spiece.model)")
+  p.add_argument("--init", help="UNet runs: start the UNet (and its null embedding) from this converted folder, "
+                 "e.g. a `python -m train.export` output, instead of WEIGHTS' own")
   p.add_argument("--lpips", help="MoVQ runs: LPIPS weights from `python -m convert lpips`, or 'random' (smoke "
                  "tests); default: no perceptual loss")
   p.add_argument("--train-scope", choices=TRAIN_SCOPES, help="video MoVQ: the temporal layers (default) or the "
@@ -93,16 +95,21 @@ def _train_config(args):
 
 
 def _check_same_run(workdir: str, config) -> None:
-  """A workdir belongs to one run: resuming with other settings (the length aside) is refused."""
+  """A workdir belongs to one run: resuming with other settings (the length aside) is refused. Settings a
+  run saved before a field existed read as that field's default."""
+  from kvjax.training.config import TrainConfig, config_from_dict
   path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    try:
+      saved = dataclasses.asdict(config_from_dict(TrainConfig, json.load(f)))
+    except (ValueError, TypeError) as e:
+      raise SystemExit(f"{path}: not the settings of a run of this kvjax ({e}); use a new --workdir")
   current = dataclasses.asdict(config)
-  if os.path.isfile(path):
-    with open(path) as f:
-      saved = json.load(f)
-    strip = lambda d: {k: v for k, v in d.items() if k != "total_steps"}
-    if strip(json.loads(json.dumps(current))) != strip(saved):
-      changed = sorted(k for k in current if k != "total_steps" and json.loads(json.dumps(current[k])) != saved.get(k))
-      raise SystemExit(f"{workdir} holds a run with other settings ({', '.join(changed)}); use a new --workdir")
+  changed = sorted(k for k in current if k != "total_steps" and current[k] != saved[k])
+  if changed:
+    raise SystemExit(f"{workdir} holds a run with other settings ({', '.join(changed)}); use a new --workdir")
 
 
 def _write_json(path: str, value) -> None:
@@ -142,7 +149,7 @@ def main(argv=None) -> int:
   from kvjax.training.inputs import state_from_json, state_to_json, step_inputs
   from kvjax.training.mesh import make_mesh
   from kvjax.training.trainer import make_trainer
-  from kvjax.training.weights import lpips_weights, movq_start, training_weights
+  from kvjax.training.weights import lpips_weights, movq_start, training_weights, unet_start
 
   try:
     config = _train_config(args)
@@ -170,6 +177,11 @@ def main(argv=None) -> int:
       if args.weights is None:
         say("no --weights: the encoders and the UNet start from RANDOM weights, captions use a stand-in tokenizer")
       weights, tokenizer = training_weights(config, args.weights, args.tokenizer)
+      if args.init is not None:
+        weights = unet_start(config, weights, args.init)
+        say(f"the {config.model} UNet starts from {args.init}")
+    if args.init is not None and config.is_movq:
+      raise ValueError("--init applies to UNet runs; MoVQ runs start from --weights")
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(str(e))
 

@@ -49,6 +49,10 @@ PIPELINE_PRESETS = {
         configs.KEYFRAME_TINY, dataclasses.replace(configs.INTERPOLATION_TINY, context_dim=48),
         configs.IMAGE_MOVQ_TINY, configs.VIDEO_MOVQ_TINY, configs.T5_ENCODER_TINY,
         configs.TEXT_PROJECTIONS_TINY, tokens_length=16),
+    # The embedded demo's models (kvjax/demo; `python -m train.demo` trains them): 64x64 videos.
+    "demo": PipelineConfig(
+        configs.DEMO_KEYFRAME, configs.DEMO_INTERPOLATION, configs.IMAGE_MOVQ_TINY, configs.VIDEO_MOVQ_TINY,
+        configs.DEMO_T5_ENCODER, configs.DEMO_TEXT_PROJECTIONS, tokens_length=16),
 }
 
 

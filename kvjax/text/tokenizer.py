@@ -60,6 +60,7 @@ class T5Tokenizer:
     self.pad_id, self.eos_id = special[PAD], special[EOS]
     # Sentinels follow the SentencePiece vocabulary, numbered downwards: <extra_id_0> is the last id.
     size = processor.get_piece_size()
+    self.vocab_size = size + extra_ids  # ids are below this: the pieces, then the sentinels
     self._sentinels = {f"<extra_id_{i}>": size - 1 + extra_ids - i for i in range(extra_ids)}
     special.update(self._sentinels)
     self._special = special

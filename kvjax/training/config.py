@@ -146,6 +146,38 @@ TRAIN_PRESETS = {
 }
 
 
+def _demo(model: str, steps: int, learning_rate: float, **fields) -> TrainConfig:
+  """A stage of `python -m train.demo`: the demo pipeline on 64x64 shape videos prepared at 24 fps."""
+  return TrainConfig(model=model, pipeline="demo", total_steps=steps, log_every=25, checkpoint_every=200,
+                     keep_checkpoints=2,
+                     optimizer=OptimizerConfig(learning_rate=learning_rate, warmup_steps=100, decay_steps=steps,
+                                               ema_decay=0.999), **fields)
+
+
+# The embedded demo's recipe (`python -m train.demo`), in the order it runs. Base frames are every 4th
+# frame of the 24 fps clips (the interpolation passes fill in 3 between each pair: 12 frames span 45).
+DEMO_TRAIN_PRESETS = {
+    "demo-image-movq": _demo(
+        "image_movq", 800, 1e-3, global_batch_size=8, num_frames=1,
+        movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.05, discriminator="patch-discriminator-tiny",
+                                discriminator_start=400, lpips="lpips-tiny", latent_scale_weight=0.1,
+                                discriminator_optimizer=OptimizerConfig(learning_rate=2e-4, ema_decay=0.0))),
+    "demo-video-movq": _demo(
+        "video_movq", 300, 5e-4, global_batch_size=4, num_frames=9, frame_stride=1,
+        movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.05, discriminator="video-discriminator-tiny",
+                                discriminator_start=0, lpips="lpips-tiny",
+                                discriminator_optimizer=OptimizerConfig(learning_rate=2e-4, ema_decay=0.0))),
+    # Key frames are sampled at twice the video size (the reference's quirk): image mode trains at 128 px.
+    "demo-keyframe-image": _demo("keyframe", 1200, 1e-3, global_batch_size=16, num_frames=1, resolution=(128, 128),
+                                 keyframe=KeyframeTrainingConfig(mode="image")),
+    "demo-keyframe": _demo("keyframe", 800, 1e-3, global_batch_size=4, num_frames=12, frame_stride=4,
+                           keyframe=KeyframeTrainingConfig(motion_scale=300.0)),
+    "demo-interpolation": _demo("interpolation", 1200, 1e-3, global_batch_size=4, num_groups=2,
+                                interpolation=InterpolationTrainingConfig(train_scope="all")),
+}
+TRAIN_PRESETS.update(DEMO_TRAIN_PRESETS)
+
+
 def config_from_dict(cls, values: dict[str, Any]):
   """A (nested) frozen config dataclass from its `dataclasses.asdict` JSON; unknown fields are an error."""
   fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -30,6 +30,11 @@ class InterpolationTrainingConfig:
   max_perturbation: int = 25  # key-frame noise level ~ U{0..max}; the model's default when none is given
   augmentation_noise: str = "gaussian"
   unconditional_probability: float = 0.1
+  train_scope: str = "temporal"  # the temporal and new layers (on an image model), or "all" (from scratch)
+
+  def __post_init__(self):
+    if self.train_scope not in ("temporal", "all"):
+      raise ValueError(f"InterpolationTrainingConfig.train_scope must be temporal or all, got {self.train_scope!r}")
 
 
 def clip_frames(num_groups: int) -> int:

@@ -1,6 +1,12 @@
-"""The keyframe UNet's training objective (paper and spec §7, §8): epsilon prediction on clips whose first
-frame is given as a condition with noise of random magnitude (and that magnitude as an input), blanked
-10% of the time; text dropped to the null embedding for guidance; motion score as an input."""
+"""The keyframe UNet's training objectives (paper and spec §7, §8).
+
+Video mode (the paper's recipe): epsilon prediction on clips whose first frame is given as a condition with
+noise of random magnitude (and that magnitude as an input), blanked 10% of the time; text dropped to the
+null embedding for guidance; motion score as an input.
+
+Image mode (the Kandinsky 3.0 role, for a UNet trained from scratch): epsilon prediction on single frames
+through the image input layer with the condition channels zero, as the key-frame sampler runs it; no
+temporal layer takes part. Text is dropped as in video mode."""
 
 from __future__ import annotations
 
@@ -14,13 +20,29 @@ from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, make_schedule
 from kvjax.training.augment import batch_pinning, drop_text, noise_augment, where_sample
 
 
+MODES = ("video", "image")
+TRAIN_SCOPES = ("temporal", "all")
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyframeTrainingConfig:
+  mode: str = "video"  # MODES; image mode trains the image weights (every non-temporal layer)
+  train_scope: str = "temporal"  # video mode: the temporal layers (the paper) or every weight
   max_noise_augmentation: int = 100  # first-frame noise level ~ U{0..max} (the sampler uses 20)
   # The reference sampler noises the first frame with U[0, 1) noise (spec §7.5); training matches it.
   augmentation_noise: str = "uniform"
   blank_first_frame_probability: float = 0.1
   text_dropout_probability: float = 0.1
+  # Multiplies the dataset's motion scores before the UNet sees them, to put them in the units of the
+  # sampler's motion table (low/medium/high/extreme = 1/10/50/100).
+  motion_scale: float = 1.0
+
+  def __post_init__(self):
+    if self.mode not in MODES or self.train_scope not in TRAIN_SCOPES:
+      raise ValueError(f"KeyframeTrainingConfig: mode must be one of {', '.join(MODES)} (got {self.mode!r}), "
+                       f"train_scope one of {', '.join(TRAIN_SCOPES)} (got {self.train_scope!r})")
+    if not self.motion_scale > 0:
+      raise ValueError(f"KeyframeTrainingConfig.motion_scale must be positive, got {self.motion_scale}")
 
 
 def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, null_embedding,
@@ -52,6 +74,28 @@ def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, 
   unet_in = jnp.concatenate([noisy, condition], axis=-1).reshape(b * t, h, w, c + c + 1)
   eps = model.apply({"params": params}, pin(unet_in), per_frame(time).astype(jnp.float32), per_frame(context),
                     per_frame(mask), frame_index=jnp.tile(jnp.arange(t, dtype=jnp.float32), b), num_frames=t,
-                    noise_aug_time=per_frame(level), motion_score=per_frame(batch["motion_score"]),
+                    noise_aug_time=per_frame(level),
+                    motion_score=per_frame(config.motion_scale * batch["motion_score"].astype(jnp.float32)),
                     input_layer="video")
   return jnp.mean(jnp.square(pin(eps).astype(jnp.float32).reshape(latents.shape) - noise))
+
+
+def keyframe_image_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, null_embedding,
+                        activation_sharding=None) -> jax.Array:
+  """Mean squared epsilon error of every frame alone, in image mode. `batch`: latents (B, T, h, w, 4) (each
+  frame an image), context (B, L, D), context_mask (B, L); the motion score is not used."""
+  pin = batch_pinning(activation_sharding)
+  latents = batch["latents"].astype(jnp.float32)
+  b, t, h, w, c = latents.shape
+  images = latents.reshape(b * t, h, w, c)
+  schedule = make_schedule(KEYFRAME_SCHEDULER)
+  k_time, k_noise, k_text = jax.random.split(rng, 3)
+  time = pin(jax.random.randint(k_time, (b * t,), 0, schedule.alphas_cumprod.shape[0]))
+  noise = pin(jax.random.normal(k_noise, images.shape))
+  noisy = add_noise(schedule, images, noise, time)
+  dropped = pin(jax.random.bernoulli(k_text, config.text_dropout_probability, (b * t,)))
+  per_frame = lambda x: jnp.repeat(x, t, axis=0)
+  context, mask = drop_text(per_frame(batch["context"]), per_frame(batch["context_mask"]), null_embedding, dropped)
+  unet_in = jnp.concatenate([noisy, jnp.zeros((b * t, h, w, c + 1), jnp.float32)], axis=-1)
+  eps = model.apply({"params": params}, pin(unet_in), time.astype(jnp.float32), context, mask, input_layer="image")
+  return jnp.mean(jnp.square(pin(eps).astype(jnp.float32) - noise))

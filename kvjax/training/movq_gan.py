@@ -6,7 +6,7 @@ learns to decode clips; `train_scope` picks the temporal layers alone or the who
 
 Generator loss (taming-transformers / MoVQGAN):
     nll = l1 |x - x'| + l2 (x - x')^2 + perceptual LPIPS(x, x')        (means)
-    loss = nll + d_weight * factor(step) * (-mean D(x'))
+    loss = nll + d_weight * factor(step) * (-mean D(x')) [+ latent_scale (mean z^2 - 1)^2]
 with d_weight = adversarial_weight * ||grad_W nll|| / ||grad_W g|| over the output layer W when
 `adaptive_weight` (else adversarial_weight), and factor 0 before `discriminator_start`.
 Discriminator loss: factor(step) * hinge(D(x), D(x')) [+ R1 on real] [+ LeCam against EMAs of D's outputs].
@@ -51,6 +51,9 @@ class MoVQTrainingConfig:
   r1_weight: float = 0.0  # gamma/2 of the R1 gradient penalty on real inputs
   lecam_weight: float = 0.0
   lecam_decay: float = 0.999
+  # latent_scale_weight * (mean z^2 - 1)^2 keeps the latents at unit RMS: the pipeline feeds them to the
+  # diffusion models unscaled, and those start from unit Gaussian noise (for MoVQs trained from scratch).
+  latent_scale_weight: float = 0.0
   # The video recipe: which decoder weights train, and where they start (an image MoVQ with the temporal
   # layers at identity, or a converted video MoVQ).
   train_scope: str = "temporal"
@@ -65,7 +68,7 @@ class MoVQTrainingConfig:
     if self.init_from not in INIT_FROM:
       raise ValueError(f"MoVQTrainingConfig.init_from must be one of {', '.join(INIT_FROM)}")
     weights = {k: getattr(self, k) for k in ("l1_weight", "l2_weight", "perceptual_weight", "adversarial_weight",
-                                             "r1_weight", "lecam_weight")}
+                                             "r1_weight", "lecam_weight", "latent_scale_weight")}
     if any(w < 0 for w in weights.values()) or not 0 <= self.lecam_decay < 1 or self.discriminator_start < 0:
       raise ValueError(f"MoVQTrainingConfig: loss weights and discriminator_start must be >= 0, lecam_decay in "
                        f"[0, 1): {weights}")
@@ -168,8 +171,11 @@ def make_gan_losses(config: MoVQTrainingConfig, *, movq, discriminator, lpips, v
       adversarial_grad = jax.grad(lambda p: terms(p, fixed)[1])(head_params)["kernel"]
       d_weight = d_weight * gan_losses.adaptive_weight(nll_grad, adversarial_grad)
     loss = nll + d_weight * factor * adversarial
+    latent_ms = jnp.mean(jnp.square(latents.astype(jnp.float32)))
+    if config.latent_scale_weight > 0:
+      loss = loss + config.latent_scale_weight * jnp.square(latent_ms - 1)
     metrics = {**{f"rec_{k}": v for k, v in parts.items()}, "nll": nll, "generator_adversarial": adversarial,
-               "adaptive_weight": d_weight, "discriminator_factor": factor}
+               "adaptive_weight": d_weight, "discriminator_factor": factor, "latent_rms": jnp.sqrt(latent_ms)}
     return loss, (metrics, as_clips(fake))
 
   def discriminator_loss(disc_params, real, fake, step, lecam_ema):

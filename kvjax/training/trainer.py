@@ -20,7 +20,7 @@ from kvjax.training.checkpointing import abstract_with_shardings
 from kvjax.training.config import COMPUTE_DTYPES, TrainConfig
 from kvjax.training.inputs import global_array
 from kvjax.training.interpolation_loss import interpolation_loss
-from kvjax.training.keyframe_loss import keyframe_loss
+from kvjax.training.keyframe_loss import keyframe_image_loss, keyframe_loss
 from kvjax.training.movq_gan import GANState, make_gan_losses, make_gan_train_step
 from kvjax.training.optimizer import make_optimizer
 from kvjax.training.partitioning import batch_sharding, param_shardings, replicated
@@ -113,7 +113,8 @@ class UNetTrainer(_Trainer):
     ema = config.optimizer.ema_decay > 0
     self.shardings: TrainState = state_shardings(self._initial, self.optimizer, mesh, ema=ema)
     self._create = lambda params: create_state(params, self.optimizer, ema)
-    objective = keyframe_loss if config.model == "keyframe" else interpolation_loss
+    objective = {"keyframe": keyframe_image_loss if config.keyframe.mode == "image" else keyframe_loss,
+                 "interpolation": interpolation_loss}[config.model]
     loss_fn = functools.partial(objective, model=self.model, config=getattr(config, config.model),
                                 null_embedding=np.asarray(null_embedding, np.float32),
                                 activation_sharding=batch_sharding(mesh))

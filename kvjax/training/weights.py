@@ -33,6 +33,19 @@ def training_weights(config: TrainConfig, weights_dir: str | None, tokenizer_pat
   return weights, T5Tokenizer(tokenizer_path, pipeline.tokens_length)
 
 
+def unet_start(config: TrainConfig, weights, path: str):
+  """`weights` with the training UNet and its null embedding replaced by a converted folder's."""
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    raise FileNotFoundError(f"--init {path}: not a converted model folder (no config.json)")
+  model = load_converted(path)
+  if model.config != config.model_config:
+    raise ValueError(f"--init {path}: this {model.kind} is not the {config.model} UNet of the {config.pipeline!r} "
+                     "pipeline (other configuration)")
+  if "null_embedding" not in model.extras:
+    raise ValueError(f"--init {path}: no null embedding (a UNet folder of `convert all` or `train.export` has one)")
+  return weights.replace(**{config.model: model.params, f"{config.model}_null": model.extras["null_embedding"]})
+
+
 def _converted(path: str, expected, what: str):
   model = load_converted(path)
   if model.config != expected:

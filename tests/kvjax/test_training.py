@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from kvjax import configs
 from kvjax.params import abstract_params, random_params
+from kvjax.pipeline.config import PIPELINE_PRESETS
 from kvjax.training.config import TRAIN_PRESETS
 from kvjax.training.mesh import make_mesh, parse_mesh
 from kvjax.training.optimizer import OptimizerConfig
@@ -18,6 +19,22 @@ from kvjax.training.trainable import count_trainable, trainable_mask
 from kvjax.training.trainer import UNetTrainer, abstract_batch
 
 CFG = configs.KEYFRAME_TINY
+# The sharded-equivalence runs use two-level UNets: compiling a train step costs minutes per level on CPU,
+# and two levels have every kind of layer (convolutions, norms, cross- and self-attention, temporal layers).
+TWO_LEVELS = dict(dim_mult=(1, 2), num_blocks=(2, 2), add_cross_attention=(False, True),
+                  add_self_attention=(False, True))
+SMALL_PIPELINE = "two-level-tiny"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_pipeline():
+  tiny = PIPELINE_PRESETS["tiny"]
+  small = dataclasses.replace(
+      tiny, keyframe=dataclasses.replace(tiny.keyframe, **TWO_LEVELS),
+      interpolation=dataclasses.replace(tiny.interpolation, time_downsample=(False, False), **TWO_LEVELS))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(PIPELINE_PRESETS, SMALL_PIPELINE, small)
+    yield small
 
 
 def test_mesh_strings():
@@ -38,9 +55,26 @@ def test_trainable_parameters_are_the_temporal_parts(config, expected):
   assert count_trainable(params, trainable_mask(params, config.kind)) == expected
 
 
+def test_image_mode_trains_exactly_what_the_video_recipe_freezes():
+  # Kandinsky 3.0's role (a UNet from scratch): image mode trains the image layers, video mode the rest.
+  from kvjax.training.keyframe_loss import KeyframeTrainingConfig
+  from kvjax.training.trainable import training_recipe
+  image = dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], keyframe=KeyframeTrainingConfig(mode="image"))
+  everything = dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], keyframe=KeyframeTrainingConfig(train_scope="all"))
+  params = nn.unbox(abstract_params(CFG))
+  video_mask = flax.traverse_util.flatten_dict(trainable_mask(params, training_recipe(TRAIN_PRESETS["keyframe-tiny"])))
+  image_mask = flax.traverse_util.flatten_dict(trainable_mask(params, training_recipe(image)))
+  assert all(video_mask[p] != image_mask[p] for p in video_mask)
+  assert image_mask[("image_in_layer", "kernel")] and not image_mask[("in_layer", "kernel")]
+  assert all(flax.traverse_util.flatten_dict(trainable_mask(params, training_recipe(everything))).values())
+  with pytest.raises(ValueError, match="mode must be one of"):
+    KeyframeTrainingConfig(mode="audio")
+
+
 def _run(mesh, preset="keyframe-tiny", steps=2, remat="none"):
   config = dataclasses.replace(
-      TRAIN_PRESETS[preset], global_batch_size=4, num_frames=2, resolution=(32, 32), remat=remat,
+      TRAIN_PRESETS[preset], pipeline=SMALL_PIPELINE, global_batch_size=4, num_frames=2, resolution=(32, 32),
+      remat=remat,
       optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=1, decay_steps=10, ema_decay=0.5))
   params = random_params(config.model_config, seed=1)
   initial = jax.tree.map(np.asarray, params)  # the step donates its state
@@ -97,7 +131,7 @@ def test_parameters_are_sharded_as_the_rules_say(runs):
   kernel = flat[("in_layer", "kernel")]  # (3, 3, conv_in 9, conv_out 8): conv_out -> tensor, 9 stays whole
   assert tuple(kernel.sharding.spec) == (None, None, None, "tensor")
   assert kernel.addressable_shards[0].data.shape == (3, 3, 9, 4)
-  ff = flat[("down_samples_2", "resnet_attn_blocks_0_1", "feed_forward_2", "kernel")]  # (1, 1, mlp 64, 32)
+  ff = flat[("down_samples_1", "resnet_attn_blocks_0_1", "feed_forward_2", "kernel")]  # (1, 1, mlp 64, 32)
   assert tuple(ff.sharding.spec) == (None, None, "tensor", "fsdp") and ff.addressable_shards[0].data.shape == (1, 1, 32, 16)
   sharded = [path for path, leaf in flat.items() if any(leaf.sharding.spec)]
   assert len(sharded) > len(flat) // 2

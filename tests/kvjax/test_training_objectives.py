@@ -8,7 +8,7 @@ import numpy as np
 
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER, alphas_cumprod
 from kvjax.training.interpolation_loss import InterpolationTrainingConfig, clip_frames, interpolation_loss
-from kvjax.training.keyframe_loss import KeyframeTrainingConfig, keyframe_loss
+from kvjax.training.keyframe_loss import KeyframeTrainingConfig, keyframe_image_loss, keyframe_loss
 
 B, G, H, W, C, L, D = 3, 2, 4, 4, 4, 5, 6
 NULL = np.linspace(-1, 1, D).astype(np.float32)
@@ -117,3 +117,41 @@ def test_keyframe_condition_frame_and_targets():
   blank = dataclasses.replace(config, blank_first_frame_probability=1.0)
   keyframe_loss({}, batch, jax.random.key(2), model=model, config=blank, null_embedding=NULL)
   assert not np.any(np.asarray(model.seen["x"])[..., C:])
+
+
+def test_keyframe_motion_scale_multiplies_the_dataset_score():
+  rng = np.random.default_rng(1)
+  batch = {"latents": rng.normal(size=(B, 2, H, W, C)).astype(np.float32),
+           "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": np.ones((B, L), bool),
+           "motion_score": np.array([0.03, 0.1, 0.15], np.float32)}
+  model = Recorder(lambda seen: jnp.zeros(seen["x"].shape[:-1] + (C,)))
+  keyframe_loss({}, batch, jax.random.key(0), model=model, config=KeyframeTrainingConfig(motion_scale=300.0),
+                null_embedding=NULL)
+  np.testing.assert_allclose(model.seen["motion_score"], np.repeat([9.0, 30.0, 45.0], 2), rtol=1e-6)
+
+
+def test_keyframe_image_mode_sees_frames_alone_as_the_key_frame_sampler_runs_them():
+  # Every frame is an image: image input layer, condition channels zero, no frame index, motion or level.
+  rng = np.random.default_rng(3)
+  t = 2
+  batch = {"latents": rng.normal(size=(B, t, H, W, C)).astype(np.float32),
+           "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": np.ones((B, L), bool),
+           "motion_score": np.zeros((B,), np.float32)}
+  abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
+  clean = batch["latents"].reshape(B * t, H, W, C)
+
+  def perfect_eps(seen):
+    a = abar[seen["time"].astype(jnp.int32)].reshape(-1, 1, 1, 1)
+    return (seen["x"][..., :C] - jnp.sqrt(a) * clean) / jnp.sqrt(1 - a)
+
+  model = Recorder(perfect_eps)
+  config = KeyframeTrainingConfig(mode="image", text_dropout_probability=0.0)
+  assert float(keyframe_image_loss({}, batch, jax.random.key(2), model=model, config=config,
+                                   null_embedding=NULL)) < 1e-6
+  seen = model.seen
+  assert seen["x"].shape == (B * t, H, W, 2 * C + 1) and not np.any(np.asarray(seen["x"])[..., C:])
+  assert seen["input_layer"] == "image" and "frame_index" not in seen and "motion_score" not in seen
+  np.testing.assert_array_equal(seen["context"], np.repeat(batch["context"], t, axis=0))
+  dropped = dataclasses.replace(config, text_dropout_probability=1.0)
+  keyframe_image_loss({}, batch, jax.random.key(2), model=model, config=dropped, null_embedding=NULL)
+  np.testing.assert_array_equal(np.asarray(model.seen["context"])[:, 0], np.broadcast_to(NULL, (B * t, D)))

@@ -10,7 +10,8 @@ from sample.writers import write_frames
 
 def test_runs_end_to_end_with_random_weights_and_says_so(tmp_path, capsys):
   out = tmp_path / "frames"
-  assert main(["a red fox", "--out", str(out), "--width", "32", "--height", "32", "--steps", "2", "2", "2"]) == 0
+  assert main(["a red fox", "--out", str(out), "--weights", "random", "--width", "32", "--height", "32",
+               "--steps", "2", "2", "2"]) == 0
   captured = capsys.readouterr()
   assert "RANDOM weights" in captured.err and "base frames" in captured.err
   assert sorted(os.listdir(out)) == [f"{i:04d}.png" for i in range(12)]
@@ -33,7 +34,8 @@ def test_writers_produce_whole_files(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["x", "--out", "{tmp}/v.gif", "--width", "48"], "multiples of 32"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--width", "48"], "multiples of 32"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--width", "0"], "multiples of 32"),
     (["x", "--out", "{tmp}/v.avi"], "use a .mp4 or .gif file"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none"], "no tokenizer"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none", "--tokenizer", "{tmp}/taken.gif"], "no such weights folder"),

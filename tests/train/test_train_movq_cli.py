@@ -43,7 +43,8 @@ def _export_and_sample(workdir, tmp_path, env):
   again = subprocess.run([sys.executable, "-m", "train.export", str(workdir), str(out)], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=600)
   assert again.returncode == 2 and "exists" in again.stderr
-  sampled = subprocess.run([sys.executable, "-m", "sample", "a red circle moving right", "--video-movq", str(out),
+  sampled = subprocess.run([sys.executable, "-m", "sample", "a red circle moving right", "--weights", "random",
+                            "--video-movq", str(out),
                             "--out", str(tmp_path / "video.gif"), "--fps", "low"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=600)
   assert sampled.returncode == 0, sampled.stderr[-3000:]

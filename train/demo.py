@@ -1,0 +1,168 @@
+"""Rebuilds the embedded demo from nothing: a synthetic world of moving shapes, its dataset, and every model of
+a small Kandinsky Video trained on it by kvjax, each stage one of the README's commands:
+
+  python -m train.demo OUT [--videos 900] [--parallel 2] [--install]
+
+Stages (OUT/<stage>.done marks a finished one; re-running the command resumes unfinished stages from their
+checkpoints and skips finished ones; stages whose inputs are ready run --parallel at once):
+  videos       python -m train.make_shapes OUT/videos ...         mp4 files and captions
+  prepared     python -m train.prepare_data OUT/videos OUT/prepared ...
+  init         python -m train.init_weights OUT/weights ...       random weights, tokenizer of the captions
+  image_movq   python -m train --config demo-image-movq ...        then train.export into OUT/weights/movq
+  video_movq   python -m train --config demo-video-movq ...        the temporal decoder, from the image MoVQ
+  keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
+  keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
+  interpolation  python -m train --config demo-interpolation ...
+  assemble     the exports (OUT/exports) join OUT/weights
+  check        python -m sample ... --weights OUT/weights           one video, to look at
+
+OUT/weights is then a complete weights folder (`python -m sample --weights OUT/weights`); --install copies
+it into the package (kvjax/demo/weights), the default of `python -m sample`. Commands are printed as they
+run; their output goes to OUT/logs/<stage>.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from kvjax.demo import DEMO_OPTIONS, DEMO_WEIGHTS, SAMPLING_DEFAULTS
+
+# Videos of 2 s at 24 fps, 256 px, prepared at 128 px (the default size filter keeps them): a 12-frame window 4 frames apart (45 source frames) fits in every clip.
+VIDEO_SECONDS, VIDEO_SIZE, FRAME_SIZE = 2.0, 256, 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  commands: tuple[tuple[str, ...], ...]  # argvs of `python -m ...`
+  after: tuple[str, ...] = ()  # stages that must finish first
+
+
+def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> list[Stage]:
+  """The recipe, in an order that respects `after`. UNet stages read the frozen encoders from OUT/weights
+  (random text encoder, the trained image MoVQ) and export to OUT/exports; `assemble` gathers them."""
+  v, p, w, x = (os.path.join(out, name) for name in ("videos", "prepared", "weights", "exports"))
+  run = lambda name: os.path.join(out, "runs", name)
+
+  def train(name, preset, weights, export_to, after, *extra) -> Stage:
+    cap = () if max_steps is None else ("--steps", str(max_steps))
+    return Stage(name, (("train", "--config", preset, "--data", p, "--weights", weights, "--workdir", run(name),
+                         *cap, *extra), ("train.export", run(name), export_to, "--overwrite")), after)
+
+  captions = os.path.join(v, "captions.jsonl")
+  return [
+      Stage("videos", (("train.make_shapes", v, "--videos", str(videos), "--seconds", str(VIDEO_SECONDS),
+                        "--size", str(VIDEO_SIZE), "--seed", str(seed), "--overwrite"),)),
+      Stage("prepared", (("train.prepare_data", v, p, "--captions", captions, "--short-side", str(FRAME_SIZE),
+                          "--workers", "2", "--seed", str(seed), "--no-progress"),), ("videos",)),
+      Stage("init", (("train.init_weights", w, "--pipeline", "demo", "--captions", captions, "--seed", str(seed),
+                      "--overwrite"),), ("videos",)),
+      train("image_movq", "demo-image-movq", os.path.join(w, "movq"), os.path.join(w, "movq"), ("prepared", "init")),
+      train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
+      train("keyframe_image", "demo-keyframe-image", w, os.path.join(x, "keyframe_image"), ("image_movq",)),
+      train("keyframe", "demo-keyframe", w, os.path.join(x, "keyframe"), ("keyframe_image",),
+            "--init", os.path.join(x, "keyframe_image")),
+      train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("image_movq",)),
+      Stage("assemble", (), ("video_movq", "keyframe", "interpolation")),
+      Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
+                       "--overwrite"),), ("assemble",)),
+  ]
+
+
+def assemble(out: str) -> None:
+  """Copies the exported models into OUT/weights, which then holds the whole pipeline, with the demo's
+  sampling defaults."""
+  import json
+  from kvjax.atomic import staged
+  with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
+    with open(staging, "w") as f:
+      json.dump(DEMO_OPTIONS, f, indent=1)
+  for export, folder in (("video_movq", "video_movq"), ("keyframe", "keyframe"), ("interpolation", "interpolation")):
+    with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
+      shutil.copytree(os.path.join(out, "exports", export), staging)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("out", help="working folder (created; re-run the same command to resume)")
+  p.add_argument("--videos", type=int, default=900, help="synthetic videos to make (triples of one scene)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--parallel", type=int, default=2, help="stages run at once when their inputs are ready (each "
+                 "training run keeps about one CPU core busy)")
+  p.add_argument("--max-steps", type=int, help="train every model for at most this many steps (a smoke run)")
+  p.add_argument("--install", action="store_true", help=f"copy the finished weights to {DEMO_WEIGHTS}")
+  return p
+
+
+def _run_stage(stage: Stage, out: str) -> subprocess.Popen | None:
+  """Starts a stage's commands in order (one shell-free chain in a child process), logging to its file."""
+  if not stage.commands:
+    return None
+  chain = " && ".join(shlex.join([sys.executable, "-m", *command]) for command in stage.commands)
+  log = open(os.path.join(out, "logs", f"{stage.name}.log"), "a")
+  for command in stage.commands:
+    print(f"[{stage.name}] python -m {shlex.join(command)}", file=sys.stderr, flush=True)
+  return subprocess.Popen(["/bin/sh", "-c", chain], stdout=log, stderr=subprocess.STDOUT)
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  if args.videos < 3 or args.parallel < 1:
+    print(f"error: --videos {args.videos} (at least 3: one scene at each speed) and --parallel {args.parallel} "
+          "(at least 1)", file=sys.stderr)
+    return 2
+  out = os.path.abspath(args.out)
+  os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+  total = time.perf_counter()
+  plan = stages(out, args.videos, args.seed, args.max_steps)
+  done = {s.name for s in plan if os.path.exists(os.path.join(out, f"{s.name}.done"))}
+  for name in sorted(done):
+    print(f"[{name}] done earlier", file=sys.stderr)
+  running: dict[str, tuple[subprocess.Popen | None, float]] = {}
+  failed = None
+  while len(done) < len(plan) and failed is None:
+    for stage in plan:
+      ready = stage.name not in done and stage.name not in running and all(a in done for a in stage.after)
+      if ready and len(running) < args.parallel:
+        running[stage.name] = (_run_stage(stage, out), time.perf_counter())
+    time.sleep(0.2)
+    for name, (process, started) in list(running.items()):
+      if process is not None and process.poll() is None:
+        continue
+      del running[name]
+      if process is not None and process.returncode:
+        failed = (name, process.returncode)
+        continue
+      if name == "assemble":
+        assemble(out)
+      with open(os.path.join(out, f"{name}.done"), "w") as f:
+        f.write(f"{time.perf_counter() - started:.0f} s\n")
+      done.add(name)
+      print(f"[{name}] finished in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+  for process, _ in running.values():
+    if process is not None:
+      process.wait()
+  if failed is not None:
+    name, code = failed
+    print(f"error: stage {name} failed (exit {code}); see {os.path.join(out, 'logs', name + '.log')}; re-run the "
+          "same command to resume", file=sys.stderr)
+    return code
+  print(f"demo ready in {os.path.join(out, 'weights')} ({time.perf_counter() - total:.0f} s this run)", file=sys.stderr)
+  if args.install:
+    from kvjax.atomic import staged
+    with staged(DEMO_WEIGHTS, overwrite=True, folder=False) as staging:
+      shutil.copytree(os.path.join(out, "weights"), staging)
+    print(f"installed into {DEMO_WEIGHTS}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
