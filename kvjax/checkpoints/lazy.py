@@ -41,7 +41,11 @@ class LazyTensor:
     """
     if self.span == 0 or self.size == 0:
       return np.zeros(self.shape, dtype or self.dtype)
-    mapped = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.span,))
+    try:
+      mapped = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.span,))
+    except (OSError, ValueError) as e:  # e.g. the file was cut short or replaced after it was read
+      raise CheckpointError(f"{self.path}: cannot read tensor {self.name or f'at byte {self.offset}'}: "
+                            f"{e}") from None
     try:
       itemsize = self.dtype.itemsize
       view = np.lib.stride_tricks.as_strided(mapped, self.shape, tuple(s * itemsize for s in self.strides),
@@ -52,15 +56,17 @@ class LazyTensor:
       del mapped
 
 
-def flatten_state_dict(tree: Any, prefix: str = "") -> dict[str, LazyTensor]:
-  """Nested dicts of tensors -> {'a.b.c': tensor}; anything that is neither is an error."""
+def flatten_state_dict(tree: Any, prefix: str = "", *, source: str = "") -> dict[str, LazyTensor]:
+  """Nested dicts of tensors -> {'a.b.c': tensor}; anything that is neither is an error (naming `source`,
+  the file, when given)."""
   if isinstance(tree, LazyTensor):
     return {prefix: tree}
+  where = f"{source}: " if source else ""
   if isinstance(tree, dict):
     flat = {}
     for key, value in tree.items():
       if not isinstance(key, str):
-        raise CheckpointError(f"non-string key {key!r} under {prefix or 'the root'}")
-      flat.update(flatten_state_dict(value, f"{prefix}.{key}" if prefix else key))
+        raise CheckpointError(f"{where}non-string key {key!r:.100} under {prefix or 'the root'}")
+      flat.update(flatten_state_dict(value, f"{prefix}.{key}" if prefix else key, source=source))
     return flat
-  raise CheckpointError(f"{prefix or 'the root'} holds a {type(tree).__name__}, not a tensor or a dict")
+  raise CheckpointError(f"{where}{prefix or 'the root'} holds a {type(tree).__name__}, not a tensor or a dict")

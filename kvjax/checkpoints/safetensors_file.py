@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -16,7 +17,20 @@ _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
-_MAX_HEADER = 100 * 2**20
+_MAX_HEADER = 100 * 2**20  # the safetensors library's own bound
+_MAX_NDIM = 32
+
+
+def _unique_keys(pairs):
+  counts = collections.Counter(k for k, _ in pairs)
+  if len(counts) != len(pairs):
+    twice = sorted(k for k, n in counts.items() if n > 1)
+    raise CheckpointError(f"the header names {', '.join(map(repr, twice[:5]))} more than once")
+  return dict(pairs)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_safetensors(path: str) -> dict[str, LazyTensor]:
@@ -26,12 +40,18 @@ def read_safetensors(path: str) -> dict[str, LazyTensor]:
     if len(prefix) < 8:
       raise CheckpointError(f"{path}: truncated safetensors file")
     (header_size,) = struct.unpack("<Q", prefix)
-    if header_size > min(_MAX_HEADER, file_size - 8):
-      raise CheckpointError(f"{path}: safetensors header of {header_size} bytes does not fit in the file")
+    if header_size > file_size - 8:
+      raise CheckpointError(f"{path}: safetensors header of {header_size} bytes does not fit in the file "
+                            f"({file_size} bytes)")
+    if header_size > _MAX_HEADER:
+      raise CheckpointError(f"{path}: safetensors header of {header_size} bytes, more than the "
+                            f"{_MAX_HEADER} accepted")
     try:
-      header = json.loads(f.read(header_size))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      header = json.loads(f.read(header_size), object_pairs_hook=_unique_keys)
+    except CheckpointError as e:
       raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+      raise CheckpointError(f"{path}: corrupt safetensors header: {type(e).__name__}: {e}"[:500]) from None
   if not isinstance(header, dict):
     raise CheckpointError(f"{path}: corrupt safetensors header")
   header.pop("__metadata__", None)
@@ -39,14 +59,26 @@ def read_safetensors(path: str) -> dict[str, LazyTensor]:
   tensors = {}
   for name, entry in header.items():
     try:
-      dtype = np.dtype(_DTYPES[entry["dtype"]])
-      shape = tuple(int(s) for s in entry["shape"])
-      begin, end = (int(o) for o in entry["data_offsets"])
-    except (KeyError, TypeError, ValueError) as e:
+      dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    except (KeyError, TypeError) as e:
       raise CheckpointError(f"{path}: bad header entry for {name!r}: {e!r}") from None
+    if dtype_name not in _DTYPES:
+      raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype_name!r:.50}, which kvjax does not read "
+                            f"({', '.join(_DTYPES)})")
+    if (not isinstance(shape, list) or len(shape) > _MAX_NDIM
+        or not all(_is_int(s) and s >= 0 for s in shape)):
+      raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r:.200}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+      raise CheckpointError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r:.200}")
+    dtype, shape = np.dtype(_DTYPES[dtype_name]), tuple(shape)
+    begin, end = offsets
     size = math.prod(shape)
-    if end - begin != size * dtype.itemsize or begin < 0 or data_start + end > file_size:
-      raise CheckpointError(f"{path}: tensor {name!r} lies outside the file or has the wrong byte count")
+    if not 0 <= begin <= end or data_start + end > file_size:
+      raise CheckpointError(f"{path}: tensor {name!r} lies outside the file (bytes {begin} to {end} of the "
+                            f"{file_size - data_start} after the header)")
+    if end - begin != size * dtype.itemsize:
+      raise CheckpointError(f"{path}: tensor {name!r} has the wrong byte count: {end - begin} bytes for "
+                            f"shape {shape} of {dtype_name}")
     strides = tuple(int(math.prod(shape[i + 1:])) for i in range(len(shape)))
     tensors[name] = LazyTensor(path=path, offset=data_start + begin, dtype=dtype, shape=shape,
                                strides=strides, span=size, name=name)
