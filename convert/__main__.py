@@ -5,6 +5,9 @@
   python -m convert all RELEASE_DIR OUT_DIR [--t5 T5_DIR] [--dtype ...]
   python -m convert lpips vgg.pth OUT_DIR --vgg vgg16-397923af.pth   (or one lpips.LPIPS state dict)
   python -m convert verify FIXTURE_DIR
+
+Tensors holding NaN or Inf, and tensors stored as integers or bools (every parameter is floating point),
+are refused by name; --allow-nonfinite and --allow-integer-weights convert them (with a warning).
 """
 
 from __future__ import annotations
@@ -17,6 +20,23 @@ import ml_dtypes
 import numpy as np
 
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
+
+
+def _add_weight_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--allow-nonfinite", action="store_true", help="convert tensors holding NaN or Inf (or values "
+                 "the output dtype cannot hold) as they are, with a warning naming them; refused by default")
+  p.add_argument("--allow-integer-weights", action="store_true", help="cast tensors stored as integers or "
+                 "bools to the float parameters they fill, with a warning naming them; refused by default")
+
+
+def _policy(args):
+  from kvjax.conversion.state_dict import WeightPolicy
+  return WeightPolicy(allow_nonfinite=args.allow_nonfinite, allow_integer=args.allow_integer_weights)
+
+
+def _warn(policy) -> None:
+  for warning in policy.warnings:
+    print(f"warning: {warning}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                    "production preset")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _add_weight_flags(p)
   p = commands.add_parser("all", help="convert a whole release folder (t2v.pt, interpolation.pt, movq.pt, "
                           "video_movq.pt, t5_projections.pt, configs.json and a T5 folder)")
   p.add_argument("src", help="the release folder")
@@ -40,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--t5", help="the Hugging Face T5 folder (default: the sub-folder of SRC with a T5 config.json)")
   p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  _add_weight_flags(p)
   p = commands.add_parser("lpips", help="convert LPIPS (net='vgg') weights for the MoVQ trainer's perceptual loss")
   p.add_argument("src", help="the lpips package's linear heads (lpips/weights/v0.1/vgg.pth), or the state dict "
                  "of a whole lpips.LPIPS(net='vgg')")
@@ -49,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default="lpips-vgg", help="LPIPS preset (default lpips-vgg)")
   p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  _add_weight_flags(p)
   p = commands.add_parser("verify", help="check conversions against reference outputs")
   p.add_argument("fixtures", help="a fixture folder (with manifest.json) or a folder of them")
   return parser
@@ -60,8 +83,10 @@ def _convert(args) -> int:
   from kvjax.params import count_params
   config, origin = resolve_config(args.command, args.src, args.config)
   start = time.perf_counter()
-  converted = COMMANDS[args.command].convert(args.src, config, DTYPES[args.dtype])
+  policy = _policy(args)
+  converted = COMMANDS[args.command].convert(args.src, config, DTYPES[args.dtype], policy=policy)
   out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
+  _warn(policy)
   print(f"converted {args.src} ({count_params(converted.params):,} parameters, config from {origin}, "
         f"{args.dtype}) -> {out} in {time.perf_counter() - start:.1f} s")
   return 0
@@ -75,8 +100,10 @@ def _convert_lpips(args) -> int:
   if args.config not in LPIPS_PRESETS:
     raise ValueError(f"--config {args.config!r}: an LPIPS preset, one of {', '.join(LPIPS_PRESETS)}")
   start = time.perf_counter()
-  converted = convert_lpips(args.src, LPIPS_PRESETS[args.config], DTYPES[args.dtype], vgg=args.vgg)
+  policy = _policy(args)
+  converted = convert_lpips(args.src, LPIPS_PRESETS[args.config], DTYPES[args.dtype], vgg=args.vgg, policy=policy)
   out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
+  _warn(policy)
   sources = f"{args.src} + {args.vgg}" if args.vgg else args.src
   left_out = int(converted.extras.get(IGNORED_COUNT, 0))
   note = f", {left_out} classifier tensors left out" if left_out else ""
@@ -88,7 +115,10 @@ def _convert_lpips(args) -> int:
 def _convert_all(args) -> int:
   from kvjax.conversion.release import convert_release
   start = time.perf_counter()
-  out = convert_release(args.src, args.out, DTYPES[args.dtype], t5_dir=args.t5, overwrite=args.overwrite)
+  policy = _policy(args)
+  out = convert_release(args.src, args.out, DTYPES[args.dtype], t5_dir=args.t5, overwrite=args.overwrite,
+                        policy=policy)
+  _warn(policy)
   print(f"converted the release {args.src} ({args.dtype}) -> {out} in {time.perf_counter() - start:.1f} s")
   return 0
 
@@ -110,7 +140,7 @@ def main(argv=None) -> int:
   try:
     run = {"verify": _verify, "all": _convert_all, "lpips": _convert_lpips}.get(args.command, _convert)
     return run(args)
-  except (CheckpointError, ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
+  except (CheckpointError, ConversionError, OSError, ValueError) as e:  # OSError: missing, existing, unreadable
     print(f"error: {e}", file=sys.stderr)
     return 2
 

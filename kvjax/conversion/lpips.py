@@ -20,7 +20,7 @@ import numpy as np
 
 from kvjax.checkpoints import CheckpointError, LazyTensor, flatten_state_dict, read_checkpoint
 from kvjax.configs import LPIPSConfig
-from kvjax.conversion.state_dict import ConversionError, convert_state_dict
+from kvjax.conversion.state_dict import ConversionError, WeightPolicy, convert_state_dict
 from kvjax.conversion.store import ConvertedModel
 from kvjax.models.lpips import SCALE, SHIFT, vgg_feature_indices
 
@@ -33,7 +33,7 @@ def _read_state(path: str) -> dict[str, LazyTensor]:
   state = read_checkpoint(path)
   if not isinstance(state, dict):
     raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-  return flatten_state_dict(state)
+  return flatten_state_dict(state, source=path)
 
 
 def _check_scaling(state: dict[str, LazyTensor], src: str) -> None:
@@ -41,8 +41,11 @@ def _check_scaling(state: dict[str, LazyTensor], src: str) -> None:
   for name, expected in (("shift", SHIFT), ("scale", SCALE)):
     key = f"scaling_layer.{name}"
     if key in state:
-      value = state.pop(key).numpy(np.float32).reshape(-1)
-      if value.shape != (3,) or not np.allclose(value, expected, rtol=0, atol=1e-6):
+      tensor = state.pop(key)
+      if tensor.size != 3:  # checked before reading: a crafted shape could be huge
+        raise ConversionError(f"{src}: {key} has shape {tuple(tensor.shape)}, LPIPS uses {list(expected)}")
+      value = tensor.numpy(np.float32).reshape(-1)
+      if not np.allclose(value, expected, rtol=0, atol=1e-6):
         raise ConversionError(f"{src}: {key} is {value.tolist()}, LPIPS uses {list(expected)}")
 
 
@@ -75,7 +78,8 @@ def _vgg_backbone(vgg: str, config: LPIPSConfig) -> tuple[dict[str, LazyTensor],
   return state, ignored
 
 
-def convert_lpips(src: str, config: LPIPSConfig, dtype: Any = np.float32, vgg: str | None = None) -> ConvertedModel:
+def convert_lpips(src: str, config: LPIPSConfig, dtype: Any = np.float32, vgg: str | None = None, *,
+                  policy: WeightPolicy | None = None) -> ConvertedModel:
   """`src`: a whole `lpips.LPIPS(net='vgg')` state dict, or with `vgg` (torchvision's VGG16 state dict)
   the package's heads file. Heads must be non-negative, as the package's training keeps them."""
   state = _read_state(src)
@@ -90,7 +94,7 @@ def convert_lpips(src: str, config: LPIPSConfig, dtype: Any = np.float32, vgg: s
     what = f"{src} + {vgg}"
     if ignored:
       extras[IGNORED_COUNT] = np.asarray(ignored, np.int64)
-  params = convert_state_dict(state, config, dtype, what=what)
+  params = convert_state_dict(state, config, dtype, what=what, policy=policy)
   negative = [f"lin{k}" for k in range(len(config.widths))
               if np.any(np.asarray(params[f"lin{k}"]["model_1"]["kernel"], np.float32) < 0)]
   if negative:

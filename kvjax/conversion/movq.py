@@ -8,15 +8,16 @@ import numpy as np
 
 from kvjax.checkpoints import CheckpointError, flatten_state_dict, read_checkpoint
 from kvjax.configs import MoVQConfig
-from kvjax.conversion.state_dict import convert_state_dict
+from kvjax.conversion.state_dict import WeightPolicy, convert_state_dict
 from kvjax.conversion.store import ConvertedModel
 
 
-def convert_movq(src: str, config: MoVQConfig, dtype: Any = np.float32) -> ConvertedModel:
+def convert_movq(src: str, config: MoVQConfig, dtype: Any = np.float32, *,
+                 policy: WeightPolicy | None = None) -> ConvertedModel:
   """Strict: the video file's encoder and quant convs (unused by the pipeline) are converted too."""
   state = read_checkpoint(src)
-  if not isinstance(state, dict) or "encoder.conv_in.weight" not in flatten_state_dict(state):
+  if not isinstance(state, dict) or "encoder.conv_in.weight" not in flatten_state_dict(state, source=src):
     raise CheckpointError(f"{src}: expected a MoVQ state dict (encoder.*, decoder.*, quant_conv.*, "
-                          f"post_quant_conv.*), found {sorted(state)[:5] if isinstance(state, dict) else type(state).__name__}")
-  params = convert_state_dict(flatten_state_dict(state), config, dtype, what=src)
+                          f"post_quant_conv.*), found {sorted(map(str, state))[:5] if isinstance(state, dict) else type(state).__name__}")
+  params = convert_state_dict(flatten_state_dict(state, source=src), config, dtype, what=src, policy=policy)
   return ConvertedModel(config.kind, config, params)

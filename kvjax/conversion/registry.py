@@ -18,7 +18,7 @@ from kvjax.conversion.unet import convert_unet
 @dataclasses.dataclass(frozen=True)
 class Converter:
   kind: str  # model kind, as written in converted checkpoints and fixture manifests
-  convert: Callable[..., ConvertedModel]  # (src, config, dtype) -> ConvertedModel
+  convert: Callable[..., ConvertedModel]  # (src, config, dtype, *, policy=None) -> ConvertedModel
   preset: str  # production preset used when no configuration is given
   section: str  # section of the official configs.json
   release_file: str  # name of the checkpoint in the official release

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from kvjax.atomic import staged
 from kvjax.conversion.registry import COMMANDS, resolve_config
+from kvjax.conversion.state_dict import WeightPolicy
 from kvjax.conversion.store import save_converted
 from kvjax.params import count_params
 
@@ -65,13 +66,14 @@ def output_name(command: str) -> str:
 
 
 def convert_release(src_dir: str, out_dir: str, dtype: Any, *, t5_dir: str | None = None,
-                    overwrite: bool = False, log: Callable[[str], None] = print) -> str:
+                    overwrite: bool = False, log: Callable[[str], None] = print,
+                    policy: WeightPolicy | None = None) -> str:
   sources = release_sources(src_dir, t5_dir)
   with staged(out_dir, overwrite=overwrite) as staging:
     for command, src in sources.items():
       start = time.perf_counter()
       config, origin = resolve_config(command, src)  # configs.json beside src when it has the section
-      converted = COMMANDS[command].convert(src, config, dtype)
+      converted = COMMANDS[command].convert(src, config, dtype, policy=policy)
       save_converted(converted, os.path.join(staging, output_name(command)), source=src)
       log(f"{command}: {src} ({count_params(converted.params):,} parameters, config from {origin}) "
           f"in {time.perf_counter() - start:.1f} s")

@@ -15,14 +15,14 @@ from typing import Any
 
 import flax.linen as nn
 import flax.traverse_util
-import jax
 import numpy as np
 
 from kvjax import params as kv_params
 from kvjax.checkpoints import CheckpointError, LazyTensor, flatten_state_dict, read_checkpoint
 from kvjax.configs import T5EncoderConfig, TextProjectionConfig
 from kvjax.conversion.naming import FlaxPath, to_flax_layout
-from kvjax.conversion.state_dict import ConversionError, convert_state_dict
+from kvjax.conversion.state_dict import (ConversionError, WeightPolicy, WeightReader, convert_state_dict,
+                                        read_weights)
 from kvjax.conversion.store import ConvertedModel
 from kvjax.models.text_projection import HEADS
 
@@ -97,7 +97,7 @@ def read_hf_state(src: str) -> dict[str, LazyTensor]:
     tensors = read_checkpoint(file)
     if not isinstance(tensors, dict):
       raise CheckpointError(f"{file}: expected a state dict, found a {type(tensors).__name__}")
-    tensors = flatten_state_dict(tensors)
+    tensors = flatten_state_dict(tensors, source=file)
     twice = sorted(set(tensors) & set(state))
     if twice:
       raise CheckpointError(f"{file}: tensors also found in another shard: {', '.join(twice)}")
@@ -155,11 +155,11 @@ def _match(state: dict[str, LazyTensor], expected: dict[FlaxPath, Any], what: st
 
 
 def convert_t5_encoder(src: str, config: T5EncoderConfig | None = None,
-                       dtype: Any = np.float32) -> ConvertedModel:
+                       dtype: Any = np.float32, *, policy: WeightPolicy | None = None) -> ConvertedModel:
   """Strict conversion of a Hugging Face T5 checkpoint; `config` defaults to the folder's config.json.
 
   Tensors are read one at a time (upcast to float32, laid out, cast to `dtype`), so peak memory stays near
-  the size of the output.
+  the size of the output. Integer-stored and non-finite tensors are refused unless `policy` allows them.
   """
   src = os.fspath(src)
   if config is None:
@@ -171,12 +171,8 @@ def convert_t5_encoder(src: str, config: T5EncoderConfig | None = None,
   state, ignored = _encoder_state(read_hf_state(src), src)
   expected = flax.traverse_util.flatten_dict(nn.unbox(kv_params.abstract_params(config)))
   by_path = _match(state, expected, src)
-  host = jax.devices("cpu")[0]
-  flat = {}
-  for path, key in by_path.items():
-    tensor = state[key].numpy(np.float32)
-    flat[path] = jax.device_put(np.ascontiguousarray(to_flax_layout(tensor, path, False), dtype=dtype), host)
-    del tensor
+  flat = read_weights(WeightReader(src, policy), {path: (key, state[key]) for path, key in by_path.items()},
+                      lambda path, tensor: to_flax_layout(tensor, path, False), dtype)
   extras = {IGNORED_COUNT: np.asarray(ignored, np.int64)} if ignored else {}
   return ConvertedModel(config.kind, config, flax.traverse_util.unflatten_dict(flat), extras)
 
@@ -192,18 +188,19 @@ def read_projection_config(values: dict[str, Any], src: str | None = None) -> Te
   in_dim = None
   if src is not None:
     container = read_checkpoint(src)
-    weight = container.get(HEADS[0], {}).get("0.weight") if isinstance(container, dict) else None
+    head = container.get(HEADS[0]) if isinstance(container, dict) else None
+    weight = head.get("0.weight") if isinstance(head, dict) else None
     in_dim = weight.shape[-1] if isinstance(weight, LazyTensor) and len(weight.shape) == 2 else None
   return TextProjectionConfig.from_text_encoder_section(values["text_encoder"], in_dim)
 
 
-def convert_text_projections(src: str, config: TextProjectionConfig,
-                             dtype: Any = np.float32) -> ConvertedModel:
+def convert_text_projections(src: str, config: TextProjectionConfig, dtype: Any = np.float32, *,
+                             policy: WeightPolicy | None = None) -> ConvertedModel:
   """Strict conversion of `t5_projections.pt`: `{head: {'0.weight', '1.weight', '1.bias'}}` for both heads."""
   container = read_checkpoint(src)
   if not isinstance(container, dict) or set(container) != set(HEADS):
-    found = sorted(container) if isinstance(container, dict) else type(container).__name__
+    found = sorted(map(str, container)) if isinstance(container, dict) else type(container).__name__
     raise ConversionError(f"{src}: expected a dict with exactly the heads {', '.join(HEADS)} (the "
                           f"t5_projections.pt layout), found {found}")
-  params = convert_state_dict(flatten_state_dict(container), config, dtype, what=src)
+  params = convert_state_dict(flatten_state_dict(container, source=src), config, dtype, what=src, policy=policy)
   return ConvertedModel(config.kind, config, params)
