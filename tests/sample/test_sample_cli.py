@@ -40,6 +40,7 @@ def test_writers_produce_whole_files(tmp_path, suffix):
     (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none"], "no tokenizer"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none", "--tokenizer", "{tmp}/taken.gif"], "no such weights folder"),
     (["x", "--out", "{tmp}/taken.gif"], "exists; pass --overwrite"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/badweights"], "sampling.json: not JSON"),
     (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/taken.gif", "{tmp}/taken.gif"], "one image or one per prompt"),
     (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/missing.png"], "no such file"),
     (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/corrupt.png"], "not a readable image"),
@@ -47,6 +48,8 @@ def test_writers_produce_whole_files(tmp_path, suffix):
 def test_bad_arguments_are_named_and_leave_nothing(tmp_path, capsys, argv, message):
   (tmp_path / "taken.gif").write_bytes(b"keep")
   (tmp_path / "corrupt.png").write_bytes(b"\x89PNG garbage")
+  (tmp_path / "badweights").mkdir()
+  (tmp_path / "badweights" / "sampling.json").write_text("{width: 64")
   before = sorted(os.listdir(tmp_path))
   assert main([a.format(tmp=tmp_path) for a in argv]) == 2
   assert message in capsys.readouterr().err
