@@ -27,6 +27,9 @@ from kvjax.sharding import logical_init
 
 Dtype = Any
 
+# Latent frames predicted between each pair of key frames (the output is FRAMES_PER_GROUP x 4 channels).
+FRAMES_PER_GROUP = 3
+
 
 class TemporalBlendAttentionBlock(nn.Module):
   """Attention across groups at every position, then a feed-forward, each blended in by a gated scalar."""

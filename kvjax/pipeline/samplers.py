@@ -24,10 +24,10 @@ import jax.numpy as jnp
 from kvjax.diffusion import ddpm, guidance
 from kvjax.diffusion.loop import denoise
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER, SchedulerConfig, make_schedule
+from kvjax.models.interpolation_unet import FRAMES_PER_GROUP
 
 LATENT_CHANNELS = 4
 NUM_BASE_FRAMES = 12
-FRAMES_PER_GROUP = 3
 
 
 @dataclasses.dataclass(frozen=True)

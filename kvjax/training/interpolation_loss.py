@@ -19,9 +19,9 @@ import jax.numpy as jnp
 
 from kvjax.diffusion.ddpm import add_noise, velocity
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, make_schedule
+from kvjax.models.interpolation_unet import FRAMES_PER_GROUP
 from kvjax.training.augment import batch_pinning, drop_text, noise_augment, where_sample
 
-FRAMES_PER_GROUP = 3
 
 
 @dataclasses.dataclass(frozen=True)
