@@ -102,6 +102,24 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def install(weights: str, target: str = DEMO_WEIGHTS) -> None:
+  """Copies a demo weights folder into the package, every model's parameters in float16 (the shipped demo
+  must stay under 30 MB; the null embeddings and the tokenizer are copied as they are)."""
+  import jax
+  import numpy as np
+  from kvjax.atomic import staged
+  from kvjax.conversion.store import ConvertedModel, load_converted, save_converted
+  from kvjax.pipeline.weights import FOLDERS
+  with staged(target, overwrite=True) as staging:
+    for folder in FOLDERS.values():
+      model = load_converted(os.path.join(weights, folder))
+      half = jax.tree.map(lambda a: np.asarray(a, np.float16), model.params)
+      save_converted(ConvertedModel(model.kind, model.config, half, model.extras), os.path.join(staging, folder),
+                     source=f"{os.path.join(weights, folder)} in float16")
+    for name in ("spiece.model", SAMPLING_DEFAULTS):
+      shutil.copy(os.path.join(weights, name), os.path.join(staging, name))
+
+
 def _run_stage(stage: Stage, out: str) -> subprocess.Popen | None:
   """Starts a stage's commands in order (one shell-free chain in a child process), logging to its file."""
   if not stage.commands:
@@ -157,9 +175,7 @@ def main(argv=None) -> int:
     return code
   print(f"demo ready in {os.path.join(out, 'weights')} ({time.perf_counter() - total:.0f} s this run)", file=sys.stderr)
   if args.install:
-    from kvjax.atomic import staged
-    with staged(DEMO_WEIGHTS, overwrite=True, folder=False) as staging:
-      shutil.copytree(os.path.join(out, "weights"), staging)
+    install(os.path.join(out, "weights"))
     print(f"installed into {DEMO_WEIGHTS}", file=sys.stderr)
   return 0
 
