@@ -20,7 +20,7 @@ import sys
 import time
 
 from kvjax.diffusion.loop import SAMPLERS
-from kvjax.pipeline.config import FPS_PASSES, MOTION_SCORES, GenerationOptions
+from kvjax.pipeline.config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MOTION_SCORES, GenerationOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--tokenizer", help="SentencePiece model of FLAN-UL2 (spiece.model); default: WEIGHTS/spiece.model")
   p.add_argument("--fps", choices=sorted(FPS_PASSES), default=d.fps, help="low: 12 frames, medium: 45, high: 177")
   p.add_argument("--motion", choices=list(MOTION_SCORES), help=f"default {d.motion} (the demo: its own)")
-  p.add_argument("--width", type=int, help="video width (default 512; 64 for the demo and random weights)")
+  p.add_argument("--width", type=int, help="video width (default 512; 64 for the demo and random weights; at most "
+                 f"{MAX_SIDE}, and {MAX_FRAME_PIXELS} pixels a frame)")
   p.add_argument("--height", type=int, help="video height (default 512; 64 for the demo and random weights)")
   p.add_argument("--key-frame-guidance", type=float, default=d.key_frame_guidance_scale)
   p.add_argument("--text-guidance", type=float, default=d.guidance_weight_prompt)
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--sampler", choices=SAMPLERS,
                  help=f"{d.sampler} (default) is the reference; ddim and dpm_solver_pp are faster (not the "
                  "reference; the demo uses ddim)")
-  p.add_argument("--seed", type=int, default=d.seed)
+  p.add_argument("--seed", type=int, default=d.seed, help="in [0, 2**32)")
   p.add_argument("--bf16", action="store_true", help="compute the UNets in bfloat16")
   p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
   return p
@@ -65,22 +66,24 @@ def _outputs(out: str, count: int) -> list[str]:
 
 
 def _images(paths, count):
-  from PIL import Image, UnidentifiedImageError
+  from kvjax.pipeline.images import open_image
   if paths is None:
     return None
   if len(paths) not in (1, count):
     raise ValueError(f"--image: give one image or one per prompt ({count}), got {len(paths)}")
-  images = []
-  for path in paths:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"--image {path}: no such file")
-    try:
-      with Image.open(path) as image:
-        image.load()
-        images.append(image.copy())
-    except (UnidentifiedImageError, OSError) as e:
-      raise ValueError(f"--image {path}: not a readable image ({e})") from None
+  images = [open_image(path, "--image") for path in paths]  # any mode and bit depth; bounded size
   return images * count if len(images) == 1 else images
+
+
+def _check_prompts(prompts) -> None:
+  for i, prompt in enumerate(prompts):
+    where = f"prompt {i + 1}" if len(prompts) > 1 else "the prompt"
+    if not prompt.strip():
+      raise ValueError(f"{where} is empty; describe the video, e.g. \"a red fox running through snow\"")
+    try:
+      prompt.encode("utf-8")
+    except UnicodeEncodeError:
+      raise ValueError(f"{where} is not valid text (bytes that are not UTF-8): {prompt!r}") from None
 
 
 def _model_overrides(args) -> dict[str, str]:
@@ -111,20 +114,22 @@ def _sampling_defaults(weights_dir: str) -> dict:
   fields = {f.name for f in dataclasses.fields(GenerationOptions)}
   if not isinstance(values, dict) or set(values) - fields:
     raise ValueError(f"{path}: expected an object of generation options ({', '.join(sorted(fields))})")
+  try:
+    GenerationOptions(**values).check_size()  # bad values are the file's errors, not the flags'
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
   print(f"defaults from {path}: {', '.join(f'{k} {v}' for k, v in values.items())}", file=sys.stderr)
   return values
 
 
 def run(args) -> int:
-  import jax.numpy as jnp
-  from sample.writers import check_output_path, write_frames
+  from sample.writers import check_output_path, write_videos
   from kvjax.pipeline.config import PIPELINE_PRESETS
-  from kvjax.pipeline.text_to_video import TextToVideo
-  from kvjax.pipeline.weights import random_weights, with_models
 
   outputs = _outputs(args.out, len(args.prompts))
-  for out in outputs:  # fail before any work on a bad or taken output path
+  for out in outputs:  # fail before any work on a bad, taken or unwritable output path
     check_output_path(out, args.overwrite)
+  _check_prompts(args.prompts)
   images = _images(args.image, len(args.prompts))
   from kvjax import demo
   weights_dir = args.weights
@@ -135,6 +140,23 @@ def run(args) -> int:
             "--install` makes them)", file=sys.stderr)
   random = weights_dir == "random"
   defaults = {} if random else _sampling_defaults(weights_dir)
+  if random:
+    defaults = dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
+  given = dict(width=args.width, height=args.height, sampler=args.sampler, motion=args.motion,
+               **({} if args.steps is None else dict(key_frame_steps=args.steps[0], base_frame_steps=args.steps[1],
+                                                     interpolation_steps=args.steps[2])))
+  # Every option is checked (sizes included) before weights are loaded or anything is compiled.
+  options = GenerationOptions(**{**defaults, **{k: v for k, v in given.items() if v is not None}},
+      fps=args.fps,
+      key_frame_guidance_scale=args.key_frame_guidance, guidance_weight_prompt=args.text_guidance,
+      guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
+      noise_augmentation=args.noise_augmentation, seed=args.seed)
+  options.check_size(PIPELINE_PRESETS["tiny"] if random else None)
+  overrides = _model_overrides(args)
+
+  import jax.numpy as jnp
+  from kvjax.pipeline.text_to_video import TextToVideo
+  from kvjax.pipeline.weights import random_weights, with_models
   if weights_dir == demo.DEMO_WEIGHTS:
     print(f"weights: the embedded demo ({weights_dir}): a small model kvjax trained on moving shapes, "
           f"{defaults.get('width')}x{defaults.get('height')}; pass --weights for others", file=sys.stderr)
@@ -144,7 +166,7 @@ def run(args) -> int:
           file=sys.stderr)
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
     config = PIPELINE_PRESETS["tiny"]
-    config, weights = with_models(config, random_weights(config, args.seed), _model_overrides(args))
+    config, weights = with_models(config, random_weights(config, args.seed), overrides)
     tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, config.tokens_length)
   else:
     from kvjax.pipeline.weights import load_pipeline_weights
@@ -152,18 +174,8 @@ def run(args) -> int:
     tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    config, weights = load_pipeline_weights(weights_dir, overrides=_model_overrides(args))
+    config, weights = load_pipeline_weights(weights_dir, overrides=overrides)
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
-  if random:
-    defaults = dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
-  given = dict(width=args.width, height=args.height, sampler=args.sampler, motion=args.motion,
-               **({} if args.steps is None else dict(key_frame_steps=args.steps[0], base_frame_steps=args.steps[1],
-                                                     interpolation_steps=args.steps[2])))
-  options = GenerationOptions(**{**defaults, **{k: v for k, v in given.items() if v is not None}},
-      fps=args.fps,
-      key_frame_guidance_scale=args.key_frame_guidance, guidance_weight_prompt=args.text_guidance,
-      guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
-      noise_augmentation=args.noise_augmentation, seed=args.seed)
   options.check_size(config)
   pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32)
   start = time.perf_counter()
@@ -174,18 +186,20 @@ def run(args) -> int:
 
   report = lambda stage, seconds: print(f"\r  {stage:<18} {'done':<32} {seconds:7.1f} s", file=sys.stderr)
   videos = pipeline(args.prompts, options, images, progress=report, step_progress=bar)
+  write_videos(videos, outputs, overwrite=args.overwrite)  # all of them or none
   for video, out in zip(videos, outputs):
-    write_frames(video, out, overwrite=args.overwrite)
     print(f"wrote {out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]}")
   print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
   return 0
 
 
 def main(argv=None) -> int:
+  from kvjax.atomic import sigterm_unwinds
   args = _parser().parse_args(argv)
   try:
-    return run(args)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    with sigterm_unwinds():  # a `kill` while writing leaves no staging behind
+      return run(args)
+  except (FileNotFoundError, FileExistsError, ValueError) as e:  # OutputError (unwritable outputs) too
     print(f"error: {e}", file=sys.stderr)
     return 2
 

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 from kvjax import configs
 from kvjax.diffusion.loop import SAMPLERS
 
 MOTION_SCORES = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
 FPS_PASSES = {"low": (), "medium": (3,), "high": (3, 1)}  # skip-frame index of each interpolation pass
+
+# Bounds of one generation, checked before any work (GenerationOptions.check_size and __post_init__).
+# The key frame is drawn at twice each side of the video: at 2048x2048 that is 4096x4096 pixels, a 512x512
+# latent whose first self-attention level (256x256 = 65536 tokens) needs 16 GiB per head and image for its
+# attention scores alone in fp32, past one accelerator's memory; so 16x the reference's 512x512 is the
+# most pixels a frame, and 4096 px the longest side (wide or tall videos of that area).
+MAX_FRAME_PIXELS = 2048 * 2048
+MAX_SIDE = 4096
+MAX_STEPS = 1000  # the schedulers' training timesteps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +87,15 @@ class GenerationOptions:
   seed: int = 0
 
   def __post_init__(self):
+    for name, kind in (("width", numbers.Integral), ("height", numbers.Integral),
+                       ("key_frame_steps", numbers.Integral), ("base_frame_steps", numbers.Integral),
+                       ("interpolation_steps", numbers.Integral), ("noise_augmentation", numbers.Integral),
+                       ("seed", numbers.Integral), ("key_frame_guidance_scale", numbers.Real),
+                       ("guidance_weight_prompt", numbers.Real), ("guidance_weight_image", numbers.Real),
+                       ("interpolation_guidance_scale", numbers.Real)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{name} must be {'a number' if kind is numbers.Real else 'an integer'}, got {value!r}")
     if self.fps not in FPS_PASSES:
       raise ValueError(f"fps must be one of {', '.join(FPS_PASSES)}, got {self.fps!r}")
     if self.motion not in MOTION_SCORES:
@@ -83,14 +103,40 @@ class GenerationOptions:
     if self.sampler not in SAMPLERS:
       raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
     if not 0 <= self.noise_augmentation < 1000:
-      raise ValueError(f"noise_augmentation is a timestep in [0, 1000), got {self.noise_augmentation}")
+      raise ValueError(f"noise_augmentation (--noise-augmentation) is a timestep in [0, 1000), got {self.noise_augmentation}")
+    steps = {"key_frame_steps": self.key_frame_steps, "base_frame_steps": self.base_frame_steps,
+             "interpolation_steps": self.interpolation_steps}
+    bad = {name: value for name, value in steps.items() if not 1 <= value <= MAX_STEPS}
+    if bad:
+      raise ValueError(f"denoising steps (--steps KEY BASE INTERP) must be in [1, {MAX_STEPS}], got "
+                       + ", ".join(f"{name} {value}" for name, value in bad.items()))
+    if not 0 <= self.seed < 2 ** 32:  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
+      raise ValueError(f"seed (--seed) must be in [0, 2**32), got {self.seed}")
+    guidance = {"key_frame_guidance_scale": "--key-frame-guidance", "guidance_weight_prompt": "--text-guidance",
+                "guidance_weight_image": "--image-guidance", "interpolation_guidance_scale": "--interpolation-guidance"}
+    bad = [f"{name} ({flag}) {getattr(self, name)}" for name, flag in guidance.items()
+           if not math.isfinite(getattr(self, name))]
+    if bad:
+      raise ValueError(f"guidance weights must be finite numbers, got {', '.join(bad)}")
 
   @property
   def motion_score(self) -> int:
     return MOTION_SCORES[self.motion]
 
-  def check_size(self, config: PipelineConfig) -> None:
+  def check_size(self, config: PipelineConfig | None = None) -> None:
+    """Refuses a video size the pipeline cannot make, before any work: sides must be positive, at most
+    MAX_SIDE, the frame at most MAX_FRAME_PIXELS (the key frame is drawn at twice each side), and, given the
+    pipeline's config, multiples of its size_multiple."""
+    size = f"{self.width}x{self.height}"
+    if self.width <= 0 or self.height <= 0:
+      m = f" multiples of {config.size_multiple}" if config is not None else ""
+      raise ValueError(f"width and height (--width, --height) must be positive{m}, got {size}")
+    if max(self.width, self.height) > MAX_SIDE or self.width * self.height > MAX_FRAME_PIXELS:
+      raise ValueError(f"width and height (--width, --height) {size} are too large: at most {MAX_SIDE} px a side "
+                       f"and {MAX_FRAME_PIXELS} pixels a frame (2048x2048); the reference size is 512x512")
+    if config is None:
+      return
     m = config.size_multiple
-    if self.width <= 0 or self.height <= 0 or self.width % m or self.height % m:
-      raise ValueError(f"width and height must be positive multiples of {m} for this pipeline, got "
-                       f"{self.width}x{self.height}")
+    if self.width % m or self.height % m:
+      raise ValueError(f"width and height (--width, --height) must be positive multiples of {m} for this "
+                       f"pipeline, got {size}")
