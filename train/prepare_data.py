@@ -7,6 +7,7 @@ Re-running with the same OUT_DIR skips finished work; the summary table is print
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from kvjax.data import filters, motion, prepare, scenes, transforms
@@ -46,15 +47,33 @@ def config_from_args(args: argparse.Namespace) -> prepare.PrepareConfig:
       motion=motion.MotionConfig(method=args.motion, raft_weights=args.raft_weights, raft_variant=args.raft_variant))
 
 
+def check_args(args: argparse.Namespace) -> None:
+  """Refuses option values no video can be prepared with, before any work."""
+  positive = {"--workers": args.workers, "--max-clip-seconds": args.max_clip_seconds,
+              "--scene-threshold": args.scene_threshold, "--short-side": args.short_side, "--fps": args.fps}
+  non_negative = {"--seed": args.seed, "--min-seconds": args.min_seconds, "--min-area": args.min_area,
+                  "--min-side": args.min_side, "--min-fps": args.min_fps}
+  for flag, value in positive.items():
+    if not (math.isfinite(value) and value > 0):
+      raise ValueError(f"{flag} must be positive, got {value}")
+  for flag, value in non_negative.items():
+    if not (math.isfinite(value) and value >= 0):
+      raise ValueError(f"{flag} must be zero or more, got {value}")
+
+
 def main(argv=None) -> int:
+  from kvjax.atomic import sigterm_unwinds
   args = parse_args(argv)
   if args.no_progress:
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # the dataset writer's bars
   try:
-    summary = prepare.prepare(args.src_dir, args.out_dir, captions_path=args.captions, config=config_from_args(args),
-                              workers=args.workers, seed=args.seed, progress=not args.no_progress)
-  except (FileNotFoundError, CaptionsError, ValueError, ImportError) as e:
+    check_args(args)
+    with sigterm_unwinds():  # a `kill` keeps the finished clips and leaves no staging behind
+      summary = prepare.prepare(args.src_dir, args.out_dir, captions_path=args.captions,
+                                config=config_from_args(args), workers=args.workers, seed=args.seed,
+                                progress=not args.no_progress)
+  except (FileNotFoundError, CaptionsError, ValueError, ImportError) as e:  # OutputError (unwritable) too
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(summary.table())

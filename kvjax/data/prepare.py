@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -22,12 +23,13 @@ import logging
 import multiprocessing
 import os
 import re
+import stat
 import sys
 from typing import Callable
 
 import numpy as np
 
-from kvjax.atomic import staged
+from kvjax.atomic import OutputError, check_writable, remove_leftovers, staged
 from kvjax.data import captions as captions_lib
 from kvjax.data import filters, motion, scenes, transforms, video_io
 from kvjax.data.dataset import ClipMeta, encode_jpeg, load_clip_meta, save_clip, write_dataset
@@ -90,13 +92,69 @@ class Summary:
     return "\n".join(lines)
 
 
-def find_sources(src_dir: str) -> list[str]:
-  """Video files below src_dir (by suffix), as sorted relative paths."""
+def _source_problem(path: str) -> str | None:
+  """Why the file at `path` cannot be a source (a dangling symlink, a symlink loop, not a regular file), if so."""
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    if os.path.islink(path):
+      return f"{path}: a dangling symlink (to {os.readlink(path)}, which does not exist)"
+    return f"{path}: no longer exists"
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      return f"{path}: a symlink loop (its links never reach a file)"
+    return f"{path}: cannot read it ({e.strerror or e})"
+  if not stat.S_ISREG(mode):
+    return f"{path}: not a regular file (a folder, pipe, device or socket)"
+  return None
+
+
+def find_sources(src_dir: str, errors: list[SourceResult] | None = None) -> list[str]:
+  """Video files below src_dir (by suffix, following symlinked folders), as sorted relative paths. Entries
+  that cannot be sources (dangling symlinks, symlink loops, special files, unreadable folders, a folder
+  reached twice through symlinks) are left out, each as an error result appended to `errors`."""
+  errors = [] if errors is None else errors
+  src_dir = os.path.normpath(src_dir)
   found = []
-  for folder, subfolders, names in os.walk(src_dir):
+
+  def error(path: str, message: str) -> None:
+    errors.append(SourceResult(source=os.path.relpath(path, src_dir), fingerprint="", error=message))
+
+  def unreadable(e: OSError) -> None:
+    error(e.filename, f"{e.filename}: cannot read the folder ({e.strerror or e}); its videos are skipped")
+
+  first_seen = {}  # (device, inode) of each folder searched -> its path
+  try:
+    root = os.stat(src_dir)
+    first_seen[(root.st_dev, root.st_ino)] = src_dir
+  except OSError:
+    pass
+  for folder, subfolders, names in os.walk(src_dir, onerror=unreadable, followlinks=True):
     subfolders.sort()
-    found += [os.path.relpath(os.path.join(folder, name), src_dir) for name in names
-              if name.lower().endswith(VIDEO_SUFFIXES) and not name.startswith(".")]
+    for sub in list(subfolders):
+      path = os.path.join(folder, sub)
+      try:
+        info = os.stat(path)
+      except OSError as e:
+        subfolders.remove(sub)
+        error(path, f"{path}: cannot read the folder ({e.strerror or e}); its videos are skipped")
+        continue
+      earlier = first_seen.setdefault((info.st_dev, info.st_ino), path)
+      if earlier != path:
+        subfolders.remove(sub)
+        inside = path.startswith(earlier + os.sep)
+        error(path, f"{path}: a symlink loop (leads back to {earlier}); skipped" if inside else
+              f"{path}: the same folder as {earlier} (a symlink); searched once, as {earlier}")
+    for name in names:
+      if not name.lower().endswith(VIDEO_SUFFIXES) or name.startswith("."):
+        continue
+      path = os.path.join(folder, name)
+      problem = _source_problem(path)
+      if problem:
+        error(path, problem)
+      else:
+        found.append(os.path.relpath(path, src_dir))
+  errors.sort(key=lambda result: result.source)
   return sorted(found)
 
 
@@ -197,8 +255,12 @@ class WorkFolder:
     self.root = os.path.join(out_dir, "work")
     self.clips = os.path.join(self.root, "clips")
     self.ledger = os.path.join(self.root, "sources")
-    os.makedirs(self.clips, exist_ok=True)
-    os.makedirs(self.ledger, exist_ok=True)
+    for folder in (self.clips, self.ledger):
+      try:
+        os.makedirs(folder, exist_ok=True)
+      except OSError as e:
+        check_writable(folder)  # names a read-only folder or a file on the way
+        raise OutputError(f"cannot create {folder}: {e.strerror or e}") from None
     settings = json.dumps(dataclasses.asdict(config), sort_keys=True, indent=1)
     settings_path = os.path.join(self.root, "settings.json")
     if os.path.exists(settings_path):
@@ -250,10 +312,23 @@ def _run_sources(src_dir: str, todo: list[str], clips_dir: str, config: PrepareC
     # spawn: the parent may hold threads (tfds, grain, jax) that fork would copy mid-state.
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_quiet_ffmpeg_logs) as pool:
-      futures = [pool.submit(process_source, src_dir, source, clips_dir, config) for source in todo]
-      for future in concurrent.futures.as_completed(futures):
-        on_result(future.result())
-        bar.update()
+      futures = {pool.submit(process_source, src_dir, source, clips_dir, config): source for source in todo}
+      try:
+        for future in concurrent.futures.as_completed(futures):
+          try:
+            result = future.result()
+          except concurrent.futures.BrokenExecutor:
+            # A worker was killed (out of memory, a signal) or crashed: this source and every one still
+            # queued are errors of this run (retried by the next), the finished ones are kept.
+            source = futures[future]
+            result = SourceResult(source=source, fingerprint="", error=(
+                f"{os.path.join(src_dir, source)}: not prepared: a worker process died (killed, out of memory "
+                "or crashed) while this or another video was being prepared; re-run (--workers 1 finds the video)"))
+          on_result(result)
+          bar.update()
+      except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # an interrupt stops the queued videos, not after them
+        raise
   finally:
     bar.close()
 
@@ -263,22 +338,38 @@ def prepare(src_dir: str, out_dir: str, *, captions_path: str | None = None, con
   """Prepares every video below src_dir into out_dir (see the module docstring) and returns the summary.
   `seed` fixes the dataset's shuffled clip order; it can change between runs without redoing any clip."""
   if not os.path.isdir(src_dir):
+    if os.path.exists(src_dir):
+      raise ValueError(f"source folder {src_dir} is a file, not a folder")
     raise FileNotFoundError(f"source folder {src_dir} does not exist")
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+  check_writable(out_dir)  # a read-only folder, or a file on the way, before any work
   captions = captions_lib.load_captions(captions_path) if captions_path else {}
   if config.motion.method == "raft":
     motion.make_estimator(config.motion)  # a missing weights file or torchvision is an error before any work
   _quiet_ffmpeg_logs()
   work = WorkFolder(out_dir, config)
+  for folder in (out_dir, work.root, work.clips, work.ledger):
+    remove_leftovers(folder)  # stagings of runs that were killed (their clips are made again)
   summary = Summary()
   results = {}
   todo = []
-  for source in find_sources(src_dir):
-    done = work.finished(source, fingerprint(os.path.join(src_dir, source)))
+  problems = []
+  for source in find_sources(src_dir, problems):
+    try:
+      stamp = fingerprint(os.path.join(src_dir, source))
+    except OSError as e:  # gone or changed since the search
+      problems.append(SourceResult(source=source, fingerprint="", error=f"{os.path.join(src_dir, source)}: "
+                                   f"cannot read it ({e.strerror or e})"))
+      continue
+    done = work.finished(source, stamp)
     if done is None:
       todo.append(source)
     else:
       results[source] = done
       summary.sources_finished_earlier += 1
+  for problem in problems:
+    results.setdefault(problem.source, problem)
 
   def on_result(result: SourceResult) -> None:
     if result.error is None:
