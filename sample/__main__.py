@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=d.seed, help="in [0, 2**32)")
   p.add_argument("--bf16", action="store_true", help="compute the UNets in bfloat16")
   p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs between runs "
+                 "(default: a per-user cache, ~/.cache/kvjax/jax or $KVJAX_COMPILE_CACHE)")
   return p
 
 
@@ -177,6 +179,9 @@ def run(args) -> int:
     config, weights = load_pipeline_weights(weights_dir, overrides=overrides)
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
   options.check_size(config)
+  if not args.no_compile_cache:
+    from kvjax import compile_cache
+    compile_cache.enable()
   pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32)
   start = time.perf_counter()
   def bar(stage, done, total):

@@ -8,7 +8,8 @@ import sys
 import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMON = ["--mesh", "data=2,fsdp=2,tensor=2", "--steps", "6", "--checkpoint-every", "2", "--batch-size", "4"]
+COMMON = ["--steps", "6", "--checkpoint-every", "2", "--batch-size", "4"]
+EIGHT_DEVICES = "data=2,fsdp=2,tensor=2"
 
 # Runs the program, but SIGKILLs the process when orbax is about to publish the checkpoint of step 4: its
 # files are written, the final rename has not happened (the worst moment to die).
@@ -37,11 +38,12 @@ def read_metrics(workdir):
 
 
 
-def killed_mid_save_resumes_on_the_same_loss_curve(run_args, dataset, env, workdir):
-  """The README command on 8 simulated devices, killed while publishing the checkpoint of step 4 (saves are
-  asynchronous: training may have gone on meanwhile and logged steps after 4). Run again, it restores step
-  2 and must recompute every logged step exactly, then go on to 6. Returns the metrics."""
-  args = run_args + COMMON + ["--data", str(dataset), "--workdir", str(workdir)]
+def killed_mid_save_resumes_on_the_same_loss_curve(run_args, dataset, env, workdir, mesh=EIGHT_DEVICES, devices=8):
+  """The README command on `devices` simulated devices, killed while publishing the checkpoint of step 4
+  (saves are asynchronous: training may have gone on meanwhile and logged steps after 4). Run again, it
+  restores step 2 and must recompute every logged step exactly, then go on to 6. Returns the metrics."""
+  args = run_args + COMMON + ["--mesh", mesh, "--data", str(dataset), "--workdir", str(workdir)]
+  env = {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   killed = run_train(args, env, script=KILL_DURING_SAVE)
   assert killed.returncode == -9, killed.stderr[-3000:]
   before = read_metrics(workdir)

@@ -87,8 +87,9 @@ def test_medium_fps_makes_45_frames_that_move_evenly(pipeline):
 
 def test_the_first_command_uses_the_embedded_demo(tmp_path):
   out = tmp_path / "demo.gif"
+  env = {**os.environ, "KVJAX_COMPILE_CACHE": str(tmp_path / "cache")}
   done = subprocess.run([sys.executable, "-m", "sample", "a blue square moving left", "--out", str(out)], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+                        env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "the embedded demo" in done.stderr
   with Image.open(out) as gif:

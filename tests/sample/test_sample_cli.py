@@ -10,7 +10,7 @@ from sample.writers import write_frames
 
 def test_runs_end_to_end_with_random_weights_and_says_so(tmp_path, capsys):
   out = tmp_path / "frames"
-  assert main(["a red fox", "--out", str(out), "--weights", "random", "--width", "32", "--height", "32",
+  assert main(["a red fox", "--out", str(out), "--weights", "random", "--no-compile-cache", "--width", "32", "--height", "32",
                "--steps", "2", "2", "2"]) == 0
   captured = capsys.readouterr()
   assert "RANDOM weights" in captured.err and "base frames" in captured.err
