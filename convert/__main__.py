@@ -13,6 +13,7 @@ are refused by name; --allow-nonfinite and --allow-integer-weights convert them 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -77,8 +78,16 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _check_output(out: str, overwrite: bool) -> None:
+  """Before any conversion work: OUT must be free (or --overwrite) and its folder writable."""
+  from kvjax.atomic import check_free, check_writable
+  check_free(out, overwrite)
+  check_writable(os.path.dirname(os.path.abspath(out)))
+
+
 def _convert(args) -> int:
   from kvjax.conversion.registry import COMMANDS, resolve_config
+  _check_output(args.out, args.overwrite)
   from kvjax.conversion.store import save_converted
   from kvjax.params import count_params
   config, origin = resolve_config(args.command, args.src, args.config)
@@ -99,6 +108,7 @@ def _convert_lpips(args) -> int:
   from kvjax.params import count_params
   if args.config not in LPIPS_PRESETS:
     raise ValueError(f"--config {args.config!r}: an LPIPS preset, one of {', '.join(LPIPS_PRESETS)}")
+  _check_output(args.out, args.overwrite)
   start = time.perf_counter()
   policy = _policy(args)
   converted = convert_lpips(args.src, LPIPS_PRESETS[args.config], DTYPES[args.dtype], vgg=args.vgg, policy=policy)

@@ -95,6 +95,15 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, capsys):
   assert not (out / "keep").exists() and (out / "config.json").exists()
 
 
+def test_an_unwritable_output_is_refused_before_converting(tmp_path, capsys, monkeypatch):
+  import kvjax.conversion.registry as registry
+  (tmp_path / "file").write_text("x")
+  converted = []
+  monkeypatch.setattr(registry, "resolve_config", lambda *a: converted.append(a) or (None, ""))
+  assert main(["keyframe", T2V, str(tmp_path / "file" / "out"), "--config", "keyframe-tiny"]) == 2
+  assert "is a file, not a folder" in capsys.readouterr().err and not converted
+
+
 def test_malicious_checkpoint_is_refused_by_the_converter(tmp_path, capsys):
   import zipfile
   bad = tmp_path / "t2v.pt"
