@@ -7,7 +7,10 @@ sharded over a device mesh, with checkpoints and exact resume.
       --workdir runs/decoder
 
 Re-running the same command resumes from the last complete checkpoint in --workdir (same step, same data
-position, same randomness). --data takes a folder written by `python -m train.prepare_data`, or
+position, same randomness); a damaged newest checkpoint is renamed STEP.damaged, with a warning, and the one
+before it resumes. A step with a non-finite loss or gradient norm never updates the weights: the run stops
+naming it (--nonfinite stop, the default; the checkpoints hold finite weights) or skips it and counts it
+(--nonfinite skip). --data takes a folder written by `python -m train.prepare_data`, or
 "synthetic" for random clips (a smoke test). Without --weights the frozen encoders and the UNet start from
 RANDOM weights with a stand-in tokenizer. MoVQ runs take --weights as a converted MoVQ folder or a
 `convert all` output, and --lpips as the output of `python -m convert lpips` (without it the perceptual
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +31,7 @@ import time
 from kvjax.training.config import COMPUTE_DTYPES, REMAT_POLICIES, TRAIN_PRESETS
 from kvjax.training.inputs import GENERATED_SOURCES
 from kvjax.training.movq_gan import INIT_FROM, TRAIN_SCOPES
+from kvjax.training.optimizer import NONFINITE_POLICIES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--resolution", type=_size, metavar="HxW", help="frame size in pixels, e.g. 64x64")
   p.add_argument("--num-frames", type=int, help="frames per clip (keyframe and MoVQ runs)")
   p.add_argument("--learning-rate", type=float)
+  p.add_argument("--nonfinite", choices=NONFINITE_POLICIES, help="a step whose loss or gradient norm is NaN or "
+                 "infinite: 'stop' the run naming it (default), or 'skip' its update and train on (counted in "
+                 "the metrics as skipped_steps); may change between runs of a workdir")
   p.add_argument("--compute-dtype", choices=sorted(COMPUTE_DTYPES))
   p.add_argument("--remat", choices=REMAT_POLICIES)
   p.add_argument("--checkpoint-every", type=int)
@@ -82,9 +90,10 @@ def _train_config(args):
                "remat": args.remat, "checkpoint_every": args.checkpoint_every,
                "keep_checkpoints": args.keep_checkpoints, "log_every": args.log_every, "seed": args.seed}
   config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-  if args.learning_rate is not None:
-    config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
-                                                                       learning_rate=args.learning_rate))
+  optimizer = {"learning_rate": args.learning_rate, "nonfinite": args.nonfinite}
+  optimizer = {k: v for k, v in optimizer.items() if v is not None}
+  if optimizer:
+    config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, **optimizer))
   movq = {"train_scope": args.train_scope, "init_from": args.init_from, "discriminator_start": args.discriminator_start}
   movq = {k: v for k, v in movq.items() if v is not None}
   if movq:
@@ -95,8 +104,8 @@ def _train_config(args):
 
 
 def _check_same_run(workdir: str, config) -> None:
-  """A workdir belongs to one run: resuming with other settings (the length aside) is refused. Settings a
-  run saved before a field existed read as that field's default."""
+  """A workdir belongs to one run: resuming with other settings (the length and the non-finite policy aside)
+  is refused. Settings a run saved before a field existed read as that field's default."""
   from kvjax.training.config import TrainConfig, config_from_dict
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
@@ -107,6 +116,8 @@ def _check_same_run(workdir: str, config) -> None:
     except (ValueError, TypeError) as e:
       raise SystemExit(f"{path}: not the settings of a run of this kvjax ({e}); use a new --workdir")
   current = dataclasses.asdict(config)
+  for settings in (current, saved):  # both policies compile the same step: only the loop's reaction differs
+    settings["optimizer"] = {k: v for k, v in settings["optimizer"].items() if k != "nonfinite"}
   changed = sorted(k for k in current if k != "total_steps" and current[k] != saved[k])
   if changed:
     raise SystemExit(f"{workdir} holds a run with other settings ({', '.join(changed)}); use a new --workdir")
@@ -126,17 +137,163 @@ def _write_null_embedding(path: str, null) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _metrics_log(workdir: str, resumed_step: int):
-  """metrics.jsonl, cut back to the resumed step (a killed run may have logged steps it did not save)."""
+def _metrics_log(workdir: str, resumed_step: int, say=lambda *a: None):
+  """metrics.jsonl, cut back to the resumed step (a killed run may have logged steps it did not save). Lines
+  that do not read as records (a run killed while writing one) are dropped, with a warning."""
   path = os.path.join(workdir, "metrics.jsonl")
-  kept = []
+  kept, dropped = [], 0
   if os.path.isfile(path):
-    with open(path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resumed_step]
+    with open(path, errors="replace") as f:
+      for line in f:
+        if not line.strip():
+          continue
+        try:
+          step = json.loads(line)["step"]
+          step = int(step) if isinstance(step, int) else None
+        except (ValueError, KeyError, TypeError):
+          step = None
+        if step is None:
+          dropped += 1
+        elif step <= resumed_step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+  if dropped:
+    say(f"WARNING: {path}: dropped {dropped} unreadable line{'s' * (dropped != 1)} (a record cut short when a run "
+        "was killed)")
   with open(path + ".tmp", "w") as f:
     f.writelines(kept)
   os.replace(path + ".tmp", path)
   return open(path, "a")
+
+
+# The pairs of metrics a train step checks: a loss and the norm of its gradient.
+_WATCHED = (("loss", "grad_norm"), ("discriminator_loss", "discriminator_grad_norm"))
+
+
+def _number(value: float) -> str:
+  return "NaN" if math.isnan(value) else f"{value:.6g}"  # inf, -inf as Python spells them
+
+
+def _what_is_nonfinite(values: dict[str, float]) -> str:
+  """'the loss is NaN (grad norm inf)', from one step's metrics."""
+  parts = []
+  for loss, norm in _WATCHED:
+    if loss not in values:
+      continue
+    loss_value, norm_value = values[loss], values.get(norm, 0.0)
+    loss_name, norm_name = loss.replace("_", " "), norm.replace("_", " ")
+    if not math.isfinite(loss_value):
+      parts.append(f"the {loss_name} is {_number(loss_value)} ({norm_name} {_number(norm_value)})")
+    elif not math.isfinite(norm_value):
+      parts.append(f"the {norm_name} is {_number(norm_value)} ({loss_name} {_number(loss_value)})")
+  return ", ".join(parts) or "a loss or gradient norm is not finite"
+
+
+def _nonfinite_steps(pending) -> list[tuple[int, str]]:
+  """(step, what) for each step of `pending` [(step, metrics)] that the compiled step flagged as non-finite.
+  The flags stay on the device until here, a log or checkpoint step, where the loop reads the metrics anyway:
+  no step waits for the host in between."""
+  flags = [float(metrics.get("nonfinite", 0.0)) for _, metrics in pending]
+  return [(step, _what_is_nonfinite({k: float(v) for k, v in metrics.items()}))
+          for (step, metrics), flag in zip(pending, flags) if flag]
+
+
+def _finite_checkpoint_note(checkpoints) -> str:
+  checkpoints.wait()  # a save still being written completes (or its failure is named) first
+  last = checkpoints.latest_step()
+  return f"the last checkpoint (step {last}) holds finite weights" if last is not None else "no checkpoint was written"
+
+
+# With --nonfinite skip, this many skipped steps in a row stop the run all the same: something other than
+# a bad batch (the weights, the frozen encoders, the learning rate) is broken, and training has stopped anyway.
+MAX_SKIPPED_IN_A_ROW = 100
+
+
+def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=lambda *a: None, metrics_file=None,
+               skipped: int = 0) -> int:
+  """Trains from `step` to `config.total_steps`: logs every log_every steps, saves every checkpoint_every
+  (and at the end); returns the last step. A step flagged non-finite (its update already dropped in the
+  compiled step) is found at the next log or checkpoint step, before anything is saved: with
+  `config.optimizer.nonfinite` "stop" the loop exits (SystemExit naming the step), with "skip" it warns and
+  counts it (`skipped_steps` in the log records and the checkpoint's data state), up to MAX_SKIPPED_IN_A_ROW
+  steps in a row."""
+  from kvjax.training.inputs import state_to_json
+  from kvjax.training.train_state import nonfinite_paths
+  policy = config.optimizer.nonfinite
+  pending = []  # (step, metrics) since the last check; the metrics stay device values until then
+  in_a_row = 0
+  start = time.perf_counter()
+  while step < config.total_steps:
+    batch = inputs.next_batch(step)
+    state, metrics = trainer.step(state, batch)
+    step += 1
+    pending.append((step, metrics))
+    log = step % config.log_every == 0 or step == config.total_steps
+    save = step % config.checkpoint_every == 0 or step == config.total_steps
+    if not (log or save):
+      continue
+    checked = [pending_step for pending_step, _ in pending]
+    bad, pending = _nonfinite_steps(pending), []
+    bad_steps = {bad_step for bad_step, _ in bad}
+    for checked_step in checked:
+      in_a_row = in_a_row + 1 if checked_step in bad_steps else 0
+    if bad and policy == "stop":
+      (first, what), more = bad[0], len(bad) - 1
+      later = f" (and {more} later step{'s' * (more != 1)} up to step {step})" if more else ""
+      raise SystemExit(f"error: step {first}: {what}{later}; stopped before updating; "
+                       f"{_finite_checkpoint_note(checkpoints)}; run the same command with --nonfinite skip to "
+                       "skip such steps instead")
+    for bad_step, what in bad:
+      skipped += 1
+      say(f"WARNING: step {bad_step}: {what}; skipped its update ({skipped} step{'s' * (skipped != 1)} skipped "
+          "so far)")
+    if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+      raise SystemExit(f"error: step {step}: the last {in_a_row} steps were all skipped (non-finite: "
+                       f"{bad[-1][1]}); stopped, as no step trains; {_finite_checkpoint_note(checkpoints)}")
+    if log:
+      record = {"step": step, **{k: float(v) for k, v in metrics.items() if k != "nonfinite"},
+                **({"skipped_steps": skipped} if policy == "skip" else {}),
+                "seconds": round(time.perf_counter() - start, 3)}
+      say(" ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+      if metrics_file:
+        try:
+          metrics_file.write(json.dumps(record) + "\n")
+          metrics_file.flush()
+        except OSError as e:
+          raise SystemExit(f"error: step {step}: writing {metrics_file.name} failed ({e.strerror or e}); "
+                           f"{_finite_checkpoint_note(checkpoints)}")
+    if save:
+      bad_paths = nonfinite_paths(state)  # never true after a guarded step; the checkpoints' last line of defence
+      if bad_paths:
+        raise SystemExit(f"error: step {step}: the train state holds non-finite values ({', '.join(bad_paths[:3])}"
+                         f"{', ...' if len(bad_paths) > 3 else ''}); not saved; {_finite_checkpoint_note(checkpoints)}")
+      # Each host's reader position (multi-host: gathered so that every host restores its own).
+      positions = _gather_data_states(state_to_json(inputs.get_state()))
+      checkpoints.save(step, state, {"clips": positions, "skipped_steps": skipped}, force=step == config.total_steps)
+  return step
+
+
+def _resume_check(inputs):
+  """`check(state, data_state)` for restore_latest: the checkpoint must hold this host's data position (which
+  it applies to `inputs`) and finite values only."""
+  import jax
+  from kvjax.training.checkpointing import error_reason
+  from kvjax.training.inputs import state_from_json
+  from kvjax.training.train_state import nonfinite_paths
+
+  def check(state, data_state):
+    clips = data_state.get("clips") if isinstance(data_state, dict) else None
+    key = str(jax.process_index())
+    if not isinstance(clips, dict) or key not in clips:
+      raise ValueError(f"its data state has no reader position for host {key}")
+    try:
+      inputs.set_state(state_from_json(clips[key]))
+    except Exception as e:  # grain and base64 raise what they raise
+      raise ValueError(f"its reader position cannot be restored ({error_reason(e)})") from e
+    bad = nonfinite_paths(state)
+    if bad:
+      raise ValueError(f"non-finite values in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
+
+  return check
 
 
 def main(argv=None) -> int:
@@ -145,8 +302,8 @@ def main(argv=None) -> int:
   if args.coordinator or args.distributed:
     jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                process_id=args.process_id)
-  from kvjax.training.checkpointing import NULL_EMBEDDING, TrainCheckpoints, abstract_with_shardings
-  from kvjax.training.inputs import state_from_json, state_to_json, step_inputs
+  from kvjax.training.checkpointing import NULL_EMBEDDING, CheckpointError, TrainCheckpoints, abstract_with_shardings
+  from kvjax.training.inputs import step_inputs
   from kvjax.training.mesh import make_mesh
   from kvjax.training.trainer import make_trainer
   from kvjax.training.weights import lpips_weights, movq_start, training_weights, unet_start
@@ -185,12 +342,23 @@ def main(argv=None) -> int:
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(str(e))
 
-  os.makedirs(args.workdir, exist_ok=True)
+  try:
+    os.makedirs(args.workdir, exist_ok=True)
+  except OSError as e:
+    raise SystemExit(f"--workdir {args.workdir}: {'a file, not a folder' if isinstance(e, FileExistsError) else e}")
   _check_same_run(args.workdir, config)
+  try:
+    checkpoints = TrainCheckpoints(os.path.join(args.workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                   save_every=config.checkpoint_every)
+  except CheckpointError as e:
+    raise SystemExit(f"error: {e}")
   if main_host:
-    _write_json(os.path.join(args.workdir, "config.json"), dataclasses.asdict(config))
-    if not config.is_movq:
-      _write_null_embedding(os.path.join(args.workdir, NULL_EMBEDDING), getattr(weights, f"{config.model}_null"))
+    try:
+      _write_json(os.path.join(args.workdir, "config.json"), dataclasses.asdict(config))
+      if not config.is_movq:
+        _write_null_embedding(os.path.join(args.workdir, NULL_EMBEDDING), getattr(weights, f"{config.model}_null"))
+    except OSError as e:
+      raise SystemExit(f"error: writing into {args.workdir} failed ({e.strerror or e})")
 
   trainer = make_trainer(config, mesh, lpips_params=lpips,
                          null_embedding=None if config.is_movq else getattr(weights, f"{config.model}_null"))
@@ -201,35 +369,29 @@ def main(argv=None) -> int:
                          worker_count=args.data_workers)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"--data {args.data}: {e}")
-  checkpoints = TrainCheckpoints(os.path.join(args.workdir, "checkpoints"), keep=config.keep_checkpoints,
-                                 save_every=config.checkpoint_every)
-  step, state, data_state = checkpoints.restore_latest(abstract_with_shardings(trainer.abstract_state(),
-                                                                               trainer.shardings))
+  try:
+    step, state, data_state = checkpoints.restore_latest(
+        abstract_with_shardings(trainer.abstract_state(), trainer.shardings), check=_resume_check(inputs), warn=say)
+  except CheckpointError as e:
+    raise SystemExit(f"error: {e}")
+  skipped = 0
   if step is None:
     step, state = 0, trainer.init_state(start if config.is_movq else getattr(weights, config.model))
   else:
-    inputs.set_state(state_from_json(data_state["clips"][str(jax.process_index())]))
+    skipped = int(data_state.get("skipped_steps", 0))
     say(f"resumed from step {step} ({checkpoints.directory})")
-  metrics_file = _metrics_log(args.workdir, step) if main_host else None
+  try:
+    metrics_file = _metrics_log(args.workdir, step, say) if main_host else None
+  except OSError as e:
+    raise SystemExit(f"error: {os.path.join(args.workdir, 'metrics.jsonl')}: {e.strerror or e}")
 
-  start = time.perf_counter()
-  while step < config.total_steps:
-    batch = inputs.next_batch(step)
-    state, metrics = trainer.step(state, batch)
-    step += 1
-    if step % config.log_every == 0 or step == config.total_steps:
-      record = {"step": step, **{k: float(v) for k, v in metrics.items()},
-                "seconds": round(time.perf_counter() - start, 3)}
-      say(" ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-      if metrics_file:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-    if step % config.checkpoint_every == 0 or step == config.total_steps:
-      # Each host's reader position (multi-host: gathered so that every host restores its own).
-      positions = _gather_data_states(state_to_json(inputs.get_state()))
-      checkpoints.save(step, state, {"clips": positions}, force=step == config.total_steps)
-  checkpoints.wait()
-  checkpoints.close()
+  try:
+    step = train_loop(config, trainer, inputs, checkpoints, step, state, say=say, metrics_file=metrics_file,
+                      skipped=skipped)
+    checkpoints.wait()
+    checkpoints.close()
+  except CheckpointError as e:  # a full disk, a folder gone: named, with the checkpoint to resume from
+    raise SystemExit(f"error: {e}: make room (or fix the folder) and run the same command to resume")
   say(f"done: step {step}, checkpoints {checkpoints.all_steps()} in {checkpoints.directory}")
   return 0
 

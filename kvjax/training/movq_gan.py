@@ -32,7 +32,7 @@ import numpy as np
 from kvjax.models.movq import output_layer
 from kvjax.training import gan_losses
 from kvjax.training.optimizer import OptimizerConfig, learning_rate_schedule
-from kvjax.training.train_state import TrainState, apply_gradients, trained_grad_norm
+from kvjax.training.train_state import TrainState, all_finite, apply_gradients, trained_grad_norm
 
 TRAIN_SCOPES = ("temporal", "decoder")
 INIT_FROM = ("image", "video")
@@ -201,7 +201,9 @@ def frames_to_unit_range(frames: jax.Array) -> jax.Array:
 def make_gan_train_step(config: MoVQTrainingConfig, *, generator_loss, discriminator_loss, generator_optimizer,
                         discriminator_optimizer, generator_optimizer_config: OptimizerConfig, trainable) -> Any:
   """`step(state, batch, frozen) -> (state, metrics)`: batch {"frames": uint8 (B, T, H, W, 3)}, frozen
-  {"lpips": params or None}. Deterministic: nothing is drawn at random."""
+  {"lpips": params or None}. Deterministic: nothing is drawn at random. A step with a non-finite loss or
+  gradient norm (either network's) updates neither and says so in `metrics["nonfinite"]`, as
+  `train_state.make_train_step` does."""
 
   g_schedule = learning_rate_schedule(generator_optimizer_config)
   d_schedule = learning_rate_schedule(config.discriminator_optimizer)
@@ -215,14 +217,18 @@ def make_gan_train_step(config: MoVQTrainingConfig, *, generator_loss, discrimin
         d_state.params, frames, fake, state.step, state.lecam_ema)
     lecam_ema = jnp.stack(gan_losses.lecam_ema_update((state.lecam_ema[0], state.lecam_ema[1]),
                                                       (mean_real, mean_fake), config.lecam_decay))
+    g_norm = trained_grad_norm(g_grads, trainable)
+    d_norm = trained_grad_norm(d_grads, jax.tree.map(lambda _: True, d_grads))
+    # One non-finite loss or gradient norm drops the whole step: both networks and the LeCam EMAs stay.
+    finite = all_finite(g_loss, d_loss, g_norm, d_norm)
     metrics = {"loss": g_loss, **metrics, "discriminator_loss": d_loss, "logits_real": mean_real,
-               "logits_fake": mean_fake, "grad_norm": trained_grad_norm(g_grads, trainable),
-               "discriminator_grad_norm": trained_grad_norm(d_grads, jax.tree.map(lambda _: True, d_grads)),
+               "logits_fake": mean_fake, "grad_norm": g_norm, "discriminator_grad_norm": d_norm,
                "learning_rate": g_schedule(state.step // generator_optimizer_config.accumulation_steps),
-               "discriminator_learning_rate": d_schedule(state.step)}
-    new_state = GANState(apply_gradients(g_state, g_grads, generator_optimizer, generator_optimizer_config),
-                         apply_gradients(d_state, d_grads, discriminator_optimizer, config.discriminator_optimizer),
-                         lecam_ema)
+               "discriminator_learning_rate": d_schedule(state.step), "nonfinite": (~finite).astype(jnp.float32)}
+    new_state = GANState(apply_gradients(g_state, g_grads, generator_optimizer, generator_optimizer_config, finite),
+                         apply_gradients(d_state, d_grads, discriminator_optimizer, config.discriminator_optimizer,
+                                         finite),
+                         jnp.where(finite, lecam_ema, state.lecam_ema))
     return new_state, metrics
 
   return step

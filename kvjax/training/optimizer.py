@@ -1,5 +1,10 @@
 """The optimiser: AdamW on the trainable parameters only, warmup then cosine decay, global-norm clipping,
-optional gradient accumulation. Frozen parameters get no update and no optimiser state."""
+optional gradient accumulation. Frozen parameters get no update and no optimiser state.
+
+A step whose loss or gradient norm is not finite never updates: the compiled step keeps the parameters,
+optimiser state and EMA as they were (`train_state.apply_gradients`). `nonfinite` says what the train loop
+does then: "stop" (exit naming the step; the checkpoints hold finite weights) or "skip" (train on, counting
+the skipped steps in the metrics)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import dataclasses
 
 import jax
 import optax
+
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +29,12 @@ class OptimizerConfig:
   clip_norm: float = 1.0
   accumulation_steps: int = 1  # micro-batches whose gradients are averaged before one update
   ema_decay: float = 0.9999  # 0 turns the EMA off
+  nonfinite: str = "stop"  # a non-finite loss or gradient norm: "stop" the run, or "skip" the step's update
+
+  def __post_init__(self):
+    if self.nonfinite not in NONFINITE_POLICIES:
+      raise ValueError(f"OptimizerConfig.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, "
+                       f"got {self.nonfinite!r}")
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -9,8 +10,9 @@ import flax.struct
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from kvjax.training.optimizer import OptimizerConfig, learning_rate_schedule
 from kvjax.training.partitioning import batch_sharding, param_shardings, replicated
@@ -58,14 +60,44 @@ def create_state(params, optimizer, ema: bool) -> TrainState:
 
 
 def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransformation,
-                    cfg: OptimizerConfig) -> TrainState:
-  """One optimiser update of `state` (and its EMA) from `grads`."""
+                    cfg: OptimizerConfig, finite: jax.Array | None = None) -> TrainState:
+  """One optimiser update of `state` (and its EMA) from `grads`. Where the traced bool `finite` is False the
+  update is dropped inside the compiled step: parameters, optimiser state and EMA stay exactly as they were
+  (the step counter still advances, so the next step draws new randomness)."""
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
   if ema is not None:
     ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
+  if finite is not None:
+    params, opt_state, ema = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state, ema),
+                                          (state.params, state.opt_state, state.ema_params))
   return TrainState(state.step + 1, params, opt_state, ema)
+
+
+def all_finite(*values) -> jax.Array:
+  """A traced bool: every one of `values` (scalars, e.g. a loss and a gradient norm) is finite."""
+  return jnp.all(jnp.stack([jnp.isfinite(jnp.asarray(v, jnp.float32)) for v in values]))
+
+
+def nonfinite_paths(tree) -> list[str]:
+  """The paths of the floating-point leaves of `tree` (a train state) holding a NaN or an infinity, read in
+  one compiled reduction; [] when all are finite. For the checks before a save and after a restore."""
+  leaves = [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  if not leaves:
+    return []
+  mesh = next((leaf.sharding.mesh for _, leaf in leaves if isinstance(getattr(leaf, "sharding", None), NamedSharding)),
+              None)
+  bad = _nonfinite_flags(None if mesh is None else replicated(mesh))([leaf for _, leaf in leaves])
+  return [path for (path, _), flag in zip(leaves, np.asarray(jax.device_get(bad))) if flag]
+
+
+@functools.lru_cache(maxsize=8)
+def _nonfinite_flags(out_sharding):
+  """One jitted function per output placement (a replicated vector: every host reads it), so that a run
+  traces and compiles the check once."""
+  return jax.jit(lambda xs: jnp.stack([~jnp.all(jnp.isfinite(x)) for x in xs]), out_shardings=out_sharding)
 
 
 def trained_grad_norm(grads, trainable) -> jax.Array:
@@ -76,15 +108,20 @@ def trained_grad_norm(grads, trainable) -> jax.Array:
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, cfg: OptimizerConfig, trainable,
                     seed: int = 0):
   """`step(state, batch) -> (state, metrics)`; the step's randomness is fold_in(seed, step), so a resumed
-  run draws exactly what the uninterrupted one would have."""
+  run draws exactly what the uninterrupted one would have. A step whose loss or gradient norm is not finite
+  leaves the parameters and optimiser state as they were and says so in `metrics["nonfinite"]` (1, else 0):
+  a device value like the others, which the train loop reads only when it reads the metrics anyway."""
   schedule = learning_rate_schedule(cfg)
 
   def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-    metrics = {"loss": loss, "grad_norm": trained_grad_norm(grads, trainable),
-               "learning_rate": schedule(state.step // cfg.accumulation_steps)}
-    return apply_gradients(state, grads, optimizer, cfg), metrics
+    grad_norm = trained_grad_norm(grads, trainable)
+    finite = all_finite(loss, grad_norm)
+    metrics = {"loss": loss, "grad_norm": grad_norm,
+               "learning_rate": schedule(state.step // cfg.accumulation_steps),
+               "nonfinite": (~finite).astype(jnp.float32)}
+    return apply_gradients(state, grads, optimizer, cfg, finite), metrics
 
   return step
 
