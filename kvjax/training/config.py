@@ -158,19 +158,19 @@ def _demo(model: str, steps: int, learning_rate: float, **fields) -> TrainConfig
 # frame of the 24 fps clips (the interpolation passes fill in 3 between each pair: 12 frames span 45).
 DEMO_TRAIN_PRESETS = {
     "demo-image-movq": _demo(
-        "image_movq", 800, 1e-3, global_batch_size=8, num_frames=1,
+        "image_movq", 1000, 1e-3, global_batch_size=8, num_frames=1,
         movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.05, discriminator="patch-discriminator-tiny",
-                                discriminator_start=400, lpips="lpips-tiny", latent_scale_weight=0.1,
+                                discriminator_start=500, lpips="lpips-tiny", latent_scale_weight=0.1,
                                 discriminator_optimizer=OptimizerConfig(learning_rate=2e-4, ema_decay=0.0))),
     "demo-video-movq": _demo(
         "video_movq", 300, 5e-4, global_batch_size=4, num_frames=9, frame_stride=1,
         movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.05, discriminator="video-discriminator-tiny",
-                                discriminator_start=0, lpips="lpips-tiny",
+                                discriminator_start=150, lpips="lpips-tiny",
                                 discriminator_optimizer=OptimizerConfig(learning_rate=2e-4, ema_decay=0.0))),
     # Key frames are sampled at twice the video size (the reference's quirk): image mode trains at 128 px.
-    "demo-keyframe-image": _demo("keyframe", 1200, 1e-3, global_batch_size=16, num_frames=1, resolution=(128, 128),
+    "demo-keyframe-image": _demo("keyframe", 2500, 1e-3, global_batch_size=8, num_frames=1, resolution=(128, 128),
                                  keyframe=KeyframeTrainingConfig(mode="image")),
-    "demo-keyframe": _demo("keyframe", 800, 1e-3, global_batch_size=4, num_frames=12, frame_stride=4,
+    "demo-keyframe": _demo("keyframe", 1500, 1e-3, global_batch_size=4, num_frames=12, frame_stride=4,
                            keyframe=KeyframeTrainingConfig(motion_scale=300.0)),
     "demo-interpolation": _demo("interpolation", 1200, 1e-3, global_batch_size=4, num_groups=2,
                                 interpolation=InterpolationTrainingConfig(train_scope="all")),
