@@ -86,6 +86,16 @@ def test_interpolation_perturbation_levels_are_drawn_and_given():
   assert len(levels) > 3 and max(levels) <= 25
 
 
+def _perfect_keyframe_eps(clean):
+  """A stand-in UNet's response: the exact noise of its noisy latents (channels :C) given the clean frames."""
+  abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
+
+  def respond(seen):
+    a = abar[seen["time"].astype(jnp.int32)].reshape(-1, 1, 1, 1)
+    return (seen["x"][..., :C] - jnp.sqrt(a) * clean) / jnp.sqrt(1 - a)
+  return respond
+
+
 def test_keyframe_condition_frame_and_targets():
   rng = np.random.default_rng(1)
   t = 3
@@ -94,13 +104,7 @@ def test_keyframe_condition_frame_and_targets():
            "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": mask,
            "motion_score": np.array([1.0, 10.0, 50.0], np.float32)}
   abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
-  clean = batch["latents"].reshape(B * t, H, W, C)
-
-  def perfect_eps(seen):
-    a = abar[seen["time"].astype(jnp.int32)].reshape(-1, 1, 1, 1)
-    return (seen["x"][..., :C] - jnp.sqrt(a) * clean) / jnp.sqrt(1 - a)
-
-  model = Recorder(perfect_eps)
+  model = Recorder(_perfect_keyframe_eps(batch["latents"].reshape(B * t, H, W, C)))
   config = KeyframeTrainingConfig(max_noise_augmentation=0, blank_first_frame_probability=0.0,
                                   text_dropout_probability=0.0)
   loss = keyframe_loss({}, batch, jax.random.key(2), model=model, config=config, null_embedding=NULL)
@@ -137,14 +141,7 @@ def test_keyframe_image_mode_sees_frames_alone_as_the_key_frame_sampler_runs_the
   batch = {"latents": rng.normal(size=(B, t, H, W, C)).astype(np.float32),
            "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": np.ones((B, L), bool),
            "motion_score": np.zeros((B,), np.float32)}
-  abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
-  clean = batch["latents"].reshape(B * t, H, W, C)
-
-  def perfect_eps(seen):
-    a = abar[seen["time"].astype(jnp.int32)].reshape(-1, 1, 1, 1)
-    return (seen["x"][..., :C] - jnp.sqrt(a) * clean) / jnp.sqrt(1 - a)
-
-  model = Recorder(perfect_eps)
+  model = Recorder(_perfect_keyframe_eps(batch["latents"].reshape(B * t, H, W, C)))
   config = KeyframeTrainingConfig(mode="image", text_dropout_probability=0.0)
   assert float(keyframe_image_loss({}, batch, jax.random.key(2), model=model, config=config,
                                    null_embedding=NULL)) < 1e-6
