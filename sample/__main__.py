@@ -55,9 +55,25 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=d.seed, help="in [0, 2**32)")
   p.add_argument("--bf16", action="store_true", help="compute the UNets in bfloat16")
   p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  p.add_argument("--mesh", help="shard weights and batches over the devices, e.g. data=2,fsdp=2,tensor=2 (axes "
+                 "data, fsdp, tensor; default: one device)")
+  p.add_argument("--offload", action="store_true", help="keep the weights in host memory and place only the "
+                 "running stage's models on the devices (for small accelerators; the same frames)")
+  p.add_argument("--progress", action="store_true", help="a bar for every denoising step (a host callback in "
+                 "each step; default: when stderr is a terminal)")
   p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs between runs "
                  "(default: a per-user cache, ~/.cache/kvjax/jax or $KVJAX_COMPILE_CACHE)")
   return p
+
+
+def _mesh(spec: str | None):
+  if not spec:
+    return None
+  from kvjax.sharding import make_mesh
+  try:
+    return make_mesh(spec)
+  except ValueError as e:
+    raise ValueError(f"--mesh: {e}") from None
 
 
 def _outputs(out: str, count: int) -> list[str]:
@@ -154,6 +170,7 @@ def run(args) -> int:
       guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
       noise_augmentation=args.noise_augmentation, seed=args.seed)
   options.check_size(PIPELINE_PRESETS["tiny"] if random else None)
+  mesh = _mesh(args.mesh)  # before any weights load
   overrides = _model_overrides(args)
 
   import jax.numpy as jnp
@@ -182,7 +199,8 @@ def run(args) -> int:
   if not args.no_compile_cache:
     from kvjax import compile_cache
     compile_cache.enable()
-  pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32)
+  pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32, mesh=mesh,
+                         offload=args.offload)
   start = time.perf_counter()
   def bar(stage, done, total):
     filled = 30 * done // total
@@ -190,7 +208,8 @@ def run(args) -> int:
           flush=True)
 
   report = lambda stage, seconds: print(f"\r  {stage:<18} {'done':<32} {seconds:7.1f} s", file=sys.stderr)
-  videos = pipeline(args.prompts, options, images, progress=report, step_progress=bar)
+  steps = bar if args.progress or sys.stderr.isatty() else None
+  videos = pipeline(args.prompts, options, images, progress=report, step_progress=steps)
   write_videos(videos, outputs, overwrite=args.overwrite)  # all of them or none
   for video, out in zip(videos, outputs):
     print(f"wrote {out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]}")

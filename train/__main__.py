@@ -304,7 +304,7 @@ def main(argv=None) -> int:
                                process_id=args.process_id)
   from kvjax.training.checkpointing import NULL_EMBEDDING, CheckpointError, TrainCheckpoints, abstract_with_shardings
   from kvjax.training.inputs import step_inputs
-  from kvjax.training.mesh import make_mesh
+  from kvjax.sharding import make_mesh
   from kvjax.training.trainer import make_trainer
   from kvjax.training.weights import lpips_weights, movq_start, training_weights, unet_start
 

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   from kvjax.atomic import check_free
   from kvjax.training.inputs import ClipEncoder, clip_reader
-  from kvjax.training.mesh import make_mesh
+  from kvjax.sharding import make_mesh
   from kvjax.training.precomputed import write_precomputed
   from kvjax.training.weights import training_weights
 

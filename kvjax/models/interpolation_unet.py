@@ -134,6 +134,7 @@ class InterpolationUNet(nn.Module):
     perturbation_time: (N,) — the pipeline passes 0; the reference's own default when absent is 25.
     skip_frames: (N,) int indices into the 20-entry skip embedding — the reference's default is 1.
     temporal_mask: (N,) in [0, 1]; 0 turns every temporal layer off for that sample. Default: all ones.
+    context_length: the reference's context length L (traced) when `context` is zero-padded beyond it.
   """
 
   config: InterpolationUNetConfig
@@ -143,7 +144,7 @@ class InterpolationUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, time, context, context_mask=None, num_groups: int = 1, perturbation_time=None,
-               skip_frames=None, temporal_mask=None):
+               skip_frames=None, temporal_mask=None, context_length=None):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     batch = x.shape[0]
@@ -168,7 +169,8 @@ class InterpolationUNet(nn.Module):
                        dtype=self.dtype, embedding_init=logical_init(nn.initializers.normal(1.0),
                                                                      (None, "time_embed")))
       cond = merge_scalar(self, "skip_merge") * table(skip_frames) + cond
-    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask.astype(bool))
+    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask.astype(bool),
+                                                                   context_length)
 
     x = conv(cfg.init_channels, (3, 3), padding=((1, 1), (1, 1)), name="in_layer", **kw)(x.astype(self.dtype))
     return down_up_and_out(x, cfg, DownLevel, UpLevel, (cond, context, context_mask, temporal_mask, num_groups),

@@ -191,6 +191,8 @@ class KeyframeUNet(nn.Module):
     motion_score: (N,) motion score, or None.
     input_layer: 'video' (`in_layer`) or 'image' (`image_in_layer`); None applies the reference rule
       `reference_input_layer(N)`.
+    context_length: the reference's context length L (traced) when `context` is zero-padded beyond it;
+      None: L is the context's own length.
   """
 
   config: KeyframeUNetConfig
@@ -200,7 +202,7 @@ class KeyframeUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, time, context, context_mask=None, frame_index=None, num_frames: int | None = None,
-               noise_aug_time=None, motion_score=None, input_layer: InputLayer | None = None):
+               noise_aug_time=None, motion_score=None, input_layer: InputLayer | None = None, context_length=None):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     batch = x.shape[0]
@@ -212,7 +214,7 @@ class KeyframeUNet(nn.Module):
     embed = lambda values, name: scalar_embedding_mlp(values, name=name, sinusoidal_dim=cfg.init_channels,
                                                       features=cfg.time_embed_dim, **kw)
     cond = embed(time, "to_time_embed")
-    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask)
+    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask, context_length)
 
     if self.is_initializing():
       # Create every parameter whatever the mode of the example call: run the full video path.

@@ -155,7 +155,9 @@ class AttentionBlock(nn.Module):
 class AttentionPooling(nn.Module):
   """Adds to the time embedding an attention read-out of the text (the reference's `AttentionPolling`).
 
-  The query is the mean of the context over all positions, masked ones included (they hold zeros).
+  The query is the mean of the context over all positions, masked ones included (they hold zeros). A context
+  padded beyond the reference's length L (so that every prompt length shares one compiled program) gives
+  the same mean when `context_length` (L, traced) is passed: the padding holds zeros too.
   """
 
   head_dim: int
@@ -163,8 +165,12 @@ class AttentionPooling(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, time_embed, context, context_mask):
-    query = context.mean(axis=1, keepdims=True)
+  def __call__(self, time_embed, context, context_mask, context_length=None):
+    if context_length is None:
+      query = context.mean(axis=1, keepdims=True)
+    else:
+      length = jnp.broadcast_to(jnp.asarray(context_length, jnp.float32), context.shape[:1])
+      query = context.sum(axis=1, keepdims=True) / length[:, None, None].astype(context.dtype)
     pooled = Attention(time_embed.shape[-1], self.head_dim, context_axis="context_embed", name="attention",
                        dtype=self.dtype, param_dtype=self.param_dtype)(query, context, context_mask)
     return time_embed + pooled[:, 0]

@@ -62,7 +62,7 @@ PIPELINE_PRESETS = {
         configs.TEXT_PROJECTIONS_TINY, tokens_length=16),
     # The embedded demo's models (kvjax/demo; `python -m train.demo` trains them): 64x64 videos.
     "demo": PipelineConfig(
-        configs.DEMO_KEYFRAME, configs.DEMO_INTERPOLATION, configs.IMAGE_MOVQ_TINY, configs.VIDEO_MOVQ_TINY,
+        configs.DEMO_KEYFRAME, configs.DEMO_INTERPOLATION, configs.DEMO_IMAGE_MOVQ, configs.DEMO_VIDEO_MOVQ,
         configs.DEMO_T5_ENCODER, configs.DEMO_TEXT_PROJECTIONS, tokens_length=16),
 }
 

@@ -7,6 +7,9 @@ branch holds P items (or P clips of frames), in prompt order.
 `text` and `null` are (context (P, L, D), mask (P, L) bool) pairs: the projected prompt and the
 unconditional context built from the null embedding (same L).
 
+`context_length` (optional, traced) is the reference's context length L when the contexts are zero-padded
+beyond it (the pipeline pads every prompt to the tokenizer length, so that one program serves all).
+
 `noise` (optional) replaces the random draws with given arrays, channels-last: `initial_noise` (the
 starting sample), `step_noise` (num_steps, ...) for the DDPM steps and, for the base frames,
 `augmentation_noise` (the uniform noise added to the key frame). The parity fixtures replay the
@@ -37,6 +40,9 @@ class SamplerOptions:
   scheduler: SchedulerConfig = KEYFRAME_SCHEDULER
   sampler: str = "ddpm"  # the reference; "ddim" / "dpm_solver_pp" are faster, not the reference
   on_step: Callable[[int, int], None] | None = None  # progress: (steps done, total), on the host
+  # Where the UNet's batch (guidance branches x prompts x frames) lives on a mesh: split over its
+  # data-parallel axes (kvjax.sharding.batch_sharding); None leaves placement to XLA (one device).
+  batch_sharding: jax.sharding.NamedSharding | None = None
 
 
 def _noise(noise, name: str, draw):
@@ -48,8 +54,15 @@ def _stack(*trees):
   return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
 
 
+def _on_batch(options: SamplerOptions, *arrays):
+  """`arrays` (batch-major) constrained to the batch sharding of `options`, where it has one."""
+  if options.batch_sharding is None:
+    return arrays
+  return tuple(jax.lax.with_sharding_constraint(a, options.batch_sharding) for a in arrays)
+
+
 def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tuple[int, int],
-                options: SamplerOptions = SamplerOptions(), noise=None) -> jax.Array:
+                options: SamplerOptions = SamplerOptions(), noise=None, context_length=None) -> jax.Array:
   """The key frame, keyframe UNet in image mode: batch [text; unconditional], two-way guidance on eps.
 
   Returns (P, h, w, 4) with (h, w) = `latent_size` (the reference uses H/4 x W/4: twice the video size).
@@ -65,7 +78,8 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
   def predict(x, t):
     unet_in = jnp.concatenate([jnp.concatenate([x, x]), no_condition], axis=-1)
     time = jnp.full((2 * p,), t, jnp.float32)
-    eps = unet.apply({"params": params}, unet_in, time, context, mask, input_layer="image")
+    eps = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), input_layer="image",
+                     context_length=context_length)
     return guidance.two_way(eps[:p], eps[p:], guidance_scale)
 
   return denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
@@ -73,7 +87,8 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
 
 
 def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_scale, motion_score,
-                noise_level, rng, options: SamplerOptions = SamplerOptions(), noise=None) -> jax.Array:
+                noise_level, rng, options: SamplerOptions = SamplerOptions(), noise=None,
+                context_length=None) -> jax.Array:
   """12 frames conditioned on the key frame, keyframe UNet in video mode; three-way guidance.
 
   `key_frame_latent` (P, h, w, 4) is noise-augmented at timestep `noise_level` with uniform noise (the
@@ -104,8 +119,9 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
   def predict(x, t):
     unet_in = jnp.concatenate([jnp.concatenate([x, x, x]), conditions], axis=-1)
     time = jnp.full((batch,), t, jnp.float32)
-    eps = unet.apply({"params": params}, unet_in, time, context, mask, frame_index=frame_index, num_frames=n,
-                     noise_aug_time=noise_aug_time, motion_score=motion, input_layer="video")
+    eps = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), frame_index=frame_index,
+                     num_frames=n, noise_aug_time=noise_aug_time, motion_score=motion, input_layer="video",
+                     context_length=context_length)
     full, image_only, unconditional = jnp.split(eps, 3)
     return guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
 
@@ -115,7 +131,8 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
 
 
 def interpolate(unet, params, frames, text, null, guidance_scale, skip_frames: int, rng,
-                options: SamplerOptions = SamplerOptions(INTERPOLATION_SCHEDULER), noise=None) -> jax.Array:
+                options: SamplerOptions = SamplerOptions(INTERPOLATION_SCHEDULER), noise=None,
+                context_length=None) -> jax.Array:
   """Three new frames between every pair of `frames` (P, T, h, w, 4) -> (P, 4T - 3, h, w, 4).
 
   Interpolation UNet with the T - 1 groups as its temporal axis; batch [conditional; unconditional] with
@@ -142,8 +159,9 @@ def interpolate(unet, params, frames, text, null, guidance_scale, skip_frames: i
   def predict(x, t):
     unet_in = jnp.concatenate([lefts, jnp.concatenate([x, x]), rights], axis=-1)
     time = jnp.full((batch,), t, jnp.int32)
-    v = unet.apply({"params": params}, unet_in, time, context, mask, num_groups=g, perturbation_time=perturbation,
-                   skip_frames=skip, temporal_mask=temporal_mask)
+    v = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), num_groups=g,
+                   perturbation_time=perturbation, skip_frames=skip, temporal_mask=temporal_mask,
+                   context_length=context_length)
     return guidance.two_way(v[:p * g], v[p * g:], guidance_scale)
 
   x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,

@@ -2,108 +2,204 @@
 interpolation -> temporal MoVQ decode -> uint8 frames.
 
 Each stage is one jit-compiled function per shape and static option; guidance weights, motion score,
-noise level and seeds are traced. A batch of prompts runs as one batch through every stage.
+noise level, seeds and the prompts' length are traced (the context is padded to the tokenizer length and
+carries the reference's length L), so new prompts and settings reuse the compiled stages. A batch of prompts
+runs as one batch through every stage.
+
+Weights cross to the devices once, when the pipeline is made: on one device, or on a mesh, sharded by the
+rule table of kvjax.sharding (FSDP and tensor parallelism), with every UNet and decoder batch (guidance
+branches x prompts x frames) split over the data-parallel axes. `offload=True` keeps the weights in host
+memory and places only the running stage's models (T5 leaves once the text is encoded), for devices too
+small for all of them; the frames are the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import types
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from PIL import Image
 
 from kvjax.diffusion.schedule import SchedulerConfig
 from kvjax.models.movq import MoVQ, reference_chunk_sizes
-from kvjax.params import build_model
+from kvjax.params import abstract_params, build_model
 from kvjax.pipeline import samplers
 from kvjax.pipeline.config import FPS_PASSES, GenerationOptions, PipelineConfig
 from kvjax.pipeline.images import fit_and_crop, to_uint8
 from kvjax.pipeline.weights import PipelineWeights
-from kvjax.text.conditioning import text_context, unconditional_context
+from kvjax.sharding import batch_sharding, param_shardings, replicated
+from kvjax.text.conditioning import context_length, project_context, unconditional_context
 
 
 Progress = Callable[[str, float], None]  # (stage, seconds) when a stage ends
 StepProgress = Callable[[str, int, int], None]  # (stage, steps done, total) after each denoising step
 
+# The models each stage runs (PipelineWeights fields): what offloading places for it.
+STAGE_MODELS = {"text": ("text_encoder", "projections"), "key frame": ("keyframe", "image_movq"),
+                "encode": ("image_movq",), "base frames": ("keyframe",), "interpolation": ("interpolation",),
+                "decode": ("video_movq",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _StageSteps:
+  """The host callback of one stage's denoising loop. Hashable by value: a stage compiled with a progress
+  function is reused whenever the same function is passed again."""
+
+  stage: str
+  report: StepProgress
+
+  def __call__(self, done: int, total: int) -> None:
+    self.report(self.stage, done, total)
+
+
+def weight_shardings(config: PipelineConfig, mesh: Mesh) -> PipelineWeights:
+  """Every model's parameters sharded by the rule table (kvjax.sharding); null embeddings replicated."""
+  model = lambda c: param_shardings(abstract_params(c), mesh)
+  return PipelineWeights(
+      keyframe=model(config.keyframe), keyframe_null=replicated(mesh), interpolation=model(config.interpolation),
+      interpolation_null=replicated(mesh), image_movq=model(config.image_movq),
+      video_movq=model(config.video_movq), text_encoder=model(config.text_encoder),
+      projections=model(config.projections))
+
 
 class TextToVideo:
-  """`pipeline(prompts, options, images=None) -> uint8 frames (P, T, H, W, 3)`."""
+  """`pipeline(prompts, options, images=None) -> uint8 frames (P, T, H, W, 3)`.
 
-  def __init__(self, config: PipelineConfig, weights: PipelineWeights, tokenizer, dtype=jnp.float32):
-    self.config, self.weights, self.tokenizer = config, weights, tokenizer
+  `mesh`: a mesh of kvjax.sharding.make_mesh (axes data, fsdp, tensor) to shard weights and batches over;
+  None runs on the default device. `offload`: keep weights in host memory, placing each stage's own.
+  """
+
+  def __init__(self, config: PipelineConfig, weights: PipelineWeights, tokenizer, dtype=jnp.float32,
+               mesh: Mesh | None = None, offload: bool = False):
+    self.config, self.tokenizer, self.mesh, self.offload = config, tokenizer, mesh, offload
     self.keyframe_unet = build_model(config.keyframe, dtype)
     self.interpolation_unet = build_model(config.interpolation, dtype)
     self.image_movq, self.video_movq = MoVQ(config.image_movq), MoVQ(config.video_movq)
     self.text_encoder = build_model(config.text_encoder)
     self._compiled: dict[Any, Callable] = {}
-    self._stage, self._step_progress = "", None
+    self._shardings = None if mesh is None else weight_shardings(config, mesh)
+    self._batch = None if mesh is None else batch_sharding(mesh)
+    # The null embeddings are small: always on the devices. With offload the models stay in host memory
+    # and `_weights` places a stage's own, freeing the others.
+    self._nulls = self._place((weights.keyframe_null, weights.interpolation_null), "keyframe_null")
+    if offload:
+      self._host, self._placed = jax.device_get(weights), {}
+    else:
+      self._host, self._placed = None, self._place(weights)
 
-  def _on_step(self, done: int, total: int) -> None:
-    if self._step_progress is not None:
-      self._step_progress(self._stage, done, total)
+  def _place(self, tree, field: str | None = None):
+    """`tree` on the devices: the default one, or sharded on the mesh as the rule table says for `field`
+    (None: the whole PipelineWeights)."""
+    if self._shardings is None:
+      return jax.device_put(tree)
+    shardings = self._shardings if field is None else getattr(self._shardings, field)
+    if field is not None and field.endswith("_null"):
+      shardings = jax.tree.map(lambda _: shardings, tree)
+    return jax.device_put(tree, shardings)
 
-  def _sampler(self, prediction: str, spacing: str, steps: int, options: GenerationOptions):
-    return samplers.SamplerOptions(SchedulerConfig(prediction, spacing, steps), options.sampler, self._on_step)
+  def _weights(self, stage: str):
+    """The models of `stage` on the devices (all of them, placed at construction, without offload)."""
+    if not self.offload:
+      return self._placed
+    wanted = set(STAGE_MODELS[stage])
+    for field in set(self._placed) - wanted:
+      jax.tree.map(lambda a: a.delete(), self._placed.pop(field))
+    for field in wanted - set(self._placed):
+      self._placed[field] = self._place(getattr(self._host, field), field)
+    return types.SimpleNamespace(**self._placed)
+
+  def placed_models(self) -> list[str]:
+    """The models whose weights are on the devices now."""
+    if not self.offload:
+      return [f.name for f in dataclasses.fields(PipelineWeights) if not f.name.endswith("_null")]
+    return sorted(self._placed)
+
+  def _sampler(self, stage: str, prediction: str, spacing: str, steps: int, options: GenerationOptions,
+               step_progress: StepProgress | None):
+    on_step = None if step_progress is None else _StageSteps(stage, step_progress)
+    return samplers.SamplerOptions(SchedulerConfig(prediction, spacing, steps), options.sampler, on_step,
+                                   self._batch)
 
   def _jit(self, key, make: Callable[[], Callable]) -> Callable:
     if key not in self._compiled:
       self._compiled[key] = jax.jit(make())
     return self._compiled[key]
 
+  def _on_batch(self, x):
+    return x if self._batch is None else jax.lax.with_sharding_constraint(x, self._batch)
+
   # --- stages -----------------------------------------------------------------------------------------
 
   def encode_text(self, prompts: Sequence[str]):
-    """(context, mask) of the prompts, and the unconditional pairs of the two UNets (same length L)."""
+    """(text, keyframe null, interpolation null, L): (context, mask) pairs padded to the tokenizer length
+    (zeros, masked), and the reference's context length L (the longest prompt + 1, spec §6.4) as a traced
+    int32 that the UNets use where L matters (the text pooling's mean)."""
+    w = self._weights("text")
     tokens = self.tokenizer(list(prompts))
-    encode = self._jit("t5", lambda: lambda p, ids, mask: self.text_encoder.apply({"params": p}, ids, mask))
-    hidden = encode(self.weights.text_encoder, tokens.input_ids, tokens.attention_mask)
-    text = text_context(self.weights.projections, hidden, tokens.attention_mask, self.config.projections)
-    p, length = text[1].shape
-    return (text, unconditional_context(self.weights.keyframe_null, p, length),
-            unconditional_context(self.weights.interpolation_null, p, length))
+    projections = self.config.projections
+    encode = self._jit("text", lambda: lambda t5, proj, ids, mask: project_context(
+        proj, self.text_encoder.apply({"params": t5}, ids, mask), mask, config=projections))
+    context = encode(w.text_encoder, w.projections, tokens.input_ids, tokens.attention_mask)
+    mask = jnp.asarray(tokens.attention_mask).astype(bool)
+    p, padded = mask.shape
+    keyframe_null, interpolation_null = (unconditional_context(null, p, padded) for null in self._nulls)
+    return (context, mask), keyframe_null, interpolation_null, jnp.int32(context_length(tokens.attention_mask))
 
-  def key_frames(self, text, null, options: GenerationOptions, rng) -> np.ndarray:
+  def key_frames(self, text, null, length, options: GenerationOptions, rng, step_progress=None) -> np.ndarray:
     """Stage 1: the first frames at twice the video size, decoded to uint8 (P, 2H, 2W, 3)."""
+    w = self._weights("key frame")
     f = self.config.image_movq.downsampling_factor
     size = (2 * options.height // f, 2 * options.width // f)
-    sampler = self._sampler("epsilon", "leading", options.key_frame_steps, options)
-    run = self._jit(("key_frame", size, sampler), lambda: lambda p, movq, text, null, w, rng: self.image_movq.apply(
-        {"params": movq}, samplers.first_frame(self.keyframe_unet, p, text, null, w, rng, size, sampler), 1,
-        method="decode"))  # one image per decode call, as the reference
-    return to_uint8(run(self.weights.keyframe, self.weights.image_movq, text, null,
-                        options.key_frame_guidance_scale, rng))
+    sampler = self._sampler("key frame", "epsilon", "leading", options.key_frame_steps, options, step_progress)
+    run = self._jit(("key frame", size, sampler), lambda: lambda p, movq, text, null, w, rng, length:
+                    self.image_movq.apply({"params": movq}, samplers.first_frame(
+                        self.keyframe_unet, p, text, null, w, rng, size, sampler, context_length=length), 1,
+                        method="decode"))  # one image per decode call, as the reference
+    return to_uint8(run(w.keyframe, w.image_movq, text, null, options.key_frame_guidance_scale, rng, length))
 
   def encode_images(self, images: Sequence[Image.Image], options: GenerationOptions) -> jax.Array:
     """Resize and crop as the reference, then encode with the image MoVQ: (P, H/8, W/8, 4)."""
+    w = self._weights("encode")
     pixels = np.stack([fit_and_crop(image, options.width, options.height) for image in images])
     encode = self._jit("encode", lambda: lambda p, x: self.image_movq.apply({"params": p}, x, method="encode"))
-    return encode(self.weights.image_movq, pixels)
+    return encode(w.image_movq, pixels)
 
-  def base_frames(self, key_latents, text, null, options: GenerationOptions, rng) -> jax.Array:
-    sampler = self._sampler("epsilon", "leading", options.base_frame_steps, options)
-    run = self._jit(("base", sampler), lambda: lambda p, *args: samplers.base_frames(
-        self.keyframe_unet, p, *args, sampler))
-    return run(self.weights.keyframe, key_latents, text, null, options.guidance_weight_prompt,
-               options.guidance_weight_image, options.motion_score, options.noise_augmentation, rng)
+  def base_frames(self, key_latents, text, null, length, options: GenerationOptions, rng,
+                  step_progress=None) -> jax.Array:
+    w = self._weights("base frames")
+    sampler = self._sampler("base frames", "epsilon", "leading", options.base_frame_steps, options, step_progress)
+    run = self._jit(("base frames", sampler), lambda: lambda p, *args, length: samplers.base_frames(
+        self.keyframe_unet, p, *args, sampler, context_length=length))
+    return run(w.keyframe, key_latents, text, null, options.guidance_weight_prompt, options.guidance_weight_image,
+               options.motion_score, options.noise_augmentation, rng, length=length)
 
-  def interpolate(self, frames, text, null, options: GenerationOptions, skip_frames: int, rng) -> jax.Array:
-    sampler = self._sampler("v_prediction", "trailing", options.interpolation_steps, options)
-    run = self._jit(("interpolate", sampler, skip_frames), lambda: lambda p, frames, text, null, w, rng:
-                    samplers.interpolate(self.interpolation_unet, p, frames, text, null, w, skip_frames, rng, sampler))
-    return run(self.weights.interpolation, frames, text, null, options.interpolation_guidance_scale, rng)
+  def interpolate(self, frames, text, null, length, options: GenerationOptions, skip_frames: int, rng,
+                  step_progress=None, name: str = "interpolation") -> jax.Array:
+    w = self._weights("interpolation")
+    sampler = self._sampler(name, "v_prediction", "trailing", options.interpolation_steps,
+                            options, step_progress)
+    run = self._jit(("interpolation", sampler, skip_frames), lambda: lambda p, frames, text, null, w, rng, length:
+                    samplers.interpolate(self.interpolation_unet, p, frames, text, null, w, skip_frames, rng,
+                                         sampler, context_length=length))
+    return run(w.interpolation, frames, text, null, options.interpolation_guidance_scale, rng, length)
 
   def decode_video(self, latents) -> np.ndarray:
-    """Stage 4: (P, T, h, w, 4) -> uint8 (P, T, H, W, 3), in the reference's independent chunks (§8.6)."""
+    """Stage 4: (P, T, h, w, 4) -> uint8 (P, T, H, W, 3), in the reference's independent chunks (§8.6),
+    each chunk's frames split over the data-parallel axes on a mesh."""
+    w = self._weights("decode")
     p, t = latents.shape[:2]
     chunks, start = [], 0
     for size in reference_chunk_sizes(t):
-      decode = self._jit(("decode_video", size), lambda size=size: lambda params, z: self.video_movq.apply(
-          {"params": params}, z, size, method="decode"))
+      decode = self._jit(("decode", size), lambda size=size: lambda params, z: self.video_movq.apply(
+          {"params": params}, self._on_batch(z), size, method="decode"))
       z = latents[:, start:start + size].reshape(p * size, *latents.shape[2:])
-      decoded = to_uint8(decode(self.weights.video_movq, z))
+      decoded = to_uint8(decode(w.video_movq, z))
       chunks.append(decoded.reshape(p, size, *decoded.shape[1:]))
       start += size
     return np.concatenate(chunks, axis=1)
@@ -121,22 +217,22 @@ class TextToVideo:
     rng = jax.random.key(options.seed)
     key_rng, base_rng, *pass_rngs = jax.random.split(rng, 2 + len(FPS_PASSES[options.fps]))
 
-    self._step_progress = step_progress
-
-    def stage(name, fn, *args):
-      self._stage = name
+    def stage(label, fn, *args, **kwargs):
       start = time.perf_counter()
-      out = jax.block_until_ready(fn(*args))
-      report(name, time.perf_counter() - start)
+      out = jax.block_until_ready(fn(*args, **kwargs))
+      report(label, time.perf_counter() - start)
       return out
 
-    text, keyframe_null, interpolation_null = stage("text", self.encode_text, prompts)
+    steps = dict(step_progress=step_progress)
+    text, keyframe_null, interpolation_null, length = stage("text", self.encode_text, prompts)
     if images is None:
-      key_images = stage("key frame", self.key_frames, text, keyframe_null, options, key_rng)
+      key_images = stage("key frame", self.key_frames, text, keyframe_null, length, options, key_rng, **steps)
       images = [Image.fromarray(image) for image in key_images]
     key_latents = stage("encode key frame", self.encode_images, images, options)
-    frames = stage("base frames", self.base_frames, key_latents, text, keyframe_null, options, base_rng)
+    frames = stage("base frames", self.base_frames, key_latents, text, keyframe_null, length, options, base_rng,
+                   **steps)
     for i, skip in enumerate(FPS_PASSES[options.fps]):
-      frames = stage(f"interpolation {i + 1}", self.interpolate, frames, text, interpolation_null, options, skip,
-                     pass_rngs[i])
+      name = f"interpolation {i + 1}"
+      frames = stage(name, self.interpolate, frames, text, interpolation_null, length, options, skip,
+                     pass_rngs[i], name=name, **steps)
     return stage("decode", self.decode_video, frames)

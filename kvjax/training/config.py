@@ -158,9 +158,9 @@ def _demo(model: str, steps: int, learning_rate: float, **fields) -> TrainConfig
 # frame of the 24 fps clips (the interpolation passes fill in 3 between each pair: 12 frames span 45).
 DEMO_TRAIN_PRESETS = {
     "demo-image-movq": _demo(
-        "image_movq", 1000, 1e-3, global_batch_size=8, num_frames=1,
+        "image_movq", 600, 1e-3, global_batch_size=8, num_frames=1,
         movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.05, discriminator="patch-discriminator-tiny",
-                                discriminator_start=500, lpips="lpips-tiny", latent_scale_weight=0.1,
+                                discriminator_start=400, lpips="lpips-tiny", latent_scale_weight=0.1,
                                 discriminator_optimizer=OptimizerConfig(learning_rate=2e-4, ema_decay=0.0))),
     "demo-video-movq": _demo(
         "video_movq", 300, 5e-4, global_batch_size=4, num_frames=9, frame_stride=1,

@@ -22,7 +22,7 @@ from kvjax.params import abstract_params, build_model
 from kvjax.pipeline.weights import PipelineWeights
 from kvjax.text.conditioning import project_context
 from kvjax.training.config import TrainConfig
-from kvjax.training.partitioning import batch_sharding, param_shardings
+from kvjax.sharding import batch_sharding, param_shardings
 
 # --data values that name generated clips rather than a folder.
 GENERATED_SOURCES = ("synthetic", "shapes")

@@ -15,7 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from kvjax.training.optimizer import OptimizerConfig, learning_rate_schedule
-from kvjax.training.partitioning import batch_sharding, param_shardings, replicated
+from kvjax.sharding import batch_sharding, param_shardings, replicated
 
 
 @flax.struct.dataclass

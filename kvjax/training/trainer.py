@@ -23,7 +23,7 @@ from kvjax.training.interpolation_loss import interpolation_loss
 from kvjax.training.keyframe_loss import keyframe_image_loss, keyframe_loss
 from kvjax.training.movq_gan import GANState, make_gan_losses, make_gan_train_step
 from kvjax.training.optimizer import make_optimizer
-from kvjax.training.partitioning import batch_sharding, param_shardings, replicated
+from kvjax.sharding import batch_sharding, param_shardings, replicated
 from kvjax.training.train_state import TrainState, create_state, jit_train_step, make_train_step, state_shardings
 from kvjax.training.trainable import trainable_mask, training_recipe
 

@@ -16,7 +16,7 @@ from kvjax.models.movq import MoVQ
 from kvjax.params import abstract_params, build_model, random_params
 from kvjax.training import gan_losses
 from kvjax.training.config import TRAIN_PRESETS
-from kvjax.training.mesh import make_mesh
+from kvjax.sharding import make_mesh
 from kvjax.training.movq_gan import identity_temporal_layers, make_gan_losses
 from kvjax.training.trainer import MoVQTrainer, abstract_batch, discriminator_config
 from kvjax.training.weights import lpips_weights, movq_start

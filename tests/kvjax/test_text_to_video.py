@@ -1,5 +1,9 @@
 """The whole pipeline on the tiny preset with random weights: text-to-video, image-to-video, batches, seeds."""
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,12 +25,20 @@ def pipeline():
   return TextToVideo(CONFIG, random_weights(CONFIG), tokenizer)
 
 
+STEPS = []  # (stage, done, total) reported from inside the compiled loops
+
+
+def record_step(stage, done, total):
+  # One function for every call: the stages compiled with it are reused (another function recompiles them).
+  STEPS.append((stage, done, total))
+
+
 @pytest.fixture(scope="module")
 def two_prompts(pipeline):
-  stages, steps = [], []
+  stages = []
   frames = pipeline(["a red fox in the snow", "waves"], OPTIONS, progress=lambda stage, s: stages.append(stage),
-                    step_progress=lambda stage, done, total: steps.append((stage, done, total)))
-  return frames, stages, steps
+                    step_progress=record_step)
+  return frames, stages, list(STEPS)
 
 
 def test_text_to_video_runs_every_stage_for_a_batch(two_prompts):
@@ -39,10 +51,49 @@ def test_text_to_video_runs_every_stage_for_a_batch(two_prompts):
   assert not np.array_equal(frames[0], frames[1])  # different prompts, different videos
 
 
-def test_the_same_seed_reproduces_the_videos(pipeline, two_prompts):
+class CompileCounter:
+  """Counts XLA compilations (backend compiles) while it is open."""
+
+  def __enter__(self):
+    self.count = 0
+    self._listener = lambda event, seconds, **kw: setattr(self, "count", self.count + (
+        event == "/jax/core/compile/backend_compile_duration"))
+    jax.monitoring.register_event_duration_secs_listener(self._listener)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def test_the_same_seed_reproduces_the_videos_without_a_compile(pipeline, two_prompts):
   frames = two_prompts[0]
-  again = pipeline(["a red fox in the snow", "waves"], OPTIONS)
+  with CompileCounter() as compiles:
+    again = pipeline(["a red fox in the snow", "waves"], OPTIONS, step_progress=record_step)
   np.testing.assert_array_equal(frames, again)
+  assert compiles.count == 0
+
+
+def test_other_prompt_lengths_and_settings_reuse_the_compiled_stages(pipeline, two_prompts):
+  other = dataclasses.replace(OPTIONS, seed=11, motion="high", noise_augmentation=5, key_frame_guidance_scale=2.0,
+                              guidance_weight_prompt=3.0, guidance_weight_image=1.0, interpolation_guidance_scale=1.5)
+  with CompileCounter() as compiles:
+    frames = pipeline(["a much longer prompt about a red fox running in the deep snow", "sea"], other,
+                      step_progress=record_step)
+  assert compiles.count == 0
+  assert frames.shape == two_prompts[0].shape and not np.array_equal(frames, two_prompts[0])
+
+
+def test_padding_the_context_keeps_the_reference_length_where_it_matters(pipeline):
+  # The text pooling's mean is over the reference's L positions: padded zeros with L given equal the cut.
+  (context, mask), null, _, length = pipeline.encode_text(["a red fox", "waves and more waves"])
+  L = int(length)
+  assert context.shape[1] == CONFIG.tokens_length and 1 < L < CONFIG.tokens_length
+  unet, params = pipeline.keyframe_unet, pipeline._weights("base frames").keyframe
+  x = jax.random.normal(jax.random.key(0), (2, 8, 16, CONFIG.keyframe.num_channels))
+  time = jnp.array([10.0, 500.0])
+  cut = unet.apply({"params": params}, x, time, context[:, :L], mask[:, :L], input_layer="image")
+  padded = unet.apply({"params": params}, x, time, context, mask, input_layer="image", context_length=length)
+  np.testing.assert_allclose(padded, cut, rtol=1e-5, atol=1e-5)
 
 
 def test_image_to_video_skips_the_key_frame(pipeline):

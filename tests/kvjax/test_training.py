@@ -13,7 +13,7 @@ from kvjax import configs
 from kvjax.params import abstract_params, random_params
 from kvjax.pipeline.config import PIPELINE_PRESETS
 from kvjax.training.config import TRAIN_PRESETS
-from kvjax.training.mesh import make_mesh, parse_mesh
+from kvjax.sharding import make_mesh, parse_mesh
 from kvjax.training.optimizer import OptimizerConfig
 from kvjax.training.trainable import count_trainable, trainable_mask
 from kvjax.training.trainer import UNetTrainer, abstract_batch

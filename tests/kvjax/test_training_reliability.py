@@ -14,10 +14,10 @@ import pytest
 
 from kvjax.training.checkpointing import CheckpointError, TrainCheckpoints, abstract_with_shardings
 from kvjax.training.config import TRAIN_PRESETS
-from kvjax.training.mesh import make_mesh
+from kvjax.sharding import make_mesh
 from kvjax.training.movq_gan import GANState, MoVQTrainingConfig, make_gan_train_step
 from kvjax.training.optimizer import OptimizerConfig, make_optimizer
-from kvjax.training.partitioning import batch_sharding
+from kvjax.sharding import batch_sharding
 from kvjax.training.train_state import (create_state, jit_train_step, make_train_step, nonfinite_paths,
                                         state_shardings)
 import train.__main__ as train_main
