@@ -1,7 +1,7 @@
 """Rebuilds the embedded demo from nothing: a synthetic world of moving shapes, its dataset, and every model of
 a small Kandinsky Video trained on it by kvjax, each stage one of the README's commands:
 
-  python -m train.demo OUT [--videos 900] [--parallel 2] [--install]
+  python -m train.demo OUT [--videos 900] [--parallel 2] [--keep DIR] [--install]
 
 Stages (OUT/<stage>.done marks a finished one; re-running the command resumes unfinished stages from their
 checkpoints and skips finished ones; stages whose inputs are ready run --parallel at once):
@@ -15,6 +15,10 @@ checkpoints and skips finished ones; stages whose inputs are ready run --paralle
   interpolation  python -m train --config demo-interpolation ...
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
+
+With --keep DIR each finished model stage's float16 output is also copied to DIR/<stage> (with the commands
+that made it), and any run with the same --keep takes those instead of training them again: a recipe longer
+than one sitting continues on a new machine from a DIR kept in the repository (train/demo_stages).
 
 OUT/weights is then a complete weights folder (`python -m sample --weights OUT/weights`); --install copies
 it into the package (kvjax/demo/weights), the default of `python -m sample`. Commands are printed as they
@@ -36,6 +40,7 @@ from kvjax.demo import DEMO_OPTIONS, DEMO_WEIGHTS, SAMPLING_DEFAULTS
 
 # Videos of 2 s at 24 fps, 256 px, prepared at 128 px (the default size filter keeps them): a 12-frame window 4 frames apart (45 source frames) fits in every clip.
 VIDEO_SECONDS, VIDEO_SIZE, FRAME_SIZE = 2.0, 256, 128
+RECIPE = "recipe.json"  # in a --keep folder: the commands that made the output beside it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Stage:
   name: str
   commands: tuple[tuple[str, ...], ...]  # argvs of `python -m ...`
   after: tuple[str, ...] = ()  # stages that must finish first
+  output: str | None = None  # a model stage's exported folder (what --keep keeps)
 
 
 def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> list[Stage]:
@@ -53,8 +59,10 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
 
   def train(name, preset, weights, export_to, after, *extra) -> Stage:
     cap = () if max_steps is None else ("--steps", str(max_steps))
+    # Exports in float16, the shipped form: every later stage starts from what a --keep folder holds.
     return Stage(name, (("train", "--config", preset, "--data", p, "--weights", weights, "--workdir", run(name),
-                         *cap, *extra), ("train.export", run(name), export_to, "--overwrite")), after)
+                         *cap, *extra), ("train.export", run(name), export_to, "--overwrite", "--dtype", "float16")),
+                 after, export_to)
 
   captions = os.path.join(v, "captions.jsonl")
   return [
@@ -65,11 +73,12 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
       Stage("init", (("train.init_weights", w, "--pipeline", "demo", "--captions", captions, "--seed", str(seed),
                       "--overwrite"),), ("videos",)),
       train("image_movq", "demo-image-movq", os.path.join(w, "movq"), os.path.join(w, "movq"), ("prepared", "init")),
-      train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
+      # The keyframe UNet's two stages are the longest chain: they start first, beside the interpolation UNet.
       train("keyframe_image", "demo-keyframe-image", w, os.path.join(x, "keyframe_image"), ("image_movq",)),
       train("keyframe", "demo-keyframe", w, os.path.join(x, "keyframe"), ("keyframe_image",),
             "--init", os.path.join(x, "keyframe_image")),
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("image_movq",)),
+      train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
       Stage("assemble", (), ("video_movq", "keyframe", "interpolation")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
@@ -99,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                  "training run keeps about one CPU core busy)")
   p.add_argument("--max-steps", type=int, help="train every model for at most this many steps (a smoke run)")
   p.add_argument("--install", action="store_true", help=f"copy the finished weights to {DEMO_WEIGHTS}")
+  p.add_argument("--keep", help="a folder that outlives OUT (e.g. in the repository): each finished model stage's "
+                 "float16 output is copied there, and a later run (another OUT, another machine) takes the "
+                 "outputs it holds instead of training them again, where the recipe is the same")
   return p
 
 
@@ -118,6 +130,49 @@ def install(weights: str, target: str = DEMO_WEIGHTS) -> None:
                      source=f"{os.path.join(weights, folder)} in float16")
     for name in ("spiece.model", SAMPLING_DEFAULTS):
       shutil.copy(os.path.join(weights, name), os.path.join(staging, name))
+
+
+def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:
+  """What a kept output was made by: the stage's commands (OUT written as "OUT"), the training presets they
+  name with their models' configurations, and the same of every stage before it (the videos' count and
+  seed among them)."""
+  import json
+  from kvjax.training.config import TRAIN_PRESETS
+  commands = [[arg.replace(out, "OUT") for arg in command] for command in stage.commands]
+  from kvjax.pipeline.config import PIPELINE_PRESETS
+  names = [c[i + 1] for c in stage.commands for i, arg in enumerate(c[:-1]) if c[0] == "train" and arg == "--config"]
+  presets = {name: {"training": dataclasses.asdict(TRAIN_PRESETS[name]),
+                    "models": dataclasses.asdict(PIPELINE_PRESETS[TRAIN_PRESETS[name].pipeline])} for name in names}
+  after = {name: _recipe(next(s for s in plan if s.name == name), out, plan) for name in stage.after}
+  return json.loads(json.dumps({"commands": commands, "presets": presets, "after": after}))
+
+
+def _take_kept(stage: Stage, out: str, keep: str | None, plan: list[Stage]) -> bool:
+  """Copies a kept output of the same recipe into place; True where there was one."""
+  import json
+  kept = None if keep is None or stage.output is None else os.path.join(keep, stage.name)
+  if kept is None or not os.path.isfile(os.path.join(kept, RECIPE)):
+    return False
+  with open(os.path.join(kept, RECIPE)) as f:
+    if json.load(f) != _recipe(stage, out, plan):
+      print(f"[{stage.name}] {kept} was made by another recipe: training again", file=sys.stderr, flush=True)
+      return False
+  from kvjax.atomic import staged
+  with staged(stage.output, overwrite=True) as staging:
+    shutil.copytree(kept, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(RECIPE))
+  return True
+
+
+def _keep(stage: Stage, out: str, keep: str | None, plan: list[Stage]) -> None:
+  """Copies a finished model stage's output into KEEP/<stage> with the recipe that made it."""
+  import json
+  if keep is None or stage.output is None:
+    return
+  from kvjax.atomic import staged
+  with staged(os.path.join(keep, stage.name), overwrite=True) as staging:
+    shutil.copytree(stage.output, staging, dirs_exist_ok=True)
+    with open(os.path.join(staging, RECIPE), "w") as f:
+      json.dump(_recipe(stage, out, plan), f, indent=1)
 
 
 def _run_stage(stage: Stage, out: str) -> subprocess.Popen | None:
@@ -145,11 +200,15 @@ def main(argv=None) -> int:
   for name in sorted(done):
     print(f"[{name}] done earlier", file=sys.stderr)
   running: dict[str, tuple[subprocess.Popen | None, float]] = {}
+  looked_up: set[str] = set()  # stages whose --keep folder was looked at
   failed = None
   while len(done) < len(plan) and failed is None:
     for stage in plan:
       ready = stage.name not in done and stage.name not in running and all(a in done for a in stage.after)
-      if ready and len(running) < args.parallel:
+      if ready and stage.name not in looked_up and (looked_up.add(stage.name) or _take_kept(stage, out, args.keep, plan)):
+        print(f"[{stage.name}] taken from {os.path.join(args.keep, stage.name)}", file=sys.stderr, flush=True)
+        running[stage.name] = (None, time.perf_counter())
+      elif ready and len(running) < args.parallel:
         running[stage.name] = (_run_stage(stage, out), time.perf_counter())
     time.sleep(0.2)
     for name, (process, started) in list(running.items()):
@@ -161,6 +220,8 @@ def main(argv=None) -> int:
         continue
       if name == "assemble":
         assemble(out)
+      if process is not None:
+        _keep(next(s for s in plan if s.name == name), out, args.keep, plan)
       with open(os.path.join(out, f"{name}.done"), "w") as f:
         f.write(f"{time.perf_counter() - started:.0f} s\n")
       done.add(name)

@@ -16,6 +16,9 @@ import os
 import sys
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,12 +27,16 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
   p.add_argument("--no-ema", action="store_true", help="export the raw weights, not their moving average")
   p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+  p.add_argument("--dtype", choices=DTYPES, default="float32", help="the stored parameters' type (the null "
+                 "embedding stays as trained)")
   return p
 
 
-def export(workdir: str, out: str, step: int | None = None, ema: bool = True, overwrite: bool = False) -> str:
+def export(workdir: str, out: str, step: int | None = None, ema: bool = True, overwrite: bool = False,
+           dtype: str = "float32") -> str:
   """Writes the run's weights at `step` (default: latest) to `out`; returns a sentence saying what was written."""
   import jax
+  import jax.numpy as jnp
   import numpy as np
 
   from kvjax.conversion.store import ConvertedModel, save_converted
@@ -62,9 +69,10 @@ def export(workdir: str, out: str, step: int | None = None, ema: bool = True, ov
   checkpoints.close()
   model_state = state.generator if config.is_movq else state
   use_ema = ema and model_state.ema_params is not None
-  params = jax.tree.map(np.asarray, model_state.ema_params if use_ema else model_state.params)
+  params = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)),
+                        model_state.ema_params if use_ema else model_state.params)
   extras = {} if config.is_movq else {"null_embedding": null}
-  source = f"{os.path.abspath(workdir)} step {step} ({'EMA' if use_ema else 'raw'} weights)"
+  source = f"{os.path.abspath(workdir)} step {step} ({'EMA' if use_ema else 'raw'} weights, {dtype})"
   save_converted(ConvertedModel(config.model_config.kind, config.model_config, params, extras), out,
                  source=source, overwrite=overwrite)
   return f"wrote {out}: {config.model} from {source}"
@@ -73,7 +81,8 @@ def export(workdir: str, out: str, step: int | None = None, ema: bool = True, ov
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
-    print(export(args.workdir, args.out, args.step, ema=not args.no_ema, overwrite=args.overwrite), file=sys.stderr)
+    print(export(args.workdir, args.out, args.step, ema=not args.no_ema, overwrite=args.overwrite,
+                 dtype=args.dtype), file=sys.stderr)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,0 +1,50 @@
+"""`python -m train.demo`'s plan and its --keep folder (a recipe longer than one sitting continues elsewhere).
+
+No training here: the stages' commands are the README's, tested where they live; this checks the plan's
+order and that kept outputs are taken only for the same recipe.
+"""
+
+import json
+import os
+
+from train.demo import RECIPE, _keep, _take_kept, stages
+
+
+def _model_stage(plan, name):
+  return next(s for s in plan if s.name == name)
+
+
+def test_the_plan_runs_every_stage_after_its_inputs():
+  plan = stages("/out", 600, 0)
+  names = [s.name for s in plan]
+  assert set(names) == {"videos", "prepared", "init", "image_movq", "keyframe_image", "keyframe", "interpolation",
+                        "video_movq", "assemble", "check"}
+  for stage in plan:
+    assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
+  # Every model stage exports float16, the shipped form, which later stages and --keep folders hold.
+  for stage in plan:
+    if stage.output is not None:
+      assert stage.commands[-1][0] == "train.export" and stage.commands[-1][-2:] == ("--dtype", "float16")
+
+
+def test_a_kept_output_is_taken_by_another_run_of_the_same_recipe_only(tmp_path):
+  first, second, keep = (str(tmp_path / name) for name in ("first", "second", "keep"))
+  plan = stages(first, 600, 0)
+  stage = _model_stage(plan, "image_movq")
+  os.makedirs(stage.output)
+  with open(os.path.join(stage.output, "config.json"), "w") as f:
+    f.write("{}")
+  _keep(stage, first, keep, plan)
+  recipe = json.load(open(os.path.join(keep, "image_movq", RECIPE)))
+  assert first not in json.dumps(recipe)  # OUT is written as "OUT": the folder may move
+  assert recipe["presets"]["demo-image-movq"]["training"]["total_steps"] > 0
+  assert "init" in recipe["after"] and "videos" in recipe["after"]["init"]["after"]
+
+  again = stages(second, 600, 0)
+  assert _take_kept(_model_stage(again, "image_movq"), second, keep, again)
+  assert sorted(os.listdir(_model_stage(again, "image_movq").output)) == ["config.json"]
+  # Another world (more videos) or seed is another recipe: trained again, not taken.
+  other = stages(str(tmp_path / "third"), 900, 0)
+  assert not _take_kept(_model_stage(other, "image_movq"), str(tmp_path / "third"), keep, other)
+  # Stages without a model output are never kept.
+  assert not _take_kept(_model_stage(again, "videos"), second, keep, again)
