@@ -17,20 +17,24 @@ from kvjax.models.interpolation_unet import InterpolationUNet
 from kvjax.models.keyframe_unet import KeyframeUNet
 
 
-def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none") -> nn.Module:
-  """The module of `config`; `remat` (UNets and MoVQs) names a rematerialisation policy."""
+def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
+                attention: str = "xla") -> nn.Module:
+  """The module of `config`; `remat` (UNets and MoVQs) names a rematerialisation policy, `attention` the
+  attention implementation of the models that attend (kvjax.layers.attention.ATTENTION_IMPLEMENTATIONS)."""
+  from kvjax.layers.attention import check_attention_implementation
+  attending = dict(dtype=dtype, param_dtype=param_dtype, attention_implementation=check_attention_implementation(attention))
   if isinstance(config, configs.KeyframeUNetConfig):
-    return KeyframeUNet(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+    return KeyframeUNet(config, remat=remat, **attending)
   if isinstance(config, configs.InterpolationUNetConfig):
-    return InterpolationUNet(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+    return InterpolationUNet(config, remat=remat, **attending)
   if isinstance(config, configs.MoVQConfig):
     from kvjax.models.movq import MoVQ
-    return MoVQ(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+    return MoVQ(config, remat=remat, **attending)
   if remat != "none":
     raise ValueError(f"remat applies to the UNets and MoVQs, not to {type(config).__name__}")
   if isinstance(config, configs.T5EncoderConfig):
     from kvjax.models.t5_encoder import T5Encoder
-    return T5Encoder(config, dtype=dtype, param_dtype=param_dtype)
+    return T5Encoder(config, **attending)
   if isinstance(config, configs.TextProjectionConfig):
     from kvjax.models.text_projection import TextProjections
     return TextProjections(config, dtype=dtype, param_dtype=param_dtype)

@@ -163,7 +163,9 @@ def convert_round_trip(kind: str, checkpoint: str, config) -> ConvertedModel:
     return load_converted(out)
 
 
-def verify_fixture(manifest_path: str) -> list[CaseResult]:
+def verify_fixture(manifest_path: str, compute_dtype=None) -> list[CaseResult]:
+  """Every case of one fixture folder; `compute_dtype` (e.g. jnp.bfloat16) runs the model in it instead of
+  float32, to measure its error against the reference (bench/bf16_error.py), not to pass the tolerances."""
   folder = os.path.dirname(manifest_path)
   with open(manifest_path) as f:
     manifest = json.load(f)
@@ -176,7 +178,7 @@ def verify_fixture(manifest_path: str) -> list[CaseResult]:
     converted = convert_round_trip(kind, os.path.join(folder, manifest["checkpoint"]), config)
   except Exception as e:  # report and go on to the next fixture
     return [CaseResult(prefix, 0, 0, 0, f"conversion failed: {type(e).__name__}: {e}")]
-  model = build_model(config)
+  model = build_model(config) if compute_dtype is None else build_model(config, compute_dtype)
   results = []
   for case, spec in manifest["cases"].items():
     name = f"{prefix}/{case}"

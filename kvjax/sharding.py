@@ -122,3 +122,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def constrain_batch(x: jax.Array, sharding: NamedSharding | None) -> jax.Array:
+  """`x` (batch-major) split over the batch sharding's axes inside a jit; left to XLA where there is no
+  sharding or the batch does not divide evenly (guidance x prompts x frames need not fit the mesh)."""
+  if sharding is None:
+    return x
+  axes = sharding.spec[0] if len(sharding.spec) else None
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  if x.shape[0] % math.prod(sharding.mesh.shape[a] for a in axes):
+    return x
+  return jax.lax.with_sharding_constraint(x, sharding)
+

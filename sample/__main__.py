@@ -20,6 +20,7 @@ import sys
 import time
 
 from kvjax.diffusion.loop import SAMPLERS
+from kvjax.layers.attention import ATTENTION_IMPLEMENTATIONS
 from kvjax.pipeline.config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MOTION_SCORES, GenerationOptions
 
 
@@ -53,12 +54,16 @@ def _parser() -> argparse.ArgumentParser:
                  help=f"{d.sampler} (default) is the reference; ddim and dpm_solver_pp are faster (not the "
                  "reference; the demo uses ddim)")
   p.add_argument("--seed", type=int, default=d.seed, help="in [0, 2**32)")
-  p.add_argument("--bf16", action="store_true", help="compute the UNets in bfloat16")
+  p.add_argument("--bf16", action="store_true", help="compute every model in bfloat16 (T5, UNets, MoVQs; "
+                 "bench/bf16_error.py measures the error against float32)")
   p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
   p.add_argument("--mesh", help="shard weights and batches over the devices, e.g. data=2,fsdp=2,tensor=2 (axes "
                  "data, fsdp, tensor; default: one device)")
   p.add_argument("--offload", action="store_true", help="keep the weights in host memory and place only the "
                  "running stage's models on the devices (for small accelerators; the same frames)")
+  p.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default="xla", help="attention kernels: xla "
+                 "(ours, the reference's arithmetic), jax (jax.nn.dot_product_attention's choice) or cudnn (fused, "
+                 "NVIDIA GPUs, with --bf16)")
   p.add_argument("--progress", action="store_true", help="a bar for every denoising step (a host callback in "
                  "each step; default: when stderr is a terminal)")
   p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs between runs "
@@ -200,7 +205,7 @@ def run(args) -> int:
     from kvjax import compile_cache
     compile_cache.enable()
   pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32, mesh=mesh,
-                         offload=args.offload)
+                         offload=args.offload, attention=args.attention)
   start = time.perf_counter()
   def bar(stage, done, total):
     filled = 30 * done // total

@@ -13,15 +13,47 @@ from kvjax.layers.basic import dense
 Dtype = Any
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                          mask: jax.Array | None = None) -> jax.Array:
+# How attention is computed: "xla" is ours below (the reference's arithmetic, every platform); "jax" is
+# jax.nn.dot_product_attention letting JAX pick its implementation; "cudnn" forces cuDNN's fused kernel
+# (NVIDIA GPUs, bf16/fp16). A model's `attention_implementation` field chooses for all its layers.
+ATTENTION_IMPLEMENTATIONS = ("xla", "jax", "cudnn")
+
+
+def check_attention_implementation(name: str) -> str:
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, "
+                     f"got {name!r}")
+  return name
+
+
+def implementation_of(module: nn.Module) -> str:
+  """The `attention_implementation` of the nearest enclosing model that has one (the UNets, MoVQs and T5
+  carry it), so the choice reaches every attention layer without threading it through each level."""
+  while isinstance(module, nn.Module):
+    name = getattr(module, "attention_implementation", None)
+    if isinstance(name, str):
+      return name
+    module = module.parent
+  return "xla"
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None,
+                          implementation: str = "xla", bias: jax.Array | None = None,
+                          scale: float | None = None) -> jax.Array:
   """(B, Tq, H, D) x (B, Tk, H, D) -> (B, Tq, H, D), softmax over keys in float32.
 
   `mask` (B, Tk) is True where a key may be attended to. Masked logits take the most negative finite value
-  of the logits dtype, as the reference does (never -inf, so a fully masked row stays finite).
+  of the logits dtype, as the reference does (never -inf, so a fully masked row stays finite). `bias`
+  (broadcastable to (B, H, Tq, Tk)) is added to the logits; `scale` defaults to 1/sqrt(D).
   """
-  scale = query.shape[-1] ** -0.5
+  scale = query.shape[-1] ** -0.5 if scale is None else scale
+  if implementation != "xla":
+    return jax.nn.dot_product_attention(
+        query, key, value, bias=bias, mask=None if mask is None else mask[:, None, None, :], scale=scale,
+        implementation=None if implementation == "jax" else check_attention_implementation(implementation))
   logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) * scale
+  if bias is not None:
+    logits = logits + bias
   if mask is not None:
     logits = jnp.where(mask[:, None, None, :], logits, -jnp.finfo(logits.dtype).max)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
@@ -54,7 +86,7 @@ class Attention(nn.Module):
     query = split(projection("to_query", ("embed", "heads"))(x))
     key = split(projection("to_key", (context_axis, "heads"))(context))
     value = split(projection("to_value", (context_axis, "heads"))(context))
-    out = dot_product_attention(query, key, value, mask)
+    out = dot_product_attention(query, key, value, mask, implementation_of(self))
     out = out.reshape(*out.shape[:-2], self.features)
     return projection("output_layer", ("heads", "embed"))(out)
 
@@ -76,9 +108,15 @@ class TemporalAttention(nn.Module):
         name=name, dtype=self.dtype, param_dtype=self.param_dtype, zero_init=zero_init)
     split = lambda y: y.reshape(b, t, n, heads, self.head_dim)
     query, key, value = (split(projection(name)(x)) for name in ("to_query", "to_key", "to_value"))
-    # Frames attend to frames at the same position: the einsums index around the (b, n) axes, no transposes.
-    logits = jnp.einsum("btnhd,bsnhd->bnhts", query, key) * self.head_dim ** -0.5
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
-    out = jnp.einsum("bnhts,bsnhd->btnhd", weights, value).reshape(b, t, n, self.features)
+    implementation = implementation_of(self)
+    if implementation == "xla":
+      # Frames attend to frames at the same position: the einsums index around the (b, n) axes, no transposes.
+      logits = jnp.einsum("btnhd,bsnhd->bnhts", query, key) * self.head_dim ** -0.5
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+      out = jnp.einsum("bnhts,bsnhd->btnhd", weights, value).reshape(b, t, n, self.features)
+    else:  # the fused kernels want (batch, frames, heads, dim): positions join the batch
+      as_batch = lambda y: y.transpose(0, 2, 1, 3, 4).reshape(b * n, t, heads, self.head_dim)
+      out = dot_product_attention(*(as_batch(y) for y in (query, key, value)), implementation=implementation)
+      out = out.reshape(b, n, t, self.features).transpose(0, 2, 1, 3)
     # The reference zero-initialises this projection so that a fresh block is an identity.
     return projection("output_layer", zero_init=True)(out)

@@ -141,6 +141,7 @@ class InterpolationUNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: str = "none"  # unet_layers.REMAT_POLICIES: recompute levels in the backward pass
+  attention_implementation: str = "xla"  # kvjax.layers.attention.ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x, time, context, context_mask=None, num_groups: int = 1, perturbation_time=None,

@@ -199,6 +199,7 @@ class KeyframeUNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: str = "none"  # unet_layers.REMAT_POLICIES: recompute levels in the backward pass
+  attention_implementation: str = "xla"  # kvjax.layers.attention.ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x, time, context, context_mask=None, frame_index=None, num_frames: int | None = None,

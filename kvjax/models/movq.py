@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from kvjax.configs import MoVQConfig
-from kvjax.layers.attention import dot_product_attention
+from kvjax.layers.attention import dot_product_attention, implementation_of
 from kvjax.layers.basic import conv
 from kvjax.layers.norms import GroupNorm
 from kvjax.models.unet_layers import merge_scalar, rematerialised, to_video
@@ -134,7 +134,8 @@ class AttnBlock(_SingleHeadAttention):
     h = SpatialNorm(self.groups, self.conditioned, name="norm", dtype=self.dtype,
                     param_dtype=self.param_dtype)(x, zq)
     tokens = lambda t: t.reshape(n, height * width, 1, c)
-    out = dot_product_attention(*(tokens(self.project(name, h)) for name in ("q", "k", "v")))
+    out = dot_product_attention(*(tokens(self.project(name, h)) for name in ("q", "k", "v")),
+                                implementation=implementation_of(self))
     return x + self.project("proj_out", out.reshape(x.shape))
 
 
@@ -161,7 +162,8 @@ class TemporalAttnBlock(_SingleHeadAttention):
       t = t.reshape(b, num_frames, height * width, c).transpose(0, 2, 1, 3)
       return t.reshape(b * height * width, num_frames, 1, c)
 
-    out = dot_product_attention(*(pixels_as_batch(self.project(name, h)) for name in ("q", "k", "v")))
+    out = dot_product_attention(*(pixels_as_batch(self.project(name, h)) for name in ("q", "k", "v")),
+                                implementation=implementation_of(self))
     out = out.reshape(b, height * width, num_frames, c).transpose(0, 2, 1, 3).reshape(x.shape)
     return x + self.project("proj_out", out)
 
@@ -307,6 +309,7 @@ class MoVQ(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: str = "none"  # unet_layers.REMAT_POLICIES, for training: encoder and decoder levels recomputed
+  attention_implementation: str = "xla"  # kvjax.layers.attention.ATTENTION_IMPLEMENTATIONS
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

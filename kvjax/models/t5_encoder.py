@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvjax.configs import T5EncoderConfig
+from kvjax.layers.attention import dot_product_attention, implementation_of
 from kvjax.layers.basic import dense
 from kvjax.sharding import logical_init
 
@@ -93,9 +94,8 @@ class SelfAttention(nn.Module):
                                                     dtype=self.dtype, param_dtype=self.param_dtype)
     split = lambda t: t.reshape(*t.shape[:-1], cfg.num_heads, cfg.d_kv)
     query, key, value = (split(projection(name, ("embed", "heads"), inner)(x)) for name in ("q", "k", "v"))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) + (position_bias + mask_bias)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value).reshape(*x.shape[:-1], inner)
+    out = dot_product_attention(query, key, value, implementation=implementation_of(self),
+                                bias=position_bias + mask_bias, scale=1.0).reshape(*x.shape[:-1], inner)
     return projection("o", ("heads", "embed"), cfg.d_model)(out), position_bias
 
 
@@ -167,6 +167,7 @@ class EncoderStack(nn.Module):
   config: T5EncoderConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x, attention_mask):
@@ -174,11 +175,39 @@ class EncoderStack(nn.Module):
     # Padded keys get the most negative finite value, never -inf, so even an all-padding row stays finite.
     mask_bias = jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(self.dtype).min).astype(self.dtype)
     mask_bias = mask_bias[:, None, None, :]
-    position_bias = None
-    for i in range(self.config.num_layers):
-      x, position_bias = Block(self.config, has_relative_attention_bias=(i == 0), name=f"block_{i}",
-                               **kw)(x, mask_bias, position_bias)
+    x, position_bias = Block(self.config, has_relative_attention_bias=True, name="block_0", **kw)(x, mask_bias)
+    if self.scan_layers and self.config.num_layers > 1:
+      # One compiled block for all the others (their parameters stacked, SCANNED_BLOCKS): compile time
+      # stays that of two blocks whatever the depth.
+      blocks = nn.scan(_ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(nn.broadcast, nn.broadcast), length=self.config.num_layers - 1,
+                       metadata_params={nn.PARTITION_NAME: None})
+      x, _ = blocks(self.config, name=SCANNED_BLOCKS, **kw)(x, mask_bias, position_bias)
+    else:
+      for i in range(1, self.config.num_layers):
+        x, _ = Block(self.config, name=f"block_{i}", **kw)(x, mask_bias, position_bias)
     return RMSNorm(self.config.layer_norm_epsilon, name="final_layer_norm", **kw)(x)
+
+
+SCANNED_BLOCKS = "scanned_blocks"  # encoder/scanned_blocks: blocks 1..N-1 stacked on a leading axis
+
+
+class _ScannedBlock(Block):
+  """A block as the body of nn.scan: the hidden state is the carry, nothing is stacked out."""
+
+  @nn.compact
+  def __call__(self, x, mask_bias, position_bias=None):
+    return super().__call__(x, mask_bias, position_bias)[0], None
+
+
+def scan_layout(params, num_layers: int, stack=lambda *layers: np.stack([np.asarray(a) for a in layers])):
+  """Per-block parameters (the converted layout) -> the `scan_layers=True` layout: blocks 1..N-1 stacked
+  (`stack` joins one parameter's N-1 leaves: arrays by default; e.g. shardings gain a leading None axis)."""
+  encoder = dict(params["encoder"])
+  rest = [encoder.pop(f"block_{i}") for i in range(1, num_layers)]
+  if rest:
+    encoder[SCANNED_BLOCKS] = jax.tree.map(stack, *rest)
+  return {**params, "encoder": encoder}
 
 
 class T5Encoder(nn.Module):
@@ -191,6 +220,8 @@ class T5Encoder(nn.Module):
   config: T5EncoderConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_implementation: str = "xla"  # kvjax.layers.attention.ATTENTION_IMPLEMENTATIONS
+  scan_layers: bool = False  # blocks 1..N-1 as one scanned block (params in `scan_layout`)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None):
@@ -200,5 +231,6 @@ class T5Encoder(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=self.dtype, param_dtype=self.param_dtype,
                      embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
                      name="shared")
-    return EncoderStack(cfg, dtype=self.dtype, param_dtype=self.param_dtype, name="encoder")(
+    return EncoderStack(cfg, dtype=self.dtype, param_dtype=self.param_dtype, scan_layers=self.scan_layers,
+                        name="encoder")(
         embed(input_ids), attention_mask)

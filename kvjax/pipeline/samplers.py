@@ -28,6 +28,7 @@ from kvjax.diffusion import ddpm, guidance
 from kvjax.diffusion.loop import denoise
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER, SchedulerConfig, make_schedule
 from kvjax.models.interpolation_unet import FRAMES_PER_GROUP
+from kvjax.sharding import constrain_batch
 
 LATENT_CHANNELS = 4
 NUM_BASE_FRAMES = 12
@@ -56,9 +57,7 @@ def _stack(*trees):
 
 def _on_batch(options: SamplerOptions, *arrays):
   """`arrays` (batch-major) constrained to the batch sharding of `options`, where it has one."""
-  if options.batch_sharding is None:
-    return arrays
-  return tuple(jax.lax.with_sharding_constraint(a, options.batch_sharding) for a in arrays)
+  return tuple(constrain_batch(a, options.batch_sharding) for a in arrays)
 
 
 def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tuple[int, int],

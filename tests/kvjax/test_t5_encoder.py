@@ -259,3 +259,23 @@ def test_shard_index_must_agree_with_the_shards(saved, tmp_path):
   index_path.write_text(json.dumps(index))
   with pytest.raises(CheckpointError, match="plain file names"):
     convert_t5_encoder(folder)
+
+
+def test_the_scanned_stack_equals_the_unrolled_one():
+  # The pipeline runs blocks 1..N-1 as one nn.scan (compile time independent of depth) on stacked weights.
+  from kvjax.models.t5_encoder import SCANNED_BLOCKS, scan_layout
+  from kvjax.params import random_params
+  cfg = dataclasses.replace(CFG, num_layers=4)
+  params = random_params(cfg, 0)
+  ids = np.array([[5, 9, 3, 1, 0, 0], [7, 1, 0, 0, 0, 0]])
+  unrolled = T5Encoder(cfg).apply({"params": params}, ids, ids > 0)
+  scanned_params = scan_layout(params, 4)
+  assert sorted(scanned_params["encoder"]) == ["block_0", "final_layer_norm", SCANNED_BLOCKS]
+  q = scanned_params["encoder"][SCANNED_BLOCKS]["layer_0"]["SelfAttention"]["q"]["kernel"]
+  assert q.shape == (3, *params["encoder"]["block_1"]["layer_0"]["SelfAttention"]["q"]["kernel"].shape)
+  scanned = T5Encoder(cfg, scan_layers=True).apply({"params": scanned_params}, ids, ids > 0)
+  np.testing.assert_allclose(scanned, unrolled, rtol=1e-5, atol=1e-5)
+  # The scanned layout is the one its init makes, logical axes with a leading unsharded layer axis.
+  boxed = jax.eval_shape(lambda: T5Encoder(cfg, scan_layers=True).init(jax.random.key(0), ids, ids > 0))["params"]
+  assert jax.tree.structure(nn.unbox(boxed)) == jax.tree.structure(scanned_params)
+  assert boxed["encoder"][SCANNED_BLOCKS]["layer_0"]["SelfAttention"]["q"]["kernel"].names == (None, "embed", "heads")
