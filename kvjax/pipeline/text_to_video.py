@@ -64,12 +64,8 @@ def weight_shardings(config: PipelineConfig, mesh: Mesh) -> PipelineWeights:
   its scanned layout (the stacked blocks' leading axis whole)."""
   model = lambda c: param_shardings(abstract_params(c), mesh)
   stacked = lambda first, *rest: NamedSharding(mesh, PartitionSpec(None, *first.spec))
-  # The interpolation UNet stays replicated: sharded by the rules, its frames on 8 simulated CPU devices
-  # (data=2,fsdp=2,tensor=2, jax 0.10.2) were not one device's (the keyframe UNet's were, within 1e-6),
-  # an SPMD partitioning fault not yet isolated. Replicated, it is correct and costs memory, not frames.
-  whole = param_shardings(abstract_params(config.interpolation), mesh, rules=())
   return PipelineWeights(
-      keyframe=model(config.keyframe), keyframe_null=replicated(mesh), interpolation=whole,
+      keyframe=model(config.keyframe), keyframe_null=replicated(mesh), interpolation=model(config.interpolation),
       interpolation_null=replicated(mesh), image_movq=model(config.image_movq),
       video_movq=model(config.video_movq),
       text_encoder=scan_layout(model(config.text_encoder), config.text_encoder.num_layers, stacked),
