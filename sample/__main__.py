@@ -208,6 +208,7 @@ def run(args) -> int:
     compile_cache.enable()
   pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32, mesh=mesh,
                          offload=args.offload, attention=args.attention)
+  del weights  # the pipeline holds its own copy (placed, or in host memory with --offload): free the loaded one
   start = time.perf_counter()
   def bar(stage, done, total):
     filled = 30 * done // total

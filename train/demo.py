@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -88,7 +89,6 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
 def assemble(out: str) -> None:
   """Copies the exported models into OUT/weights, which then holds the whole pipeline, with the demo's
   sampling defaults."""
-  import json
   from kvjax.atomic import staged
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
@@ -136,7 +136,6 @@ def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:
   """What a kept output was made by: the stage's commands (OUT written as "OUT"), the training presets they
   name with their models' configurations, and the same of every stage before it (the videos' count and
   seed among them)."""
-  import json
   from kvjax.training.config import TRAIN_PRESETS
   commands = [[arg.replace(out, "OUT") for arg in command] for command in stage.commands]
   from kvjax.pipeline.config import PIPELINE_PRESETS
@@ -149,7 +148,6 @@ def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:
 
 def _take_kept(stage: Stage, out: str, keep: str | None, plan: list[Stage]) -> bool:
   """Copies a kept output of the same recipe into place; True where there was one."""
-  import json
   kept = None if keep is None or stage.output is None else os.path.join(keep, stage.name)
   if kept is None or not os.path.isfile(os.path.join(kept, RECIPE)):
     return False
@@ -165,7 +163,6 @@ def _take_kept(stage: Stage, out: str, keep: str | None, plan: list[Stage]) -> b
 
 def _keep(stage: Stage, out: str, keep: str | None, plan: list[Stage]) -> None:
   """Copies a finished model stage's output into KEEP/<stage> with the recipe that made it."""
-  import json
   if keep is None or stage.output is None:
     return
   from kvjax.atomic import staged

@@ -93,23 +93,20 @@ class TextToVideo:
     self._compiled: dict[Any, Callable] = {}
     self._shardings = None if mesh is None else weight_shardings(config, mesh)
     self._batch = None if mesh is None else batch_sharding(mesh)
-    # The null embeddings are small: always on the devices. With offload the models stay in host memory
-    # and `_weights` places a stage's own, freeing the others.
-    self._nulls = self._place((weights.keyframe_null, weights.interpolation_null), "keyframe_null")
-    if offload:
+    if offload:  # the models stay in host memory: `_weights` places a stage's own, freeing the others
       self._host, self._placed = jax.device_get(weights), {}
+      nulls = (weights.keyframe_null, weights.interpolation_null)  # small: always on the devices
+      self._nulls = jax.device_put(nulls, None if mesh is None else replicated(mesh))
     else:
       self._host, self._placed = None, self._place(weights)
+      self._nulls = (self._placed.keyframe_null, self._placed.interpolation_null)
 
   def _place(self, tree, field: str | None = None):
     """`tree` on the devices: the default one, or sharded on the mesh as the rule table says for `field`
     (None: the whole PipelineWeights)."""
     if self._shardings is None:
       return jax.device_put(tree)
-    shardings = self._shardings if field is None else getattr(self._shardings, field)
-    if field is not None and field.endswith("_null"):
-      shardings = jax.tree.map(lambda _: shardings, tree)
-    return jax.device_put(tree, shardings)
+    return jax.device_put(tree, self._shardings if field is None else getattr(self._shardings, field))
 
   def _weights(self, stage: str):
     """The models of `stage` on the devices (all of them, placed at construction, without offload)."""
@@ -138,7 +135,6 @@ class TextToVideo:
     if key not in self._compiled:
       self._compiled[key] = jax.jit(make())
     return self._compiled[key]
-
 
   # --- stages -----------------------------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ def test_writers_produce_whole_files(tmp_path, suffix):
     (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/taken.gif", "{tmp}/taken.gif"], "one image or one per prompt"),
     (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/missing.png"], "no such file"),
     (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/corrupt.png"], "not a readable image"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--mesh", "data=3"], "--mesh: mesh 'data=3' has 3 devices"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--mesh", "pipe=2"], "--mesh: mesh 'pipe=2': expected"),
 ])
 def test_bad_arguments_are_named_and_leave_nothing(tmp_path, capsys, argv, message):
   (tmp_path / "taken.gif").write_bytes(b"keep")
