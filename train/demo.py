@@ -1,7 +1,7 @@
 """Rebuilds the embedded demo from nothing: a synthetic world of moving shapes, its dataset, and every model of
 a small Kandinsky Video trained on it by kvjax, each stage one of the README's commands:
 
-  python -m train.demo OUT [--videos 900] [--parallel 2] [--keep DIR] [--install]
+  python -m train.demo OUT [--videos 600] [--parallel 2] [--keep DIR] [--install]
 
 Stages (OUT/<stage>.done marks a finished one; re-running the command resumes unfinished stages from their
 checkpoints and skips finished ones; stages whose inputs are ready run --parallel at once):
@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("out", help="working folder (created; re-run the same command to resume)")
-  p.add_argument("--videos", type=int, default=900, help="synthetic videos to make (triples of one scene)")
+  p.add_argument("--videos", type=int, default=600, help="synthetic videos to make (triples of one scene)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--parallel", type=int, default=2, help="stages run at once when their inputs are ready (each "
                  "training run keeps about one CPU core busy)")

@@ -163,9 +163,9 @@ DEMO_TRAIN_PRESETS = {
                                 discriminator_start=400, lpips="lpips-tiny", latent_scale_weight=0.1,
                                 discriminator_optimizer=OptimizerConfig(learning_rate=2e-4, ema_decay=0.0))),
     "demo-video-movq": _demo(
-        "video_movq", 300, 5e-4, global_batch_size=4, num_frames=9, frame_stride=1,
+        "video_movq", 200, 5e-4, global_batch_size=4, num_frames=9, frame_stride=1,
         movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.05, discriminator="video-discriminator-tiny",
-                                discriminator_start=150, lpips="lpips-tiny",
+                                discriminator_start=100, lpips="lpips-tiny",
                                 discriminator_optimizer=OptimizerConfig(learning_rate=2e-4, ema_decay=0.0))),
     # Key frames are sampled at twice the video size (the reference's quirk): image mode trains at 128 px.
     "demo-keyframe-image": _demo("keyframe", 2500, 1e-3, global_batch_size=8, num_frames=1, resolution=(128, 128),
@@ -176,6 +176,8 @@ DEMO_TRAIN_PRESETS = {
                                 interpolation=InterpolationTrainingConfig(train_scope="all")),
 }
 TRAIN_PRESETS.update(DEMO_TRAIN_PRESETS)
+# keyframe-tiny on the two-level UNet (kvjax.pipeline.config): what the CLI's kill-and-resume test trains.
+TRAIN_PRESETS["keyframe-tiny-two-level"] = dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], pipeline="tiny-two-level")
 
 
 def config_from_dict(cls, values: dict[str, Any]):

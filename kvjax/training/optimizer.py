@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import optax
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -28,13 +29,22 @@ class OptimizerConfig:
   eps: float = 1e-8
   clip_norm: float = 1.0
   accumulation_steps: int = 1  # micro-batches whose gradients are averaged before one update
-  ema_decay: float = 0.9999  # 0 turns the EMA off
+  ema_decay: float = 0.9999  # the EMA's decay once warmed up (`ema_decay_at`); 0 turns the EMA off
   nonfinite: str = "stop"  # a non-finite loss or gradient norm: "stop" the run, or "skip" the step's update
 
   def __post_init__(self):
     if self.nonfinite not in NONFINITE_POLICIES:
       raise ValueError(f"OptimizerConfig.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, "
                        f"got {self.nonfinite!r}")
+
+
+def ema_decay_at(cfg: OptimizerConfig, step: jax.Array) -> jax.Array:
+  """The EMA's decay at update `step` (0-based), warmed up as diffusers' EMAModel does by default:
+  min(ema_decay, (1 + step) / (10 + step)). A constant decay d keeps d^T of the initial weights after T
+  updates (0.999 over 600 steps: 55% of a random init); warmed up, the average forgets them within tens of
+  steps and then averages over the last ~min(t / 9, 1 / (1 - d)) updates."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(cfg.ema_decay, (1 + step) / (10 + step))
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from kvjax.training.optimizer import OptimizerConfig, learning_rate_schedule
+from kvjax.training.optimizer import OptimizerConfig, ema_decay_at, learning_rate_schedule
 from kvjax.sharding import batch_sharding, param_shardings, replicated
 
 
@@ -68,7 +68,8 @@ def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransform
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
   if ema is not None:
-    ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
+    decay = ema_decay_at(cfg, state.step)
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
   if finite is not None:
     params, opt_state, ema = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state, ema),
                                           (state.params, state.opt_state, state.ema_params))

@@ -32,7 +32,7 @@ def _export_and_sample(workdir, tmp_path, env):
   exported = subprocess.run([sys.executable, "-m", "train.export", str(workdir), str(out)], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=600)
   assert exported.returncode == 0, exported.stderr[-3000:]
-  assert "step 6 (EMA weights)" in exported.stderr
+  assert "step 6 (EMA weights, float32)" in exported.stderr
   saved = ocp.StandardCheckpointer().restore(str(workdir / "checkpoints" / "6" / "state"))
   model = load_converted(out)
   assert model.kind == "movq" and model.config.temporal
