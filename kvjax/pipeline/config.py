@@ -65,6 +65,14 @@ PIPELINE_PRESETS = {
         configs.DEMO_KEYFRAME, configs.DEMO_INTERPOLATION, configs.DEMO_IMAGE_MOVQ, configs.DEMO_VIDEO_MOVQ,
         configs.DEMO_T5_ENCODER, configs.DEMO_TEXT_PROJECTIONS, tokens_length=16),
 }
+# "tiny" with two-level UNets (every kind of layer, half the levels): XLA on a CPU compiles a UNet train
+# step in minutes per level, so the tests that compile sharded steps and whole training runs use this.
+_TWO_LEVELS = dict(dim_mult=(1, 2), num_blocks=(2, 2), add_cross_attention=(False, True),
+                   add_self_attention=(False, True))
+PIPELINE_PRESETS["tiny-two-level"] = dataclasses.replace(
+    PIPELINE_PRESETS["tiny"], keyframe=dataclasses.replace(PIPELINE_PRESETS["tiny"].keyframe, **_TWO_LEVELS),
+    interpolation=dataclasses.replace(PIPELINE_PRESETS["tiny"].interpolation, time_downsample=(False, False),
+                                      **_TWO_LEVELS))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,8 @@
 """The pipeline sharded over 8 simulated CPU devices, and with offloading: what one device computes.
 
-Two-level UNets keep the SPMD compiles short; they have every kind of layer the pipeline shards.
+The "tiny-two-level" pipeline keeps the SPMD compiles short; its UNets have every kind of layer the pipeline shards.
 """
 
-import dataclasses
 
 import jax
 import numpy as np
@@ -15,12 +14,7 @@ from kvjax.pipeline.weights import random_weights
 from kvjax.sharding import make_mesh
 from kvjax.text.hashed_tokenizer import HashedWordTokenizer
 
-TWO_LEVELS = dict(dim_mult=(1, 2), num_blocks=(2, 2), add_cross_attention=(False, True),
-                  add_self_attention=(False, True))
-TINY = PIPELINE_PRESETS["tiny"]
-CONFIG = dataclasses.replace(
-    TINY, keyframe=dataclasses.replace(TINY.keyframe, **TWO_LEVELS),
-    interpolation=dataclasses.replace(TINY.interpolation, time_downsample=(False, False), **TWO_LEVELS))
+CONFIG = PIPELINE_PRESETS["tiny-two-level"]
 # DDIM (no step noise): random weights amplify rounding through DDPM's noise and the MoVQ's codebook, which
 # would turn float32 summation-order differences into other videos.
 OPTIONS = GenerationOptions(width=32, height=32, fps="medium", key_frame_steps=2, base_frame_steps=2,
