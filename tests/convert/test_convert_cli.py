@@ -149,13 +149,14 @@ def test_strictness_lists_missing_unexpected_and_misshaped_keys(tmp_path):
 def test_verify_runs_every_fixture_of_a_folder(tmp_path, capsys):
   # Each fixture's parity is tested with its model; here, that a folder of fixtures is walked and counted.
   fixtures = os.path.dirname(KEYFRAME_FIXTURE)
-  for name in ("image_movq", "t5_encoder", "interpolation_unet"):
+  # (The two cheapest to compile: the UNets' fixtures are verified by their own tests.)
+  for name in ("image_movq", "t5_encoder"):
     shutil.copytree(os.path.join(fixtures, name), tmp_path / name)
   cases = sum(len(json.load(open(m))["cases"]) for m in find_manifests(str(tmp_path)))
   assert main(["verify", str(tmp_path)]) == 0
   out = capsys.readouterr().out
-  assert out.count("ok  ") == cases == 6 and f"{cases} passed, 0 failed" in out
-  assert "interpolation_unet/cond_uncond_groups" in out and "t5_encoder/padded_batch" in out
+  assert out.count("ok  ") == cases and cases >= 4 and f"{cases} passed, 0 failed" in out
+  assert "image_movq/decode_batch" in out and "t5_encoder/padded_batch" in out
 
 
 def test_every_fixture_folder_has_a_verifier():
@@ -164,14 +165,18 @@ def test_every_fixture_folder_has_a_verifier():
     assert json.load(open(manifest))["model"] in CASE_RUNNERS, manifest
 
 
-def test_verify_fails_when_the_reference_disagrees(keyframe_fixture, capsys):
-  case = keyframe_fixture / "keyframe_image.npz"
+def test_verify_fails_when_the_reference_disagrees(tmp_path, capsys):
+  # The image MoVQ's fixture (its compiles are the cheapest of the UNet-free ones): one case's reference
+  # output off by 0.1% fails by name, the others still pass.
+  folder = tmp_path / "image_movq"
+  shutil.copytree(os.path.join(os.path.dirname(KEYFRAME_FIXTURE), "image_movq"), folder)
+  case = folder / "decode_single.npz"
   data = dict(np.load(case))
-  data["out/eps"] = data["out/eps"] * 1.001
+  data["out/images"] = data["out/images"] * 1.001
   np.savez(case, **data)
-  assert main(["verify", str(keyframe_fixture)]) == 1
+  assert main(["verify", str(folder)]) == 1
   out = capsys.readouterr().out
-  assert "FAIL keyframe_unet/keyframe_image" in out and "ok   keyframe_unet/keyframe_video" in out
+  assert "FAIL image_movq/decode_single" in out and "ok   image_movq/encode" in out
 
 
 def test_info_prints_exact_production_counts(capsys):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from testing_utils import FIXTURES
-from kvjax import configs
 from kvjax.diffusion import guidance
 from kvjax.diffusion.schedule import SchedulerConfig
 from kvjax.params import build_model, init_params
 from kvjax.parity import verify_fixture
+from kvjax.pipeline.config import PIPELINE_PRESETS
 from kvjax.pipeline import samplers
 from kvjax.text.conditioning import unconditional_context
 
@@ -34,7 +34,7 @@ def test_guidance_forms():
 
 @pytest.fixture(scope="module")
 def interpolation():
-  config = configs.INTERPOLATION_TINY
+  config = PIPELINE_PRESETS["tiny-two-level"].interpolation  # two levels: a quarter of the compile
   return build_model(config), nn.unbox(init_params(config, jax.random.key(0)))
 
 
@@ -43,9 +43,9 @@ def test_interpolation_keeps_the_originals_and_compiles_once(interpolation):
   p, t, length = 1, 3, 3
   rng = np.random.default_rng(0)
   frames = rng.normal(size=(p, t, 8, 8, 4)).astype(np.float32)
-  text = (rng.normal(size=(p, length, configs.INTERPOLATION_TINY.context_dim)).astype(np.float32),
-          np.ones((p, length), bool))
-  null = unconditional_context(np.ones(configs.INTERPOLATION_TINY.context_dim), p, length)
+  dim = unet.config.context_dim
+  text = rng.normal(size=(p, length, dim)).astype(np.float32), np.ones((p, length), bool)
+  null = unconditional_context(np.ones(dim), p, length)
   options = samplers.SamplerOptions(SchedulerConfig("v_prediction", "trailing", 2))
   run = jax.jit(lambda params, frames, text, null, scale, rng: samplers.interpolate(
       unet, params, frames, text, null, scale, 3, rng, options))

@@ -32,6 +32,8 @@ def test_remat_applies_to_unets_and_movqs_only():
     build_model(configs.T5_ENCODER_TINY, remat="levels")
 
 
+# The MoVQ GAN's one-device runs in test_movq_training.py are rematerialised and equal the sharded ones.
+@pytest.mark.slow
 def test_movq_remat_keeps_the_parameter_tree_and_the_output():
   images = jnp.linspace(-1, 1, 2 * 16 * 16 * 3).reshape(2, 16, 16, 3)
   def run(remat):

@@ -14,7 +14,7 @@ from kvjax.pipeline.text_to_video import TextToVideo
 from kvjax.pipeline.weights import random_weights
 from kvjax.text.hashed_tokenizer import HashedWordTokenizer
 
-CONFIG = PIPELINE_PRESETS["tiny"]
+CONFIG = PIPELINE_PRESETS["tiny-two-level"]  # every stage and kind of layer, half the UNet levels to compile
 OPTIONS = GenerationOptions(width=64, height=32, fps="medium", key_frame_steps=2, base_frame_steps=2,
                             interpolation_steps=2, seed=3)
 
@@ -107,8 +107,9 @@ def test_image_to_video_skips_the_key_frame(pipeline):
 
 
 def test_bad_sizes_and_options_are_named(pipeline):
-  with pytest.raises(ValueError, match="multiples of 32"):
-    pipeline("x", GenerationOptions(width=48, height=32))
+  m = CONFIG.size_multiple
+  with pytest.raises(ValueError, match=f"multiples of {m}"):
+    pipeline("x", GenerationOptions(width=m + 4, height=m))
   with pytest.raises(ValueError, match="fps must be one of"):
     GenerationOptions(fps="ultra")
   with pytest.raises(ValueError, match="motion must be one of"):
