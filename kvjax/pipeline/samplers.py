@@ -56,7 +56,10 @@ def _stack(*trees):
 
 
 def _on_batch(options: SamplerOptions, *arrays):
-  """`arrays` (batch-major) constrained to the batch sharding of `options`, where it has one."""
+  """`arrays` (batch-major) constrained to the batch sharding of `options`, where it has one. The UNets'
+  outputs too: left to propagation, they come out split over channels by the output layer's tensor-parallel
+  kernel, and the guidance slices of such an array gave other values than one device
+  (bench/mesh_parity.py)."""
   return tuple(constrain_batch(a, options.batch_sharding) for a in arrays)
 
 
@@ -79,6 +82,7 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
     time = jnp.full((2 * p,), t, jnp.float32)
     eps = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), input_layer="image",
                      context_length=context_length)
+    eps, = _on_batch(options, eps)
     return guidance.two_way(eps[:p], eps[p:], guidance_scale)
 
   return denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
@@ -121,6 +125,7 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
     eps = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), frame_index=frame_index,
                      num_frames=n, noise_aug_time=noise_aug_time, motion_score=motion, input_layer="video",
                      context_length=context_length)
+    eps, = _on_batch(options, eps)
     full, image_only, unconditional = jnp.split(eps, 3)
     return guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
 
@@ -161,6 +166,7 @@ def interpolate(unet, params, frames, text, null, guidance_scale, skip_frames: i
     v = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), num_groups=g,
                    perturbation_time=perturbation, skip_frames=skip, temporal_mask=temporal_mask,
                    context_length=context_length)
+    v, = _on_batch(options, v)
     return guidance.two_way(v[:p * g], v[p * g:], guidance_scale)
 
   x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
