@@ -14,7 +14,10 @@ disk) raise CheckpointError naming the step and the last complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -51,6 +54,36 @@ def _hosts_agree(ok: bool) -> bool:
     return ok
   from jax.experimental import multihost_utils
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+def _raised_in_orbax_or_asyncio(exc: BaseException | None) -> bool:
+  tb = exc.__traceback__ if exc is not None else None
+  while tb is not None:
+    name = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
+    if "/orbax/" in name or "/asyncio/" in name:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """Silences what a failed sharded restore leaves behind. orbax reads the shards of an array concurrently in an
+  event loop that closes at the first failure; the other reads then finish into the closed loop ("Event loop is
+  closed") or are collected unfinished, and Python prints each as an "Exception ignored" traceback of dozens of
+  lines. The failure itself is reported by `restore_latest` in one line; other unraisable errors pass through."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _raised_in_orbax_or_asyncio(unraisable.exc_value):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()  # the abandoned coroutines are collected here, while the hook still filters them
+    sys.unraisablehook = previous
 
 
 class TrainCheckpoints:
@@ -99,7 +132,8 @@ class TrainCheckpoints:
     """The state at `step`, placed as `abstract_state`'s shardings say (ShapeDtypeStructs with shardings).
     A checkpoint that cannot be read raises CheckpointError naming its folder and the first problem."""
     try:
-      return self._restore(step, abstract_state)
+      with _quiet_abandoned_reads():
+        return self._restore(step, abstract_state)
     except Exception as e:  # orbax and tensorstore raise bare Exceptions, ValueErrors, OSErrors...
       raise CheckpointError(f"{self.step_folder(step)}: {error_reason(e)}") from e
 
@@ -117,6 +151,10 @@ class TrainCheckpoints:
     (which raises ValueError to refuse one, e.g. for non-finite weights); (None, None, None) where there is
     none. Newer checkpoints that fail are renamed STEP.damaged and `warn` names each; where every one fails,
     CheckpointError lists them all and nothing is renamed."""
+    with _quiet_abandoned_reads():
+      return self._restore_latest(abstract_state, check, warn)
+
+  def _restore_latest(self, abstract_state, check, warn):
     failures = []
     for step in sorted(self.all_steps(), reverse=True):
       state = data = None
