@@ -46,11 +46,11 @@ def main() -> None:
            "augmentation_noise": rng.uniform(size=(p, h, h, 4)).astype(np.float32)}
 
   def base_frames(pipeline, params, constrain=True):
-    sampler = pipeline._sampler("base frames", "epsilon", "leading", 1, OPTIONS, None)
+    sampler = pipeline.programs.sampler("base frames", 1, OPTIONS)
     if not constrain:
       sampler = dataclasses.replace(sampler, batch_sharding=None)
     run = jax.jit(lambda params, latents, text, null, length: samplers.base_frames(
-        pipeline.keyframe_unet, params, latents, text, null, 5.0, 2.0, 10, 20, jax.random.key(3), sampler,
+        pipeline.programs.keyframe_unet, params, latents, text, null, 5.0, 2.0, 10, 20, jax.random.key(3), sampler,
         noise=noise, context_length=length))
     return np.asarray(run(params, key_latents, text, null, length))
 
@@ -63,7 +63,7 @@ def main() -> None:
   x = rng.normal(size=(b, h, h, 9)).astype(np.float32)
   context = jnp.repeat(jnp.concatenate([text[0], null[0], null[0]]), frames, axis=0)
   mask = jnp.repeat(jnp.concatenate([text[1], null[1], null[1]]), frames, axis=0)
-  forward = jax.jit(lambda params: one.keyframe_unet.apply(
+  forward = jax.jit(lambda params: one.programs.keyframe_unet.apply(
       {"params": params}, x, jnp.full((b,), 999.0), context, mask, frame_index=jnp.tile(jnp.arange(frames, dtype=jnp.float32), 3 * p),
       num_frames=frames, noise_aug_time=jnp.full((b,), 20), motion_score=jnp.full((b,), 10), input_layer="video",
       context_length=length))

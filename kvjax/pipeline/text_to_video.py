@@ -26,16 +26,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
-from kvjax.diffusion.schedule import SchedulerConfig
 from kvjax.models.movq import reference_chunk_sizes
 from kvjax.models.t5_encoder import scan_layout
-from kvjax.params import abstract_params, build_model
-from kvjax.pipeline import samplers
+from kvjax.params import abstract_params
 from kvjax.pipeline.config import FPS_PASSES, GenerationOptions, PipelineConfig
 from kvjax.pipeline.images import fit_and_crop, to_uint8
+from kvjax.pipeline.programs import StagePrograms
 from kvjax.pipeline.weights import PipelineWeights
-from kvjax.sharding import batch_sharding, constrain_batch, param_shardings, replicated
-from kvjax.text.conditioning import context_length, project_context, unconditional_context
+from kvjax.sharding import param_shardings, replicated
+from kvjax.text.conditioning import context_length, unconditional_context
 
 
 Progress = Callable[[str, float], None]  # (stage, seconds) when a stage ends
@@ -84,15 +83,10 @@ class TextToVideo:
   def __init__(self, config: PipelineConfig, weights: PipelineWeights, tokenizer, dtype=jnp.float32,
                mesh: Mesh | None = None, offload: bool = False, attention: str = "xla"):
     self.config, self.tokenizer, self.mesh, self.offload = config, tokenizer, mesh, offload
-    model = lambda c: build_model(c, dtype, attention=attention)
-    self.keyframe_unet, self.interpolation_unet = model(config.keyframe), model(config.interpolation)
-    self.image_movq, self.video_movq = model(config.image_movq), model(config.video_movq)
-    # T5 runs its blocks as one scan (compile time independent of depth): weights in the scanned layout.
-    self.text_encoder = model(config.text_encoder).clone(scan_layers=True)
+    self.programs = StagePrograms(config, dtype, attention, mesh)
     weights = weights.replace(text_encoder=scan_layout(weights.text_encoder, config.text_encoder.num_layers))
     self._compiled: dict[Any, Callable] = {}
     self._shardings = None if mesh is None else weight_shardings(config, mesh)
-    self._batch = None if mesh is None else batch_sharding(mesh)
     if offload:  # the models stay in host memory: `_weights` places a stage's own, freeing the others
       self._host, self._placed = jax.device_get(weights), {}
       nulls = (weights.keyframe_null, weights.interpolation_null)  # small: always on the devices
@@ -125,11 +119,10 @@ class TextToVideo:
       return [f.name for f in dataclasses.fields(PipelineWeights) if not f.name.endswith("_null")]
     return sorted(self._placed)
 
-  def _sampler(self, stage: str, prediction: str, spacing: str, steps: int, options: GenerationOptions,
-               step_progress: StepProgress | None):
-    on_step = None if step_progress is None else _StageSteps(stage, step_progress)
-    return samplers.SamplerOptions(SchedulerConfig(prediction, spacing, steps), options.sampler, on_step,
-                                   self._batch)
+  def _sampler(self, stage: str, steps: int, options: GenerationOptions, step_progress: StepProgress | None,
+               name: str | None = None):
+    on_step = None if step_progress is None else _StageSteps(name or stage, step_progress)
+    return self.programs.sampler(stage, steps, options, on_step)
 
   def _jit(self, key, make: Callable[[], Callable]) -> Callable:
     if key not in self._compiled:
@@ -144,9 +137,7 @@ class TextToVideo:
     int32 that the UNets use where L matters (the text pooling's mean)."""
     w = self._weights("text")
     tokens = self.tokenizer(list(prompts))
-    projections = self.config.projections
-    encode = self._jit("text", lambda: lambda t5, proj, ids, mask: project_context(
-        proj, self.text_encoder.apply({"params": t5}, ids, mask), mask, config=projections))
+    encode = self._jit("text", self.programs.text)
     context = encode(w.text_encoder, w.projections, tokens.input_ids, tokens.attention_mask)
     mask = jnp.asarray(tokens.attention_mask).astype(bool)
     p, padded = mask.shape
@@ -158,37 +149,30 @@ class TextToVideo:
     w = self._weights("key frame")
     f = self.config.image_movq.downsampling_factor
     size = (2 * options.height // f, 2 * options.width // f)
-    sampler = self._sampler("key frame", "epsilon", "leading", options.key_frame_steps, options, step_progress)
-    run = self._jit(("key frame", size, sampler), lambda: lambda p, movq, text, null, w, rng, length:
-                    self.image_movq.apply({"params": movq}, samplers.first_frame(
-                        self.keyframe_unet, p, text, null, w, rng, size, sampler, context_length=length), 1,
-                        method="decode"))  # one image per decode call, as the reference
+    sampler = self._sampler("key frame", options.key_frame_steps, options, step_progress)
+    run = self._jit(("key frame", size, sampler), lambda: self.programs.key_frame(size, sampler))
     return to_uint8(run(w.keyframe, w.image_movq, text, null, options.key_frame_guidance_scale, rng, length))
 
   def encode_images(self, images: Sequence[Image.Image], options: GenerationOptions) -> jax.Array:
     """Resize and crop as the reference, then encode with the image MoVQ: (P, H/8, W/8, 4)."""
     w = self._weights("encode")
     pixels = np.stack([fit_and_crop(image, options.width, options.height) for image in images])
-    encode = self._jit("encode", lambda: lambda p, x: self.image_movq.apply({"params": p}, x, method="encode"))
+    encode = self._jit("encode", self.programs.encode)
     return encode(w.image_movq, pixels)
 
   def base_frames(self, key_latents, text, null, length, options: GenerationOptions, rng,
                   step_progress=None) -> jax.Array:
     w = self._weights("base frames")
-    sampler = self._sampler("base frames", "epsilon", "leading", options.base_frame_steps, options, step_progress)
-    run = self._jit(("base frames", sampler), lambda: lambda p, *args, length: samplers.base_frames(
-        self.keyframe_unet, p, *args, sampler, context_length=length))
+    sampler = self._sampler("base frames", options.base_frame_steps, options, step_progress)
+    run = self._jit(("base frames", sampler), lambda: self.programs.base_frames(sampler))
     return run(w.keyframe, key_latents, text, null, options.guidance_weight_prompt, options.guidance_weight_image,
-               options.motion_score, options.noise_augmentation, rng, length=length)
+               options.motion_score, options.noise_augmentation, rng, length)
 
   def interpolate(self, frames, text, null, length, options: GenerationOptions, skip_frames: int, rng,
                   step_progress=None, name: str = "interpolation") -> jax.Array:
     w = self._weights("interpolation")
-    sampler = self._sampler(name, "v_prediction", "trailing", options.interpolation_steps,
-                            options, step_progress)
-    run = self._jit(("interpolation", sampler, skip_frames), lambda: lambda p, frames, text, null, w, rng, length:
-                    samplers.interpolate(self.interpolation_unet, p, frames, text, null, w, skip_frames, rng,
-                                         sampler, context_length=length))
+    sampler = self._sampler("interpolation", options.interpolation_steps, options, step_progress, name)
+    run = self._jit(("interpolation", sampler, skip_frames), lambda: self.programs.interpolation(sampler, skip_frames))
     return run(w.interpolation, frames, text, null, options.interpolation_guidance_scale, rng, length)
 
   def decode_video(self, latents) -> np.ndarray:
@@ -198,8 +182,7 @@ class TextToVideo:
     p, t = latents.shape[:2]
     chunks, start = [], 0
     for size in reference_chunk_sizes(t):
-      decode = self._jit(("decode", size), lambda size=size: lambda params, z: self.video_movq.apply(
-          {"params": params}, constrain_batch(z, self._batch), size, method="decode"))
+      decode = self._jit(("decode", size), lambda size=size: self.programs.decode(size))
       z = latents[:, start:start + size].reshape(p * size, *latents.shape[2:])
       decoded = to_uint8(decode(w.video_movq, z))
       chunks.append(decoded.reshape(p, size, *decoded.shape[1:]))

@@ -1,0 +1,82 @@
+"""The pure programs of the generation stages: functions of (weights, inputs) that `TextToVideo` jit-compiles
+and calls with placed weights, and that a benchmark lowers with abstract ones (shapes and shardings only, no
+weights) to read a production stage's memory and FLOPs from XLA.
+
+Nothing here holds weights or state: a `StagePrograms` is the models (flax modules, built for a dtype and an
+attention implementation) and, on a mesh, the batch sharding every UNet and decoder batch is split by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER
+from kvjax.params import build_model
+from kvjax.pipeline import samplers
+from kvjax.pipeline.config import GenerationOptions, PipelineConfig
+from kvjax.sharding import batch_sharding, constrain_batch
+from kvjax.text.conditioning import project_context
+
+# The scheduler of each denoising stage, as the reference samples (its steps are the options').
+STAGE_SCHEDULERS = {"key frame": KEYFRAME_SCHEDULER, "base frames": KEYFRAME_SCHEDULER,
+                    "interpolation": INTERPOLATION_SCHEDULER}
+
+
+class StagePrograms:
+  """`text()`, `key_frame(size, sampler)`, `encode()`, `base_frames(sampler)`, `interpolation(sampler, skip)`,
+  `decode(frames)`: each returns the stage's function, whose arguments are documented on it."""
+
+  def __init__(self, config: PipelineConfig, dtype=jnp.float32, attention: str = "xla",
+               mesh: jax.sharding.Mesh | None = None):
+    self.config = config
+    model = lambda c: build_model(c, dtype, attention=attention)
+    self.keyframe_unet, self.interpolation_unet = model(config.keyframe), model(config.interpolation)
+    self.image_movq, self.video_movq = model(config.image_movq), model(config.video_movq)
+    # T5 runs its blocks as one scan (compile time independent of depth): weights in the scanned layout.
+    self.text_encoder = model(config.text_encoder).clone(scan_layers=True)
+    self.batch = None if mesh is None else batch_sharding(mesh)
+
+  def sampler(self, stage: str, steps: int, options: GenerationOptions,
+              on_step: Callable[[int, int], None] | None = None) -> samplers.SamplerOptions:
+    """The static sampling choices of a denoising stage ("key frame", "base frames" or "interpolation")."""
+    scheduler = dataclasses.replace(STAGE_SCHEDULERS[stage], num_inference_steps=steps)
+    return samplers.SamplerOptions(scheduler, options.sampler, on_step, self.batch)
+
+  def text(self) -> Callable:
+    """(t5 params, projections, token ids (P, N), mask (P, N)) -> projected context (P, N, D)."""
+    return lambda t5, projections, ids, mask: project_context(
+        projections, self.text_encoder.apply({"params": t5}, ids, mask), mask, config=self.config.projections)
+
+  def key_frame(self, latent_size: tuple[int, int], sampler: samplers.SamplerOptions) -> Callable:
+    """(keyframe params, image MoVQ params, text, null, guidance scale, rng, context length) -> key frames
+    decoded to pixels in [-1, 1] (P, 8h, 8w, 3), one image per decode call as the reference."""
+    return lambda unet, movq, text, null, scale, rng, length: self.image_movq.apply(
+        {"params": movq}, samplers.first_frame(self.keyframe_unet, unet, text, null, scale, rng, latent_size,
+                                               sampler, context_length=length), 1, method="decode")
+
+  def encode(self) -> Callable:
+    """(image MoVQ params, pixels (P, H, W, 3) uint8) -> latents (P, H/8, W/8, 4)."""
+    return lambda movq, pixels: self.image_movq.apply({"params": movq}, pixels, method="encode")
+
+  def base_frames(self, sampler: samplers.SamplerOptions) -> Callable:
+    """(keyframe params, key latents, text, null, text weight, image weight, motion score, noise level, rng,
+    context length) -> base-frame latents (P, 12, h, w, 4)."""
+    return lambda unet, *inputs: samplers.base_frames(self.keyframe_unet, unet, *inputs[:-1], sampler,
+                                                       context_length=inputs[-1])
+
+  def interpolation(self, sampler: samplers.SamplerOptions, skip_frames: int) -> Callable:
+    """(interpolation params, frames (P, T, h, w, 4), text, null, guidance scale, rng, context length) ->
+    the frames with 3 predicted between each pair."""
+    return lambda unet, frames, text, null, scale, rng, length: samplers.interpolate(
+        self.interpolation_unet, unet, frames, text, null, scale, skip_frames, rng, sampler, context_length=length)
+
+  def decode(self, frames: int) -> Callable:
+    """(video MoVQ params, latents (P * frames, h, w, 4)) -> pixels in [-1, 1]: one chunk of `frames` frames,
+    split over the data-parallel axes on a mesh."""
+    return lambda movq, z: self.video_movq.apply({"params": movq}, constrain_batch(z, self.batch), frames,
+                                                 method="decode")
+
