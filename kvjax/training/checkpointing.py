@@ -132,14 +132,14 @@ class TrainCheckpoints:
     """The state at `step`, placed as `abstract_state`'s shardings say (ShapeDtypeStructs with shardings).
     A checkpoint that cannot be read raises CheckpointError naming its folder and the first problem."""
     try:
-      with _quiet_abandoned_reads():
-        return self._restore(step, abstract_state)
+      return self._restore(step, abstract_state)
     except Exception as e:  # orbax and tensorstore raise bare Exceptions, ValueErrors, OSErrors...
       raise CheckpointError(f"{self.step_folder(step)}: {error_reason(e)}") from e
 
   def _restore(self, step: int, abstract_state):
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                                   data=ocp.args.JsonRestore()))
+    with _quiet_abandoned_reads():
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored.state, restored.data
 
   def step_folder(self, step: int) -> str:
@@ -151,10 +151,6 @@ class TrainCheckpoints:
     (which raises ValueError to refuse one, e.g. for non-finite weights); (None, None, None) where there is
     none. Newer checkpoints that fail are renamed STEP.damaged and `warn` names each; where every one fails,
     CheckpointError lists them all and nothing is renamed."""
-    with _quiet_abandoned_reads():
-      return self._restore_latest(abstract_state, check, warn)
-
-  def _restore_latest(self, abstract_state, check, warn):
     failures = []
     for step in sorted(self.all_steps(), reverse=True):
       state = data = None
