@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from kvjax.data.shapes import colour_mask
-from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, alphas_cumprod
+from kvjax.diffusion.ddpm import add_noise
+from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, make_schedule
 from kvjax.pipeline import samplers
 from kvjax.pipeline.config import GenerationOptions
 from kvjax.pipeline.text_to_video import TextToVideo
@@ -46,13 +47,13 @@ def main(argv=None) -> None:
   z = programs.image_movq.apply({"params": w.image_movq}, np.asarray(image, np.float32)[None] / 127.5 - 1,
                                 method="encode")
   (context, mask), null, _, length = pipe.encode_text(list(PROMPTS)[:1])
-  abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
+  schedule = make_schedule(KEYFRAME_SCHEDULER)
   rng = np.random.default_rng(0)
   print(f"latents: RMS {float(jnp.sqrt(jnp.mean(z ** 2))):.3f}, max |z| {float(jnp.abs(z).max()):.3f}")
   print(f"{'t':>5} {'eps MSE':>9}")
   for t in (100, 300, 500, 700, 900):
     eps = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
-    noisy = jnp.sqrt(abar[t]) * z + jnp.sqrt(1 - abar[t]) * eps
+    noisy = add_noise(schedule, z, eps, t)
     x = jnp.concatenate([noisy, jnp.zeros(z.shape[:-1] + (z.shape[-1] + 1,))], -1)
     pred = programs.keyframe_unet.apply({"params": w.keyframe}, x, jnp.array([float(t)]), context, mask,
                                         input_layer="image", context_length=length)

@@ -61,11 +61,11 @@ from kvjax.models.t5_encoder import scan_layout  # noqa: E402
 from kvjax.params import abstract_params  # noqa: E402
 from kvjax.pipeline.config import FPS_PASSES, PIPELINE_PRESETS, GenerationOptions  # noqa: E402
 from kvjax.pipeline.programs import StagePrograms  # noqa: E402
-from kvjax.pipeline.text_to_video import STAGE_MODELS, weight_shardings  # noqa: E402
+from kvjax.pipeline.text_to_video import weight_shardings  # noqa: E402
 from kvjax.pipeline.weights import PipelineWeights  # noqa: E402
 from kvjax.sharding import make_mesh, replicated  # noqa: E402
+from train_memory import GIB, per_device_bytes as sharded_bytes  # noqa: E402  (bench/ is the script's path)
 
-GIB = 2 ** 30
 H100_DENSE_BF16 = 989e12
 DEVICE_SIZES_GB = (16, 24, 40, 80)
 
@@ -84,7 +84,8 @@ def abstract_weights(config, dtype, shardings: PipelineWeights) -> PipelineWeigh
 
 
 def per_device_bytes(tree) -> int:
-  return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
+  """One device's bytes of abstract arrays that carry their shardings."""
+  return sharded_bytes(tree, jax.tree.map(lambda a: a.sharding, tree))
 
 
 def stage_calls(programs: StagePrograms, weights: PipelineWeights, options: GenerationOptions, prompts: int,
@@ -112,8 +113,7 @@ def stage_calls(programs: StagePrograms, weights: PipelineWeights, options: Gene
   for i, skip in enumerate(FPS_PASSES[options.fps]):
     run = programs.interpolation(sampler("interpolation", options.interpolation_steps), skip)
     calls.append((f"interpolation {i + 1}", ("interpolation",), run, (frames, pair, pair, scalar, rng, length)))
-    frames = jax.eval_shape(lambda w_, *a: run(w_, *a), getattr(weights, "interpolation"),
-                            frames, pair, pair, scalar, rng, length)
+    frames = jax.eval_shape(run, weights.interpolation, frames, pair, pair, scalar, rng, length)
   for size in sorted(set(reference_chunk_sizes(frames.shape[1]))):
     chunks = reference_chunk_sizes(frames.shape[1]).count(size)
     calls.append((f"decode {size} x{chunks}", ("video_movq",), programs.decode(size),
@@ -159,8 +159,7 @@ def memory_rows(config, options, dtype, devices: int, prompts: int, wanted):
   mesh = make_mesh(f"fsdp={devices}", jax.devices()[:devices])
   programs = StagePrograms(config, dtype, mesh=mesh)
   weights = abstract_weights(config, dtype, weight_shardings(config, mesh))
-  every_model = sum(per_device_bytes(getattr(weights, f)) for f in STAGE_MODELS["text"] + STAGE_MODELS["key frame"]
-                    + STAGE_MODELS["interpolation"] + STAGE_MODELS["decode"])
+  every_model = per_device_bytes(weights)  # what stays on the devices without offload
   rows = []
   for name, fields, fn, args in stage_calls(programs, weights, options, prompts):
     if wanted and not any(name.startswith(w) for w in wanted):
