@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from kvjax.data.shapes import colour_mask
 from kvjax.diffusion.ddpm import add_noise
 from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, make_schedule
+from kvjax.models.latent_normalization import denormalize
 from kvjax.pipeline import samplers
 from kvjax.pipeline.config import GenerationOptions
 from kvjax.pipeline.text_to_video import TextToVideo
@@ -44,12 +45,11 @@ def main(argv=None) -> None:
 
   image = Image.new("RGB", (size, size), (20, 20, 25))
   ImageDraw.Draw(image).ellipse((30, 40, 70, 80), fill=(230, 30, 30))
-  z = programs.image_movq.apply({"params": w.image_movq}, np.asarray(image, np.float32)[None] / 127.5 - 1,
-                                method="encode")
+  z = programs.encode()(w.image_movq, pipe._latents, np.asarray(image, np.float32)[None] / 127.5 - 1)
   (context, mask), null, _, length = pipe.encode_text(list(PROMPTS)[:1])
   schedule = make_schedule(KEYFRAME_SCHEDULER)
   rng = np.random.default_rng(0)
-  print(f"latents: RMS {float(jnp.sqrt(jnp.mean(z ** 2))):.3f}, max |z| {float(jnp.abs(z).max()):.3f}")
+  print(f"latents (the UNet's: normalized where the folder has latents.json): RMS {float(jnp.sqrt(jnp.mean(z ** 2))):.3f}, max |z| {float(jnp.abs(z).max()):.3f}")
   print(f"{'t':>5} {'eps MSE':>9}")
   for t in (100, 300, 500, 700, 900):
     eps = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
@@ -69,7 +69,8 @@ def main(argv=None) -> None:
     latents = jax.jit(lambda: samplers.first_frame(programs.keyframe_unet, w.keyframe, text, null, 3.0,
                                                    jax.random.key(0), (size // f, size // f), sampler,
                                                    context_length=length))()
-    pixels = programs.image_movq.apply({"params": w.image_movq}, latents, 1, method="decode")
+    pixels = programs.image_movq.apply({"params": w.image_movq}, denormalize(pipe._latents, latents), 1,
+                                       method="decode")
     frames = np.asarray(jnp.clip((pixels + 1) * 127.5, 0, 255)).astype(np.uint8)
     for frame, (prompt, colour) in zip(frames, PROMPTS.items()):
       print(f"{str(clamp):<9} {prompt:<28} {frame.mean():>11.1f} {colour_mask(frame[None], colour).mean():>13.4f}")

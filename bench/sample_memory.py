@@ -100,12 +100,13 @@ def stage_calls(programs: StagePrograms, weights: PipelineWeights, options: Gene
   pair = (s((prompts, n, d)), s((prompts, n), jnp.bool_))
   rng, scalar, length = jax.eval_shape(lambda: jax.random.key(0)), s(()), s((), jnp.int32)
   sampler = lambda stage, default: programs.sampler(stage, steps or default, options)
+  # Latent normalizations are None in these calls: the official weights have none (a few numbers if any).
   calls = [("text", ("text_encoder", "projections"), programs.text(),
             (s((prompts, n), jnp.int32), s((prompts, n), jnp.int32)))]
   key_frame = programs.key_frame((2 * h, 2 * w), sampler("key frame", options.key_frame_steps))
-  calls.append(("key frame", ("keyframe", "image_movq"), key_frame, (pair, pair, scalar, rng, length)))
-  calls.append(("encode", ("image_movq",), programs.encode(), (s((prompts, options.height, options.width, 3),
-                                                                 jnp.uint8),)))
+  calls.append(("key frame", ("keyframe", "image_movq"), key_frame, (None, pair, pair, scalar, rng, length)))
+  calls.append(("encode", ("image_movq",), programs.encode(), (None, s((prompts, options.height, options.width, 3),
+                                                                       jnp.uint8))))
   base = programs.base_frames(sampler("base frames", options.base_frame_steps))
   base_args = (s((prompts, h, w, 4)), pair, pair, scalar, scalar, s((), jnp.int32), s((), jnp.int32), rng, length)
   calls.append(("base frames", ("keyframe",), base, base_args))
@@ -117,7 +118,7 @@ def stage_calls(programs: StagePrograms, weights: PipelineWeights, options: Gene
   for size in sorted(set(reference_chunk_sizes(frames.shape[1]))):
     chunks = reference_chunk_sizes(frames.shape[1]).count(size)
     calls.append((f"decode {size} x{chunks}", ("video_movq",), programs.decode(size),
-                  (s((prompts * size, h, w, 4)),)))
+                  (None, s((prompts * size, h, w, 4)))))
   return calls
 
 

@@ -9,6 +9,7 @@ checkpoints and skips finished ones; stages whose inputs are ready run --paralle
   prepared     python -m train.prepare_data OUT/videos OUT/prepared ...
   init         python -m train.init_weights OUT/weights ...       random weights, tokenizer of the captions
   image_movq   python -m train --config demo-image-movq ...        then train.export into OUT/weights/movq
+  latents      python -m train.calibrate_latents OUT/weights ...  its latents' map into [-1, 1]
   video_movq   python -m train --config demo-video-movq ...        the temporal decoder, from the image MoVQ
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
@@ -74,11 +75,14 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
       Stage("init", (("train.init_weights", w, "--pipeline", "demo", "--captions", captions, "--seed", str(seed),
                       "--overwrite"),), ("videos",)),
       train("image_movq", "demo-image-movq", os.path.join(w, "movq"), os.path.join(w, "movq"), ("prepared", "init")),
+      # The map from its latents into the samplers' [-1, 1] (OUT/weights/latents.json): the UNets learn those.
+      Stage("latents", (("train.calibrate_latents", w, "--config", "demo-keyframe-image", "--data", p,
+                         "--overwrite"),), ("image_movq",)),
       # The keyframe UNet's two stages are the longest chain: they start first, beside the interpolation UNet.
-      train("keyframe_image", "demo-keyframe-image", w, os.path.join(x, "keyframe_image"), ("image_movq",)),
+      train("keyframe_image", "demo-keyframe-image", w, os.path.join(x, "keyframe_image"), ("latents",)),
       train("keyframe", "demo-keyframe", w, os.path.join(x, "keyframe"), ("keyframe_image",),
             "--init", os.path.join(x, "keyframe_image")),
-      train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("image_movq",)),
+      train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
       Stage("assemble", (), ("video_movq", "keyframe", "interpolation")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
@@ -121,6 +125,7 @@ def install(weights: str, target: str = DEMO_WEIGHTS) -> None:
   import numpy as np
   from kvjax.atomic import staged
   from kvjax.conversion.store import ConvertedModel, load_converted, save_converted
+  from kvjax.models.latent_normalization import LATENTS_FILE
   from kvjax.pipeline.weights import FOLDERS
   with staged(target, overwrite=True) as staging:
     for folder in FOLDERS.values():
@@ -128,7 +133,7 @@ def install(weights: str, target: str = DEMO_WEIGHTS) -> None:
       half = jax.tree.map(lambda a: np.asarray(a, np.float16), model.params)
       save_converted(ConvertedModel(model.kind, model.config, half, model.extras), os.path.join(staging, folder),
                      source=f"{os.path.join(weights, folder)} in float16")
-    for name in ("spiece.model", SAMPLING_DEFAULTS):
+    for name in ("spiece.model", SAMPLING_DEFAULTS, LATENTS_FILE):
       shutil.copy(os.path.join(weights, name), os.path.join(staging, name))
 
 

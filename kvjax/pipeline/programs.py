@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER
+from kvjax.models.latent_normalization import denormalize, normalize
 from kvjax.params import build_model
 from kvjax.pipeline import samplers
 from kvjax.pipeline.config import GenerationOptions, PipelineConfig
@@ -52,15 +53,20 @@ class StagePrograms:
         projections, self.text_encoder.apply({"params": t5}, ids, mask), mask, config=self.config.projections)
 
   def key_frame(self, latent_size: tuple[int, int], sampler: samplers.SamplerOptions) -> Callable:
-    """(keyframe params, image MoVQ params, text, null, guidance scale, rng, context length) -> key frames
-    decoded to pixels in [-1, 1] (P, 8h, 8w, 3), one image per decode call as the reference."""
-    return lambda unet, movq, text, null, scale, rng, length: self.image_movq.apply(
-        {"params": movq}, samplers.first_frame(self.keyframe_unet, unet, text, null, scale, rng, latent_size,
-                                               sampler, context_length=length), 1, method="decode")
+    """(keyframe params, image MoVQ params, latent normalization, text, null, guidance scale, rng, context
+    length) -> key frames decoded to pixels in [-1, 1] (P, 8h, 8w, 3), one image per decode call as the
+    reference."""
+    def key_frame(unet, movq, normalization, text, null, scale, rng, length):
+      latents = samplers.first_frame(self.keyframe_unet, unet, text, null, scale, rng, latent_size, sampler,
+                                     context_length=length)
+      return self.image_movq.apply({"params": movq}, denormalize(normalization, latents), 1, method="decode")
+    return key_frame
 
   def encode(self) -> Callable:
-    """(image MoVQ params, pixels (P, H, W, 3) uint8) -> latents (P, H/8, W/8, 4)."""
-    return lambda movq, pixels: self.image_movq.apply({"params": movq}, pixels, method="encode")
+    """(image MoVQ params, latent normalization, pixels (P, H, W, 3) uint8) -> the UNets' latents
+    (P, H/8, W/8, 4)."""
+    return lambda movq, normalization, pixels: normalize(
+        normalization, self.image_movq.apply({"params": movq}, pixels, method="encode"))
 
   def base_frames(self, sampler: samplers.SamplerOptions) -> Callable:
     """(keyframe params, key latents, text, null, text weight, image weight, motion score, noise level, rng,
@@ -75,8 +81,8 @@ class StagePrograms:
         self.interpolation_unet, unet, frames, text, null, scale, skip_frames, rng, sampler, context_length=length)
 
   def decode(self, frames: int) -> Callable:
-    """(video MoVQ params, latents (P * frames, h, w, 4)) -> pixels in [-1, 1]: one chunk of `frames` frames,
-    split over the data-parallel axes on a mesh."""
-    return lambda movq, z: self.video_movq.apply({"params": movq}, constrain_batch(z, self.batch), frames,
-                                                 method="decode")
+    """(video MoVQ params, latent normalization, the UNets' latents (P * frames, h, w, 4)) -> pixels in
+    [-1, 1]: one chunk of `frames` frames, split over the data-parallel axes on a mesh."""
+    return lambda movq, normalization, z: self.video_movq.apply(
+        {"params": movq}, denormalize(normalization, constrain_batch(z, self.batch)), frames, method="decode")
 

@@ -68,7 +68,7 @@ def weight_shardings(config: PipelineConfig, mesh: Mesh) -> PipelineWeights:
       interpolation_null=replicated(mesh), image_movq=model(config.image_movq),
       video_movq=model(config.video_movq),
       text_encoder=scan_layout(model(config.text_encoder), config.text_encoder.num_layers, stacked),
-      projections=model(config.projections))
+      projections=model(config.projections), latent_normalization=replicated(mesh))
 
 
 class TextToVideo:
@@ -89,11 +89,13 @@ class TextToVideo:
     self._shardings = None if mesh is None else weight_shardings(config, mesh)
     if offload:  # the models stay in host memory: `_weights` places a stage's own, freeing the others
       self._host, self._placed = jax.device_get(weights), {}
-      nulls = (weights.keyframe_null, weights.interpolation_null)  # small: always on the devices
-      self._nulls = jax.device_put(nulls, None if mesh is None else replicated(mesh))
+      # Small: always on the devices.
+      small = (weights.keyframe_null, weights.interpolation_null, weights.latent_normalization)
+      *self._nulls, self._latents = jax.device_put(small, None if mesh is None else replicated(mesh))
     else:
       self._host, self._placed = None, self._place(weights)
       self._nulls = (self._placed.keyframe_null, self._placed.interpolation_null)
+      self._latents = self._placed.latent_normalization
 
   def _place(self, tree, field: str | None = None):
     """`tree` on the devices: the default one, or sharded on the mesh as the rule table says for `field`
@@ -116,7 +118,8 @@ class TextToVideo:
   def placed_models(self) -> list[str]:
     """The models whose weights are on the devices now."""
     if not self.offload:
-      return [f.name for f in dataclasses.fields(PipelineWeights) if not f.name.endswith("_null")]
+      return [f.name for f in dataclasses.fields(PipelineWeights)
+              if not f.name.endswith("_null") and f.name != "latent_normalization"]
     return sorted(self._placed)
 
   def _sampler(self, stage: str, steps: int, options: GenerationOptions, step_progress: StepProgress | None,
@@ -151,14 +154,15 @@ class TextToVideo:
     size = (2 * options.height // f, 2 * options.width // f)
     sampler = self._sampler("key frame", options.key_frame_steps, options, step_progress)
     run = self._jit(("key frame", size, sampler), lambda: self.programs.key_frame(size, sampler))
-    return to_uint8(run(w.keyframe, w.image_movq, text, null, options.key_frame_guidance_scale, rng, length))
+    return to_uint8(run(w.keyframe, w.image_movq, self._latents, text, null, options.key_frame_guidance_scale, rng,
+                        length))
 
   def encode_images(self, images: Sequence[Image.Image], options: GenerationOptions) -> jax.Array:
     """Resize and crop as the reference, then encode with the image MoVQ: (P, H/8, W/8, 4)."""
     w = self._weights("encode")
     pixels = np.stack([fit_and_crop(image, options.width, options.height) for image in images])
     encode = self._jit("encode", self.programs.encode)
-    return encode(w.image_movq, pixels)
+    return encode(w.image_movq, self._latents, pixels)
 
   def base_frames(self, key_latents, text, null, length, options: GenerationOptions, rng,
                   step_progress=None) -> jax.Array:
@@ -184,7 +188,7 @@ class TextToVideo:
     for size in reference_chunk_sizes(t):
       decode = self._jit(("decode", size), lambda size=size: self.programs.decode(size))
       z = latents[:, start:start + size].reshape(p * size, *latents.shape[2:])
-      decoded = to_uint8(decode(w.video_movq, z))
+      decoded = to_uint8(decode(w.video_movq, self._latents, z))
       chunks.append(decoded.reshape(p, size, *decoded.shape[1:]))
       start += size
     return np.concatenate(chunks, axis=1)

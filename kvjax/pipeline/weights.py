@@ -1,5 +1,7 @@
 """Every model's weights of a pipeline: random ones, or the output of `python -m convert all` (one converted
-folder per model), where any model may be replaced by another converted folder (a decoder a user trained)."""
+folder per model), where any model may be replaced by another converted folder (a decoder a user trained).
+A folder may also hold `latents.json`, the map between the MoVQ's latents and the UNets'
+(kvjax.models.latent_normalization; none for the official weights)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvjax.conversion.store import load_converted
+from kvjax.models import latent_normalization
 from kvjax.params import random_params
 from kvjax.pipeline.config import PipelineConfig
 
@@ -31,6 +34,8 @@ class PipelineWeights:
   video_movq: Any
   text_encoder: Any
   projections: Any
+  # The UNets' latents from the MoVQ's: a LatentNormalization, or None (the reference: none).
+  latent_normalization: Any = None
 
 
 def random_weights(config: PipelineConfig, seed: int = 0) -> PipelineWeights:
@@ -75,5 +80,7 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128,
       interpolation=loaded["interpolation"].params,
       interpolation_null=loaded["interpolation"].extras["null_embedding"],
       image_movq=loaded["image_movq"].params, video_movq=loaded["video_movq"].params,
-      text_encoder=loaded["text_encoder"].params, projections=loaded["projections"].params)
+      text_encoder=loaded["text_encoder"].params, projections=loaded["projections"].params,
+      latent_normalization=latent_normalization.load(os.path.join(folder, latent_normalization.LATENTS_FILE),
+                                                     config.image_movq.z_channels))
   return config, weights

@@ -1,5 +1,5 @@
-"""What the train step eats, from clips: frames become latents through the frozen image MoVQ encoder,
-captions become text context through the tokenizer, the frozen T5 encoder and the projection head.
+"""What the train step eats, from clips: frames become latents through the frozen image MoVQ encoder (and
+the weights folder's latent normalization, where it has one), captions become text context through the tokenizer, the frozen T5 encoder and the projection head.
 
 Clips come from the prepared dataset (`kvjax.data.loader`, grain) or, for smoke runs and benchmarks, from
 `SyntheticClips` (random frames and captions, clearly not data). Every source is an iterator with
@@ -18,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from kvjax.models.latent_normalization import normalize
 from kvjax.params import abstract_params, build_model
 from kvjax.pipeline.weights import PipelineWeights
 from kvjax.text.conditioning import project_context
 from kvjax.training.config import TrainConfig
-from kvjax.sharding import batch_sharding, param_shardings
+from kvjax.sharding import batch_sharding, param_shardings, replicated
 
 # --data values that name generated clips rather than a folder.
 GENERATED_SOURCES = ("synthetic", "shapes")
@@ -83,17 +84,19 @@ class ClipEncoder:
     pipeline = config.pipeline_config
     self.config, self.tokenizer = config, tokenizer
     movq, t5 = build_model(pipeline.image_movq), build_model(pipeline.text_encoder)
-    frozen = {"movq": weights.image_movq, "t5": weights.text_encoder, "projections": weights.projections}
+    frozen = {"movq": weights.image_movq, "t5": weights.text_encoder, "projections": weights.projections,
+              "latents": weights.latent_normalization}
     shardings = {"movq": param_shardings(abstract_params(pipeline.image_movq), mesh),
                  "t5": param_shardings(abstract_params(pipeline.text_encoder), mesh),
-                 "projections": param_shardings(abstract_params(pipeline.projections), mesh)}
+                 "projections": param_shardings(abstract_params(pipeline.projections), mesh),
+                 "latents": replicated(mesh)}
     self.frozen = jax.device_put(jax.tree.map(np.asarray, frozen), shardings)  # from host: no per-shape reshards
     self.sharding = batch_sharding(mesh)
 
     def encode(frozen, frames, input_ids, attention_mask):
       b, t, h, w, c = frames.shape
       pixels = frames.reshape(b * t, h, w, c).astype(jnp.float32) / 255 * 2 - 1
-      latents = movq.apply({"params": frozen["movq"]}, pixels, method="encode")
+      latents = normalize(frozen["latents"], movq.apply({"params": frozen["movq"]}, pixels, method="encode"))
       hidden = t5.apply({"params": frozen["t5"]}, input_ids, attention_mask)
       context = project_context(frozen["projections"], hidden, attention_mask, config=pipeline.projections)
       return latents.reshape(b, t, *latents.shape[1:]), context, attention_mask.astype(bool)

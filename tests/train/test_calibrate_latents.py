@@ -1,0 +1,33 @@
+"""python -m train.calibrate_latents: a weights folder's latents.json from its MoVQ on a prepared dataset,
+which loading the folder then carries (the UNets train on it, sampling applies it)."""
+
+import json
+
+import numpy as np
+
+from kvjax.models.latent_normalization import LATENTS_FILE
+from kvjax.pipeline.weights import load_pipeline_weights
+from train.calibrate_latents import main as calibrate
+from train.init_weights import main as init_weights
+
+
+def test_writes_the_folders_normalization_once(tmp_path, dataset, capsys):
+  weights = str(tmp_path / "w")
+  captions = tmp_path / "c.jsonl"
+  captions.write_text(json.dumps({"caption": "a field panned"}) + "\n")
+  assert init_weights([weights, "--pipeline", "tiny", "--captions", str(captions)]) == 0
+  assert load_pipeline_weights(weights, 16)[1].latent_normalization is None
+  argv = [weights, "--config", "keyframe-tiny", "--data", str(dataset), "--clips", "4", "--batch-size", "2"]
+  assert calibrate(argv) == 0
+  assert "4 clips" in capsys.readouterr().err
+  normalization = load_pipeline_weights(weights, 16)[1].latent_normalization
+  assert normalization.shift.shape == normalization.scale.shape == (4,) and np.all(normalization.scale > 0)
+  before = (tmp_path / "w" / LATENTS_FILE).read_text()
+  for bad, message in ((argv, "exists"), ([weights, "--config", "image-movq-tiny", "--data", str(dataset), "--overwrite"],
+                                          "a MoVQ preset"), ([str(tmp_path), *argv[1:], "--overwrite"], "no converted image MoVQ")):
+    try:
+      calibrate(bad)
+      raise AssertionError(bad)
+    except SystemExit as e:
+      assert message in str(e), (message, e)
+  assert (tmp_path / "w" / LATENTS_FILE).read_text() == before
