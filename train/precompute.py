@@ -64,7 +64,8 @@ def main(argv=None) -> int:
       encoded = encoder.encode(examples["frames"], examples["caption"])
       yield {**encoded, "motion_score": examples["motion_score"]}
 
-  count = write_precomputed(args.out, config, batches(), overwrite=args.overwrite)
+  count = write_precomputed(args.out, config, batches(), overwrite=args.overwrite,
+                            normalization=weights.latent_normalization)
   print(f"{count} clips encoded into {args.out}", file=sys.stderr)
   return 0
 

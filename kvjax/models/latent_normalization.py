@@ -64,13 +64,20 @@ def calibrate(latents: np.ndarray, margin: float = MARGIN, tail: float = TAIL) -
   return LatentNormalization(np.asarray((low + high) / 2, np.float32), np.asarray(margin / half_range, np.float32))
 
 
+def as_json(normalization: LatentNormalization | None) -> dict | None:
+  """{"shift": [...], "scale": [...]} (None for none): what the file holds, and what pre-computed inputs
+  record of the latents they hold."""
+  if normalization is None:
+    return None
+  return {name: [float(v) for v in np.asarray(getattr(normalization, name))] for name in ("shift", "scale")}
+
+
 def save(normalization: LatentNormalization, path: str, source: str = "") -> None:
   """Writes the file whole or not at all (kvjax.atomic)."""
   from kvjax.atomic import staged
   with staged(path, overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
-      json.dump({"shift": [float(v) for v in np.asarray(normalization.shift)],
-                 "scale": [float(v) for v in np.asarray(normalization.scale)], "source": source}, f, indent=1)
+      json.dump({**as_json(normalization), "source": source}, f, indent=1)
 
 
 def load(path: str, channels: int) -> LatentNormalization | None:

@@ -169,8 +169,10 @@ def step_inputs(config: TrainConfig, data: str, *, weights: PipelineWeights | No
     reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count)
     return StepInputs(config, reader, None, batch_sharding(mesh), shard_index)
   if precomputed:
+    normalization = None if weights is None else weights.latent_normalization
     reader = iter(make_precomputed_loader(data, config, batch_size=local_batch_size, shard_index=shard_index,
-                                          shard_count=shard_count, worker_count=worker_count))
+                                          shard_count=shard_count, worker_count=worker_count,
+                                          normalization=normalization))
     return StepInputs(config, reader, None, batch_sharding(mesh), shard_index)
   reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count)
   return StepInputs(config, reader, ClipEncoder(config, weights, tokenizer, mesh), batch_sharding(mesh), shard_index)

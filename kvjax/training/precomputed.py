@@ -20,16 +20,18 @@ import numpy as np
 
 from kvjax.atomic import staged
 from kvjax.data.loader import sharded_batches
+from kvjax.models.latent_normalization import LatentNormalization, as_json
 from kvjax.training.config import TrainConfig
 
 META = "meta.json"
 RECORD_KEYS = ("latents", "context", "context_mask", "motion_score")
 
 
-def input_settings(config: TrainConfig) -> dict[str, Any]:
-  """What pre-computed inputs depend on: frozen models, frame count and spacing, resolution."""
+def input_settings(config: TrainConfig, normalization: LatentNormalization | None = None) -> dict[str, Any]:
+  """What pre-computed inputs depend on: frozen models, frame count and spacing, resolution, and the
+  weights folder's latent normalization (the latents are stored normalized)."""
   return {"pipeline": config.pipeline, "frames": config.loader_frames, "frame_stride": config.frame_stride,
-          "resolution": list(config.resolution)}
+          "resolution": list(config.resolution), "latent_normalization": as_json(normalization)}
 
 
 def encode_record(example: dict[str, np.ndarray]) -> bytes:
@@ -44,9 +46,10 @@ def decode_record(record: bytes) -> dict[str, np.ndarray]:
 
 
 def write_precomputed(out_dir: str, config: TrainConfig, batches, *, records_per_shard: int = 256,
-                      overwrite: bool = False) -> int:
-  """Writes the encoded `batches` (dicts of global arrays as `ClipEncoder` returns, plus motion_score);
-  all or nothing: the folder appears only when every shard is written. Returns the number of records."""
+                      overwrite: bool = False, normalization: LatentNormalization | None = None) -> int:
+  """Writes the encoded `batches` (dicts of global arrays as `ClipEncoder` returns, plus motion_score; their
+  latents normalized by `normalization`); all or nothing: the folder appears only when every shard is
+  written. Returns the number of records."""
   from array_record.python.array_record_module import ArrayRecordWriter
   count = 0
   with staged(out_dir, overwrite=overwrite) as staging:
@@ -64,17 +67,17 @@ def write_precomputed(out_dir: str, config: TrainConfig, batches, *, records_per
     if writer is not None:
       writer.close()
     with open(os.path.join(staging, META), "w") as f:
-      json.dump({**input_settings(config), "records": count}, f, indent=1)
+      json.dump({**input_settings(config, normalization), "records": count}, f, indent=1)
   return count
 
 
-def check_precomputed(folder: str, config: TrainConfig) -> dict[str, Any]:
+def check_precomputed(folder: str, config: TrainConfig, normalization: LatentNormalization | None = None) -> dict[str, Any]:
   path = os.path.join(folder, META)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{folder}: no {META}; make pre-computed inputs with `python -m train.precompute`")
   with open(path) as f:
     meta = json.load(f)
-  wanted = input_settings(config)
+  wanted = input_settings(config, normalization)
   differ = sorted(k for k in wanted if meta.get(k) != wanted[k])
   if differ:
     raise ValueError(f"{folder} was made for other settings: " +
@@ -88,9 +91,10 @@ class _Decode(grain.transforms.Map):
 
 
 def make_precomputed_loader(folder: str, config: TrainConfig, *, batch_size: int, shard_index: int,
-                            shard_count: int, worker_count: int = 0):
-  """A grain loader over pre-computed inputs: shuffled with the run's seed, repeating, each host its shard."""
-  meta = check_precomputed(folder, config)
+                            shard_count: int, worker_count: int = 0, normalization: LatentNormalization | None = None):
+  """A grain loader over pre-computed inputs: shuffled with the run's seed, repeating, each host its shard;
+  refused where they were made for other settings (`normalization`: the run's weights folder's)."""
+  meta = check_precomputed(folder, config, normalization)
   paths = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".array_record"))
   source = grain.sources.ArrayRecordDataSource(paths)
   return sharded_batches(source, _Decode(), f"{folder}: {meta['records']} records", batch_size=batch_size,

@@ -76,3 +76,15 @@ def test_the_pipeline_programs_and_the_clip_encoder_apply_it():
   latents = lambda w: ClipEncoder(config, w, tokenizer, mesh).encode(frames, ["a red circle"] * 8)["latents"]
   np.testing.assert_allclose(latents(weights.replace(latent_normalization=normalization)),
                              normalization.normalize(latents(weights)), rtol=1e-6, atol=1e-6)
+
+
+def test_precomputed_latents_are_refused_under_another_normalization(tmp_path):
+  from kvjax.training.config import TRAIN_PRESETS
+  from kvjax.training.precomputed import check_precomputed, write_precomputed
+  config = TRAIN_PRESETS["keyframe-tiny"]
+  normalization = ln.LatentNormalization(np.float32([0, 0, 0, 1]), np.float32([1, 1, 1, 2]))
+  write_precomputed(str(tmp_path / "inputs"), config, [], normalization=normalization)
+  check_precomputed(str(tmp_path / "inputs"), config, normalization)
+  for other in (None, normalization.replace(scale=np.float32([1, 1, 1, 3]))):
+    with pytest.raises(ValueError, match="made for other settings: latent_normalization"):
+      check_precomputed(str(tmp_path / "inputs"), config, other)
