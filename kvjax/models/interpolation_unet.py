@@ -20,9 +20,8 @@ from kvjax.layers.attention import Attention
 from kvjax.layers.basic import conv
 from kvjax.layers.embeddings import scalar_embedding_mlp
 from kvjax.layers.norms import ConditionalGroupNorm
-from kvjax.models.unet_layers import (DOWN_SAMPLING, NO_RESAMPLING, UP_SAMPLING, AttentionBlock,
-                                      AttentionPooling, ResNetBlock, check_unet_input, down_up_and_out,
-                                      feed_forward, merge_scalar, to_video)
+from kvjax.models.unet_layers import (AttentionPooling, ResNetBlock, UNetLevel, check_unet_input,
+                                      down_up_and_out, feed_forward, merge_scalar, to_video)
 from kvjax.sharding import logical_init
 
 Dtype = Any
@@ -56,72 +55,33 @@ class TemporalBlendAttentionBlock(nn.Module):
     return (1 - g2) * x + g2 * f
 
 
-class _Level(nn.Module):
-  config: InterpolationUNetConfig
-  features: int
-  num_blocks: int
-  cross_attention: bool
-  self_attention: bool
-  resample: bool
-  in_features: int = 0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+class _InterpolationLevel(UNetLevel):
+  """The shared level with the interpolation UNet's temporal layers: ResNets with temporal convolutions
+  (where the config has them) and the blended temporal attention after the self-attention, in down and up
+  levels alike (spec §4.3)."""
 
-  def _kw(self):
-    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
-
-  def _resnet(self, features, name, pattern=NO_RESAMPLING):
+  def resnet(self, x, features, name, pattern, cond, temporal):
+    temporal_mask, num_groups = temporal
     return ResNetBlock(features, self.config.groups, self.config.compression_ratio, pattern,
-                       temporal_conv=self.config.temporal, name=name, **self._kw())
+                       temporal_conv=self.config.temporal, name=name, **self._kw())(x, cond, (num_groups, temporal_mask))
 
-  def _attention(self, name):
-    return AttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio, name=name,
-                          **self._kw())
-
-  def _temporal_attention(self, x, cond, temporal):
-    if self.self_attention and self.config.add_temporal_attention:
-      x = TemporalBlendAttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio,
-                                      name="temporal_attention_block", **self._kw())(x, cond, *temporal)
-    return x
+  def temporal(self, x, point, prefix, cond, temporal):
+    if point != "after self-attention" or not self.config.add_temporal_attention:
+      return x
+    temporal_mask, num_groups = temporal
+    cfg = self.config
+    return TemporalBlendAttentionBlock(cfg.groups, cfg.head_dim, cfg.expansion_ratio, name="temporal_attention_block",
+                                       **self._kw())(x, cond, num_groups, temporal_mask)
 
 
-class DownLevel(_Level):
+class DownLevel(_InterpolationLevel):
   """[self-attention, temporal attention], then num_blocks x (ResNet, cross-attention, ResNet)."""
 
-  @nn.compact
-  def __call__(self, x, cond, context, context_mask, temporal_mask, num_groups: int):
-    temporal = (num_groups, temporal_mask)
-    if self.self_attention:
-      x = self._attention("self_attention_block")(x, cond)
-    x = self._temporal_attention(x, cond, temporal)
-    for j in range(self.num_blocks):
-      prefix = f"resnet_attn_blocks_{j}"
-      x = self._resnet(self.features, f"{prefix}_0")(x, cond, temporal)
-      if self.cross_attention:
-        x = self._attention(f"{prefix}_1")(x, cond, context, context_mask)
-      pattern = DOWN_SAMPLING if (j == self.num_blocks - 1 and self.resample) else NO_RESAMPLING
-      x = self._resnet(self.features, f"{prefix}_2", pattern)(x, cond, temporal)
-    return x
 
-
-class UpLevel(_Level):
+class UpLevel(_InterpolationLevel):
   """num_blocks x (ResNet, cross-attention, ResNet), then self-attention, THEN temporal attention."""
 
-  @nn.compact
-  def __call__(self, x, cond, context, context_mask, temporal_mask, num_groups: int):
-    temporal = (num_groups, temporal_mask)
-    for j in range(self.num_blocks):
-      prefix = f"resnet_attn_blocks_{j}"
-      in_width = x.shape[-1]
-      out_width = self.features if j == self.num_blocks - 1 else self.in_features
-      pattern = UP_SAMPLING if (j == 0 and self.resample) else NO_RESAMPLING
-      x = self._resnet(in_width, f"{prefix}_0", pattern)(x, cond, temporal)
-      if self.cross_attention:
-        x = self._attention(f"{prefix}_1")(x, cond, context, context_mask)
-      x = self._resnet(out_width, f"{prefix}_2")(x, cond, temporal)
-    if self.self_attention:
-      x = self._attention("self_attention_block")(x, cond)
-    return self._temporal_attention(x, cond, temporal)
+  up = True
 
 
 class InterpolationUNet(nn.Module):

@@ -14,10 +14,9 @@ pass the layer explicitly when running guidance branches separately or with othe
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from kvjax.configs import KeyframeUNetConfig
@@ -25,9 +24,8 @@ from kvjax.layers.attention import TemporalAttention
 from kvjax.layers.basic import conv
 from kvjax.layers.embeddings import scalar_embedding_mlp
 from kvjax.layers.norms import ConditionalGroupNorm
-from kvjax.models.unet_layers import (DOWN_SAMPLING, NO_RESAMPLING, UP_SAMPLING, AttentionBlock,
-                                      AttentionPooling, ResNetBlock, check_unet_input, down_up_and_out,
-                                      feed_forward, to_video)
+from kvjax.models.unet_layers import (AttentionPooling, ResNetBlock, UNetLevel, check_unet_input,
+                                      down_up_and_out, feed_forward, to_video)
 
 Dtype = Any
 InputLayer = Literal["video", "image"]
@@ -88,93 +86,42 @@ class TemporalAttentionBlock(nn.Module):
     return x + feed_forward(f, self.expansion_ratio, **kw)
 
 
-class _Level(nn.Module):
-  """Fields shared by the down and up levels."""
+class _KeyframeLevel(UNetLevel):
+  """The shared level with the keyframe UNet's temporal layers, run in video mode only: `TEMPORAL_LAYERS`
+  maps hook points to the temporal attention or the suffix of a temporal ResNet's name."""
 
-  config: KeyframeUNetConfig
-  features: int
-  num_blocks: int
-  cross_attention: bool
-  self_attention: bool
-  resample: bool
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+  TEMPORAL_LAYERS: ClassVar[dict[str, str]] = {}
 
-  def _kw(self):
-    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+  def resnet(self, x, features, name, pattern, cond, temporal):
+    return ResNetBlock(features, self.config.groups, self.config.compression_ratio, pattern, name=name,
+                       **self._kw())(x, cond)
 
-  def _resnet(self, features, name, up_resolutions=NO_RESAMPLING):
-    return ResNetBlock(features, self.config.groups, self.config.compression_ratio, up_resolutions,
-                       name=name, **self._kw())
-
-  def _temporal_resnet(self, name):
-    return TemporalResNetBlock(self.config.groups, self.config.compression_ratio, name=name, **self._kw())
-
-  def _attention(self, name):
-    return AttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio, name=name,
-                          **self._kw())
-
-  def _temporal_attention(self, name):
-    return TemporalAttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio,
-                                  name=name, **self._kw())
+  def temporal(self, x, point, prefix, cond, temporal):
+    temporal_cond, num_frames = temporal
+    layer = self.TEMPORAL_LAYERS.get(point)
+    if temporal_cond is None or layer is None:
+      return x
+    cfg = self.config
+    if layer == "attention":
+      return TemporalAttentionBlock(cfg.groups, cfg.head_dim, cfg.expansion_ratio, name="temporal_attention_block",
+                                    **self._kw())(x, temporal_cond, num_frames)
+    return TemporalResNetBlock(cfg.groups, cfg.compression_ratio, name=f"{prefix}_{layer}", **self._kw())(
+        x, temporal_cond, num_frames)
 
 
-class DownLevel(_Level):
+class DownLevel(_KeyframeLevel):
   """[self-attention, temporal attention] then num_blocks x (ResNet, temporal ResNet, cross-attention,
   ResNet (down-sampling in the last entry), temporal ResNet): spatial before temporal (spec §3.8)."""
 
-  @nn.compact
-  def __call__(self, x, cond, context, context_mask, temporal_cond, num_frames):
-    video = temporal_cond is not None
-    if self.self_attention:
-      x = self._attention("self_attention_block")(x, cond)
-      if video:
-        x = self._temporal_attention("temporal_attention_block")(x, temporal_cond, num_frames)
-    for j in range(self.num_blocks):
-      prefix = f"resnet_attn_blocks_{j}"
-      last = j == self.num_blocks - 1
-      x = self._resnet(self.features, f"{prefix}_0")(x, cond)
-      if video:
-        x = self._temporal_resnet(f"{prefix}_3")(x, temporal_cond, num_frames)
-      if self.cross_attention:
-        x = self._attention(f"{prefix}_1")(x, cond, context, context_mask)
-      pattern = DOWN_SAMPLING if (last and self.resample) else NO_RESAMPLING
-      x = self._resnet(self.features, f"{prefix}_2", pattern)(x, cond)
-      if video:
-        x = self._temporal_resnet(f"{prefix}_4")(x, temporal_cond, num_frames)
-    return x
+  TEMPORAL_LAYERS = {"after self-attention": "attention", "after first resnet": "3", "block end": "4"}
 
 
-class UpLevel(_Level):
+class UpLevel(_KeyframeLevel):
   """num_blocks x (temporal ResNet, ResNet (up-sampling in the first entry), cross-attention, temporal
-  ResNet, ResNet), then [temporal attention, self-attention]: temporal before spatial (spec §3.9).
+  ResNet, ResNet), then [temporal attention, self-attention]: temporal before spatial (spec §3.9)."""
 
-  `features` is the level's output width; its input width (before the skip concatenation) is `in_features`.
-  """
-
-  in_features: int = 0
-
-  @nn.compact
-  def __call__(self, x, cond, context, context_mask, temporal_cond, num_frames):
-    video = temporal_cond is not None
-    for j in range(self.num_blocks):
-      prefix = f"resnet_attn_blocks_{j}"
-      in_width = x.shape[-1]
-      out_width = self.features if j == self.num_blocks - 1 else self.in_features
-      if video:
-        x = self._temporal_resnet(f"{prefix}_3")(x, temporal_cond, num_frames)
-      pattern = UP_SAMPLING if (j == 0 and self.resample) else NO_RESAMPLING
-      x = self._resnet(in_width, f"{prefix}_0", pattern)(x, cond)
-      if self.cross_attention:
-        x = self._attention(f"{prefix}_1")(x, cond, context, context_mask)
-      if video:
-        x = self._temporal_resnet(f"{prefix}_4")(x, temporal_cond, num_frames)
-      x = self._resnet(out_width, f"{prefix}_2")(x, cond)
-    if self.self_attention:
-      if video:
-        x = self._temporal_attention("temporal_attention_block")(x, temporal_cond, num_frames)
-      x = self._attention("self_attention_block")(x, cond)
-    return x
+  up = True
+  TEMPORAL_LAYERS = {"before self-attention": "attention", "block start": "3", "after cross-attention": "4"}
 
 
 class KeyframeUNet(nn.Module):

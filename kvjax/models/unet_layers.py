@@ -7,7 +7,7 @@ as an image. Module names mirror the reference attribute paths, with list indice
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -192,6 +192,73 @@ REMAT_POLICIES = {
     "levels": jax.checkpoint_policies.nothing_saveable,
     "levels_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+class UNetLevel(nn.Module):
+  """One down or up level of either video UNet (spec §3.8-§3.9, §4.3): per block a ResNet, cross-attention
+  where the level has it, and a second ResNet, with the resampling in a down level's last block and in an
+  up level's first; self-attention before a down level's blocks and after an up level's.
+
+  The models add their temporal layers at named hook points (`temporal`: "before self-attention", "after
+  self-attention", "block start", "after first resnet", "after cross-attention", "block end") and say how
+  their ResNets take the temporal inputs (`resnet`). `__call__(x, cond, context, context_mask, *temporal)`:
+  `temporal` is the model's own level inputs, the last one static (frames or groups per clip).
+  `features` is the level's output width; an up level's input width (before the skip concatenation) is
+  `in_features`.
+  """
+
+  config: Any
+  features: int
+  num_blocks: int
+  cross_attention: bool
+  self_attention: bool
+  resample: bool
+  in_features: int = 0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  up: ClassVar[bool] = False
+
+  def _kw(self):
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def resnet(self, x, features: int, name: str, pattern, cond, temporal):
+    raise NotImplementedError
+
+  def temporal(self, x, point: str, prefix: str, cond, temporal):
+    return x
+
+  def _self_attention(self, x, cond, temporal):
+    if not self.self_attention:
+      return x
+    x = self.temporal(x, "before self-attention", "", cond, temporal)
+    x = AttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio,
+                       name="self_attention_block", **self._kw())(x, cond)
+    return self.temporal(x, "after self-attention", "", cond, temporal)
+
+  @nn.compact
+  def __call__(self, x, cond, context, context_mask, *temporal):
+    if not self.up:
+      x = self._self_attention(x, cond, temporal)
+    for j in range(self.num_blocks):
+      prefix, last = f"resnet_attn_blocks_{j}", j == self.num_blocks - 1
+      if self.up:
+        widths = (x.shape[-1], self.features if last else self.in_features)
+        patterns = (UP_SAMPLING if j == 0 and self.resample else NO_RESAMPLING, NO_RESAMPLING)
+      else:
+        widths = (self.features, self.features)
+        patterns = (NO_RESAMPLING, DOWN_SAMPLING if last and self.resample else NO_RESAMPLING)
+      x = self.temporal(x, "block start", prefix, cond, temporal)
+      x = self.resnet(x, widths[0], f"{prefix}_0", patterns[0], cond, temporal)
+      x = self.temporal(x, "after first resnet", prefix, cond, temporal)
+      if self.cross_attention:
+        x = AttentionBlock(self.config.groups, self.config.head_dim, self.config.expansion_ratio,
+                           name=f"{prefix}_1", **self._kw())(x, cond, context, context_mask)
+      x = self.temporal(x, "after cross-attention", prefix, cond, temporal)
+      x = self.resnet(x, widths[1], f"{prefix}_2", patterns[1], cond, temporal)
+      x = self.temporal(x, "block end", prefix, cond, temporal)
+    if self.up:
+      x = self._self_attention(x, cond, temporal)
+    return x
 
 
 def rematerialised(level, remat: str, static_argnums: tuple[int, ...]):
