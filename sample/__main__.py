@@ -176,8 +176,6 @@ def run(args) -> int:
       noise_augmentation=args.noise_augmentation, seed=args.seed)
   options.check_size(PIPELINE_PRESETS["tiny"] if random else None)
   mesh = _mesh(args.mesh)  # before any weights load
-  if mesh is not None:
-    print("warning: --mesh is experimental: its sampled frames do not yet equal one device's", file=sys.stderr)
   overrides = _model_overrides(args)
 
   import jax.numpy as jnp

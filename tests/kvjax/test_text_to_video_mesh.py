@@ -34,7 +34,7 @@ def single_device():
 
 
 
-def test_a_sharded_pipeline_places_weights_once_and_encodes_text_as_one_device(single_device):
+def test_a_sharded_pipeline_places_weights_once_and_makes_the_frames_of_one_device(single_device):
   reference, frames = single_device
   pipeline = _pipeline(mesh=make_mesh("data=2,fsdp=2,tensor=2"))
   # The weights were placed once, split as the rule table says: the keyframe UNet's largest kernel over
@@ -48,9 +48,12 @@ def test_a_sharded_pipeline_places_weights_once_and_encodes_text_as_one_device(s
   text = reference.encode_text(PROMPTS)[0]
   sharded_text = pipeline.encode_text(PROMPTS)
   np.testing.assert_allclose(sharded_text[0][0], text[0], rtol=1e-4, atol=1e-5)
-  # The sampled stages' equality is not asserted here yet: the base-frame loop's difference (the UNet output
-  # left split over channels before the guidance slices) is fixed and measured by bench/mesh_parity.py; the
-  # whole pipeline's frames on the mesh are the next check to add.
+  # The whole pipeline's frames: float32 summation order differs between the sharded and the single-device
+  # contractions, so a pixel may round to a neighbouring level; measured: 1.5% of the values differ, by 1
+  # (a handful by 2), none by more.
+  sharded_frames = pipeline(PROMPTS, OPTIONS)
+  difference = np.abs(sharded_frames.astype(np.int32) - frames.astype(np.int32))
+  assert sharded_frames.shape == frames.shape and difference.max() <= 2 and np.mean(difference > 0) < 0.03
 
 
 def test_offloading_makes_the_same_frames_and_keeps_one_stage_on_the_devices(single_device):
