@@ -168,9 +168,9 @@ DEMO_TRAIN_PRESETS = {
                                 discriminator_start=100, lpips="lpips-tiny",
                                 discriminator_optimizer=OptimizerConfig(learning_rate=2e-4, ema_decay=0.0))),
     # Key frames are sampled at twice the video size (the reference's quirk): image mode trains at 128 px.
-    "demo-keyframe-image": _demo("keyframe", 2500, 1e-3, global_batch_size=8, num_frames=1, resolution=(128, 128),
+    "demo-keyframe-image": _demo("keyframe", 6000, 1e-3, global_batch_size=8, num_frames=1, resolution=(128, 128),
                                  keyframe=KeyframeTrainingConfig(mode="image")),
-    "demo-keyframe": _demo("keyframe", 1500, 1e-3, global_batch_size=4, num_frames=12, frame_stride=4,
+    "demo-keyframe": _demo("keyframe", 3000, 1e-3, global_batch_size=4, num_frames=12, frame_stride=4,
                            keyframe=KeyframeTrainingConfig(motion_scale=300.0)),
     "demo-interpolation": _demo("interpolation", 1200, 1e-3, global_batch_size=4, num_groups=2,
                                 interpolation=InterpolationTrainingConfig(train_scope="all")),
