@@ -128,15 +128,17 @@ def _torch_shape(flax_shape: tuple[int, ...], path: FlaxPath, transposed_conv: b
 
 
 def match_state_dict(state: dict[str, LazyTensor], expected: dict[FlaxPath, Any],
-                     is_transposed_conv: Callable[[FlaxPath], bool], what: str) -> dict[FlaxPath, str]:
-  """Pairs every checkpoint key with a parameter path, or raises listing every problem by name."""
+                     is_transposed_conv: Callable[[FlaxPath], bool], what: str,
+                     key_of: Callable[[FlaxPath], str] = torch_key) -> dict[FlaxPath, str]:
+  """Pairs every checkpoint key with a parameter path, or raises listing every problem by name (a missing
+  parameter by `key_of`, its checkpoint key: list indices joined by '.' unless the model says otherwise)."""
   by_path: dict[FlaxPath, str] = {}
   unexpected, misshaped, duplicate = [], [], []
   for key, tensor in state.items():
     modules, leaf = torch_module_path(key)
     names = ("kernel", "scale", "embedding") if leaf == "weight" else (leaf,)
     path = next((modules + (n,) for n in names if modules + (n,) in expected), None)
-    if path is None:
+    if path is None or key_of(path) != key:  # exact names only: `wi.0` is not `wi_0`'s key
       unexpected.append(f"{key} {tuple(tensor.shape)}")
       continue
     if path in by_path:
@@ -146,7 +148,7 @@ def match_state_dict(state: dict[str, LazyTensor], expected: dict[FlaxPath, Any]
     want = _torch_shape(expected[path].shape, path, is_transposed_conv(path))
     if tuple(tensor.shape) != want:
       misshaped.append(f"{key}: checkpoint {tuple(tensor.shape)}, model expects {want}")
-  missing = [f"{torch_key(p)} {_torch_shape(expected[p].shape, p, is_transposed_conv(p))}"
+  missing = [f"{key_of(p)} {_torch_shape(expected[p].shape, p, is_transposed_conv(p))}"
              for p in expected if p not in by_path]
   if unexpected or missing or misshaped or duplicate:
     lines = [f"{what}: the checkpoint does not match the model configuration"]

@@ -22,7 +22,7 @@ from kvjax.checkpoints import CheckpointError, LazyTensor, flatten_state_dict, r
 from kvjax.configs import T5EncoderConfig, TextProjectionConfig
 from kvjax.conversion.naming import FlaxPath, to_flax_layout
 from kvjax.conversion.state_dict import (ConversionError, WeightPolicy, WeightReader, convert_state_dict,
-                                        read_weights)
+                                        match_state_dict, read_weights)
 from kvjax.conversion.store import ConvertedModel
 from kvjax.models.text_projection import HEADS
 
@@ -133,27 +133,6 @@ def _encoder_state(state: dict[str, LazyTensor], what: str) -> tuple[dict[str, L
   return state, len(ignored)
 
 
-def _match(state: dict[str, LazyTensor], expected: dict[FlaxPath, Any], what: str) -> dict[FlaxPath, str]:
-  """Pairs every parameter with its checkpoint key, or raises listing every problem by key."""
-  keys = {hf_key(path): path for path in expected}
-  # Hugging Face stores Linear weights (out, in): the transpose of the Flax kernel.
-  torch_shape = lambda path: (tuple(reversed(expected[path].shape)) if path[-1] == "kernel"
-                              else expected[path].shape)
-  unexpected = [f"{k} {tuple(t.shape)}" for k, t in state.items() if k not in keys]
-  missing = [f"{k} {torch_shape(p)}" for k, p in keys.items() if k not in state]
-  misshaped = [f"{k}: checkpoint {tuple(state[k].shape)}, model expects {torch_shape(p)}"
-               for k, p in keys.items() if k in state and tuple(state[k].shape) != torch_shape(p)]
-  if unexpected or missing or misshaped:
-    lines = [f"{what}: the checkpoint does not match the T5 encoder configuration"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("mis-shaped keys", misshaped)):
-      if items:
-        lines.append(f"{len(items)} {title}:")
-        lines.extend(f"  {item}" for item in sorted(items))
-    raise ConversionError("\n".join(lines))
-  return {path: key for key, path in keys.items()}
-
-
 def convert_t5_encoder(src: str, config: T5EncoderConfig | None = None,
                        dtype: Any = np.float32, *, policy: WeightPolicy | None = None) -> ConvertedModel:
   """Strict conversion of a Hugging Face T5 checkpoint; `config` defaults to the folder's config.json.
@@ -170,7 +149,8 @@ def convert_t5_encoder(src: str, config: T5EncoderConfig | None = None,
       config = T5EncoderConfig.from_hf_config(json.load(f))
   state, ignored = _encoder_state(read_hf_state(src), src)
   expected = flax.traverse_util.flatten_dict(nn.unbox(kv_params.abstract_params(config)))
-  by_path = _match(state, expected, src)
+  # T5 keys index only the block and layer lists (`wi_0` is a name): missing ones are listed by `hf_key`.
+  by_path = match_state_dict(state, expected, lambda path: False, src, key_of=hf_key)
   flat = read_weights(WeightReader(src, policy), {path: (key, state[key]) for path, key in by_path.items()},
                       lambda path, tensor: to_flax_layout(tensor, path, False), dtype)
   extras = {IGNORED_COUNT: np.asarray(ignored, np.int64)} if ignored else {}

@@ -393,7 +393,9 @@ def test_pickle_structure_bombs_are_refused(tmp_path):
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=message):
       read_checkpoint(path)
-    assert time.perf_counter() - start < 10, name
+    # Refused without walking the structure: a walk would take hours (2**40 paths), so a generous bound
+    # that a loaded CI machine never reaches.
+    assert time.perf_counter() - start < 120, name
 
 
 def test_memo_index_bomb_takes_no_memory(tmp_path):
