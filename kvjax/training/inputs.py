@@ -34,7 +34,9 @@ SYNTHETIC_WORDS = ("a red fox runs through snow waves roll at sunset city lights
 
 class SyntheticClips:
   """Random clips (uniform uint8 frames, captions of random words, motion scores): exercises the whole
-  training path without a dataset. Batch n depends only on (seed, shard, n)."""
+  training path without a dataset. Row i of global batch n comes from (seed, n, i) alone and shard k takes
+  the rows [k * batch_size, (k + 1) * batch_size), as `ShapeClips`: the global batch is the same however
+  many hosts read it."""
 
   def __init__(self, batch_size: int, num_frames: int, resolution: tuple[int, int], seed: int,
                shard_index: int = 0):
@@ -44,14 +46,18 @@ class SyntheticClips:
   def __iter__(self):
     return self
 
+  def _row(self, index: int) -> dict[str, Any]:
+    rng = np.random.default_rng([self.seed, self.position, index])
+    t, (h, w) = self.num_frames, self.resolution
+    return {"frames": rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+            "caption": " ".join(rng.choice(SYNTHETIC_WORDS, size=6)), "motion_score": rng.uniform(0, 100)}
+
   def __next__(self) -> dict[str, Any]:
-    rng = np.random.default_rng([self.seed, self.shard_index, self.position])
+    first = self.shard_index * self.batch_size
+    rows = [self._row(i) for i in range(first, first + self.batch_size)]
     self.position += 1
-    b, t, (h, w) = self.batch_size, self.num_frames, self.resolution
-    words = rng.choice(SYNTHETIC_WORDS, size=(b, 6))
-    return {"frames": rng.integers(0, 256, (b, t, h, w, 3), dtype=np.uint8),
-            "caption": np.array([" ".join(row) for row in words]),
-            "motion_score": rng.uniform(0, 100, b).astype(np.float32)}
+    return {"frames": np.stack([r["frames"] for r in rows]), "caption": np.array([r["caption"] for r in rows]),
+            "motion_score": np.array([r["motion_score"] for r in rows], np.float32)}
 
   def get_state(self) -> bytes:
     return str(self.position).encode()
@@ -70,9 +76,12 @@ def state_from_json(text: str) -> bytes:
 
 def select_interpolation_frames(frames: np.ndarray, config: TrainConfig, step: int, shard_index: int):
   """Per clip, a skip value s from the config's choices and every (s + 1)-th frame from the clip's start:
-  frames (B, F, ...) -> ((B, 4G + 1, ...), skip (B,)). Drawn from (seed, step, shard): resumes exactly."""
-  rng = np.random.default_rng([config.seed, step, shard_index, 1])
-  skips = rng.choice(np.asarray(config.interpolation.skip_frames, np.int32), size=frames.shape[0])
+  frames (B, F, ...) -> ((B, 4G + 1, ...), skip (B,)). Drawn per global row of the step (shard k holds rows
+  [k * B, (k + 1) * B)): resumes exactly, and the same whatever the number of hosts."""
+  choices = np.asarray(config.interpolation.skip_frames, np.int32)
+  first = shard_index * frames.shape[0]
+  skips = np.array([np.random.default_rng([config.seed, step, row, 1]).choice(choices)
+                    for row in range(first, first + frames.shape[0])], np.int32)
   indices = np.arange(config.clip_frames)[None, :] * (skips[:, None] + 1)
   return np.take_along_axis(frames, indices.reshape(indices.shape + (1,) * (frames.ndim - 2)), axis=1), skips
 
