@@ -1,8 +1,9 @@
 """Training batches from the prepared dataset with grain: random access into the ArrayRecord files, a
-seeded shuffle, sharding by host, and an iterator whose state can be saved and restored for exact resume.
+seeded shuffle, each host its rows of the global batches, and an iterator whose state can be saved and restored for exact resume.
 
-Each element is one clip: a window of `num_frames` frames, `frame_stride` apart, at a random start that
-grain's per-record generator fixes from (seed, record index, epoch); only the window's frames are decoded.
+Each element is one clip: a window of `num_frames` frames, `frame_stride` apart, at a random start fixed by
+(seed, its position in the global order); only the window's frames are decoded. The global batches are the
+same whatever the number of hosts, each host reading only its rows (`HostRows`).
 Frames are resized (short side) and centre-cropped to `resolution`. A clip shorter than the window repeats
 its last frame.
 
@@ -43,15 +44,18 @@ def window_indices(clip_frames: int, num_frames: int, frame_stride: int, rng: np
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipWindow(grain.transforms.RandomMap):
-  """serialized example -> {"frames": uint8 (T, H, W, 3), the clip's text and numbers}."""
+class ClipWindow(grain.transforms.Map):
+  """{"record": serialized example, "position": global position} -> {"frames": uint8 (T, H, W, 3), the clip's
+  text and numbers}; the window's start is drawn from (seed, global position)."""
   num_frames: int
   frame_stride: int
   resolution: tuple[int, int]
+  seed: int
 
-  def random_map(self, record: bytes, rng: np.random.Generator) -> dict:
-    example = parse_example(record)
+  def map(self, row: dict) -> dict:
+    example = parse_example(row["record"])
     jpeg_frames = example.pop("video")
+    rng = np.random.default_rng([self.seed, row["position"], 2])
     indices = window_indices(len(jpeg_frames), self.num_frames, self.frame_stride, rng)
     frames = np.stack([resize_and_crop(decode_jpeg(jpeg_frames[i]), self.resolution) for i in indices])
     fps = float(example["fps"])
@@ -62,6 +66,46 @@ class ClipWindow(grain.transforms.RandomMap):
         "motion_score": np.float32(example["motion_score"]), "fps": np.float32(fps / self.frame_stride),
         "start_seconds": np.float32(example["start_seconds"] + indices[0] / fps),
     }
+
+
+ENDLESS_EPOCHS = 1 << 24  # num_epochs=None: more epochs than any run reads
+
+
+class HostRows:
+  """This host's rows of every global batch over `source`, the same global batches whatever the number
+  of hosts: row j of host k is global position g = (j // b) * G + k * b + j % b (b rows a host, G = b x hosts),
+  and position g is record order_e[g % E] of epoch e = g // E, where E is the records cut to whole global
+  batches and order_e a shuffle seeded by (seed, e) (the identity without shuffle). A host reads only its
+  own rows. Items are {"record": the source's item, "position": g}."""
+
+  def __init__(self, source, *, batch_size: int, shard_index: int, shard_count: int, seed: int, shuffle: bool,
+               num_epochs: int | None):
+    self.source, self.batch_size, self.shard_index, self.shard_count = source, batch_size, shard_index, shard_count
+    self.seed, self.shuffle = seed, shuffle
+    self.epochs = ENDLESS_EPOCHS if num_epochs is None else num_epochs
+    self.records = len(source)
+    self.per_epoch = self.records - self.records % (batch_size * shard_count)
+    self._order = (None, None)  # (epoch, its record order): consecutive rows share an epoch
+
+  def __len__(self) -> int:
+    return self.epochs * self.per_epoch // self.shard_count
+
+  def _record(self, position: int) -> int:
+    epoch, index = divmod(position, self.per_epoch)
+    if not self.shuffle:
+      return index
+    if self._order[0] != epoch:
+      self._order = (epoch, np.random.default_rng([self.seed, epoch, 1]).permutation(self.records))
+    return int(self._order[1][index])
+
+  def __repr__(self) -> str:  # grain checks a restored iterator state against it
+    return (f"HostRows({self.source!r}, batch_size={self.batch_size}, shard={self.shard_index}/{self.shard_count}, "
+            f"seed={self.seed}, shuffle={self.shuffle}, epochs={self.epochs})")
+
+  def __getitem__(self, row: int) -> dict:
+    batch, offset = divmod(int(row), self.batch_size)
+    position = batch * self.batch_size * self.shard_count + self.shard_index * self.batch_size + offset
+    return {"record": self.source[self._record(position)], "position": position}
 
 
 def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, resolution: tuple[int, int],
@@ -80,7 +124,7 @@ def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, reso
     raise ValueError(f"batch_size ({batch_size}), num_frames ({num_frames}) and frame_stride ({frame_stride}) "
                      "must be at least 1")
   source = grain.sources.ArrayRecordDataSource(shard_paths(dataset_dir, split))
-  window = ClipWindow(num_frames, frame_stride, tuple(resolution))
+  window = ClipWindow(num_frames, frame_stride, tuple(resolution), seed)
   return sharded_batches(source, window, f"{dataset_dir}: {len(source)} clips", batch_size=batch_size, seed=seed,
                          shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
                          worker_count=worker_count)
@@ -88,8 +132,9 @@ def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, reso
 
 def sharded_batches(source, transform, what: str, *, batch_size: int, seed: int, shuffle: bool,
                     num_epochs: int | None, shard_index: int, shard_count: int, worker_count: int):
-  """A grain DataLoader of whole batches of `transform`ed records, this host's shard of `source` only
-  (`what` names the records in the error when they cannot fill a batch on every host)."""
+  """A grain DataLoader of whole batches of `transform`ed rows of `HostRows` (this host's rows of the same
+  global batches whatever the number of hosts); `what` names the records in the error when they cannot fill
+  a batch on every host."""
   if worker_count > 0:
     from absl import flags
     if not flags.FLAGS.is_parsed():
@@ -97,8 +142,9 @@ def sharded_batches(source, transform, what: str, *, batch_size: int, seed: int,
       flags.FLAGS.mark_as_parsed()
   if len(source) < shard_count * batch_size:
     raise ValueError(f"{what} cannot fill a batch of {batch_size} on each of {shard_count} hosts")
-  sampler = grain.samplers.IndexSampler(
-      len(source), shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
-      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
-  return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+  rows = HostRows(source, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count, seed=seed,
+                  shuffle=shuffle, num_epochs=num_epochs)
+  sampler = grain.samplers.IndexSampler(len(rows), shard_options=grain.sharding.NoSharding(), shuffle=False,
+                                        num_epochs=1, seed=seed)
+  return grain.DataLoader(data_source=rows, sampler=sampler, worker_count=worker_count,
                           operations=[transform, grain.transforms.Batch(batch_size, drop_remainder=True)])

@@ -86,8 +86,8 @@ def check_precomputed(folder: str, config: TrainConfig, normalization: LatentNor
 
 
 class _Decode(grain.transforms.Map):
-  def map(self, record: bytes) -> dict[str, np.ndarray]:
-    return decode_record(record)
+  def map(self, row: dict) -> dict[str, np.ndarray]:
+    return decode_record(row["record"])
 
 
 def make_precomputed_loader(folder: str, config: TrainConfig, *, batch_size: int, shard_index: int,

@@ -45,6 +45,15 @@ def test_hosts_read_disjoint_shards(prepared):
   assert len(seen[0]) == len(seen[1]) == 4 and not seen[0] & seen[1]
 
 
+def test_the_global_batches_do_not_depend_on_the_host_count(prepared):
+  one = [batch for batch, _ in zip(loader(prepared, batch_size=4), range(3))]  # crosses the epoch boundary
+  hosts = [[batch for batch, _ in zip(loader(prepared, batch_size=2, shard_index=k, shard_count=2), range(3))]
+           for k in range(2)]
+  for step, whole in enumerate(one):
+    assert whole["clip_id"].tolist() == hosts[0][step]["clip_id"].tolist() + hosts[1][step]["clip_id"].tolist()
+    np.testing.assert_array_equal(whole["frames"], np.concatenate([hosts[0][step]["frames"], hosts[1][step]["frames"]]))
+
+
 def test_window_and_crop():
   rng = np.random.default_rng(0)
   for _ in range(20):
