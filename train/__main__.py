@@ -337,6 +337,10 @@ def main(argv=None) -> int:
       if args.init is not None:
         weights = unet_start(config, weights, args.init)
         say(f"the {config.model} UNet starts from {args.init}")
+      if config.model == "keyframe" and config.keyframe.mode == "video" and config.keyframe.video_input_from_image:
+        from kvjax.training.keyframe_loss import video_input_from_image
+        weights = weights.replace(keyframe=video_input_from_image(weights.keyframe, config.model_config.out_channels))
+        say("its video input layer starts as its image input layer (condition channels zero)")
     if args.init is not None and config.is_movq:
       raise ValueError("--init applies to UNet runs; MoVQ runs start from --weights")
   except (FileNotFoundError, ValueError) as e:

@@ -36,6 +36,10 @@ class KeyframeTrainingConfig:
   # Multiplies the dataset's motion scores before the UNet sees them, to put them in the units of the
   # sampler's motion table (low/medium/high/extreme = 1/10/50/100).
   motion_scale: float = 1.0
+  # A video-mode run from an image-mode UNet of ours (the demo): `in_layer` starts as the trained
+  # `image_in_layer` with its condition channels zero, so the video UNet begins as the image model on its
+  # noisy frames and learns to read the first-frame condition. (The official `in_layer` is trained: off.)
+  video_input_from_image: bool = False
 
   def __post_init__(self):
     if self.mode not in MODES or self.train_scope not in TRAIN_SCOPES:
@@ -43,6 +47,15 @@ class KeyframeTrainingConfig:
                        f"train_scope one of {', '.join(TRAIN_SCOPES)} (got {self.train_scope!r})")
     if not self.motion_scale > 0:
       raise ValueError(f"KeyframeTrainingConfig.motion_scale must be positive, got {self.motion_scale}")
+
+
+def video_input_from_image(params, latent_channels: int):
+  """Keyframe UNet params with `in_layer` := `image_in_layer`, the kernel's inputs past the noisy latent's
+  `latent_channels` (condition latent and mask) zero."""
+  image = params["image_in_layer"]
+  kernel = jnp.asarray(image["kernel"])
+  kernel = kernel.at[..., latent_channels:, :].set(0)
+  return {**params, "in_layer": {**image, "kernel": kernel.astype(image["kernel"].dtype)}}
 
 
 def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, null_embedding,

@@ -152,3 +152,16 @@ def test_keyframe_image_mode_sees_frames_alone_as_the_key_frame_sampler_runs_the
   dropped = dataclasses.replace(config, text_dropout_probability=1.0)
   keyframe_image_loss({}, batch, jax.random.key(2), model=model, config=dropped, null_embedding=NULL)
   np.testing.assert_array_equal(np.asarray(model.seen["context"])[:, 0], np.broadcast_to(NULL, (B * t, D)))
+
+
+def test_a_video_run_can_start_its_input_layer_from_the_image_one():
+  from kvjax.configs import KEYFRAME_TINY
+  from kvjax.params import random_params
+  from kvjax.training.keyframe_loss import video_input_from_image
+  params = random_params(KEYFRAME_TINY, 0)
+  started = video_input_from_image(params, KEYFRAME_TINY.out_channels)
+  image, video = params["image_in_layer"], started["in_layer"]
+  np.testing.assert_array_equal(video["kernel"][..., :4, :], image["kernel"][..., :4, :])
+  assert not np.any(video["kernel"][..., 4:, :]) and np.any(image["kernel"][..., 4:, :])
+  np.testing.assert_array_equal(video["bias"], image["bias"])
+  assert started["image_in_layer"] is image
