@@ -87,7 +87,7 @@ def make_mesh(spec: str = "", devices=None) -> Mesh:
 # the minor batch axis: it permutes the lhs shards to Y-major and never permutes the result back, so rows of
 # different batch shards trade places (data=2,fsdp=2,tensor=2: ~50% error in the UNet forward at the first
 # ("heads", "embed") or ("mlp", "embed") weight). Weights are never split over "data", so with "data" minor
-# no weight can meet that pattern. Each host still loads its own (now strided) rows of the global batch.
+# no weight can meet that pattern. Each host still loads its own (now strided) rows of the global batch (`host_batch_rows`).
 BATCH_AXES = ("fsdp", "data")
 
 
@@ -118,6 +118,16 @@ def param_shardings(boxed_params, mesh: Mesh, rules=DEFAULT_LOGICAL_AXIS_RULES) 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def host_batch_rows(sharding: NamedSharding, global_batch: int) -> tuple[int, ...]:
+  """The rows of a batch-major global array of `global_batch` rows that this process's devices hold,
+  ascending: the order in which `jax.make_array_from_process_local_data` places a host's local rows. With
+  the batch split fsdp-major (BATCH_AXES) a host's rows are strided, not one block."""
+  rows = set()
+  for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+    rows.update(range(global_batch)[index[0]])
+  return tuple(sorted(rows))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

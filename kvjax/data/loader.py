@@ -73,14 +73,19 @@ ENDLESS_EPOCHS = 1 << 24  # num_epochs=None: more epochs than any run reads
 
 class HostRows:
   """This host's rows of every global batch over `source`, the same global batches whatever the number
-  of hosts: row j of host k is global position g = (j // b) * G + k * b + j % b (b rows a host, G = b x hosts),
+  of hosts: row j of a host is global position g = (j // b) * G + rows[j % b] (b rows a host, G = b x hosts;
+  `rows` default to the block of shard_index: [k * b, (k + 1) * b)),
   and position g is record order_e[g % E] of epoch e = g // E, where E is the records cut to whole global
   batches and order_e a shuffle seeded by (seed, e) (the identity without shuffle). A host reads only its
   own rows. Items are {"record": the source's item, "position": g}."""
 
   def __init__(self, source, *, batch_size: int, shard_index: int, shard_count: int, seed: int, shuffle: bool,
-               num_epochs: int | None):
+               num_epochs: int | None, rows=None):
     self.source, self.batch_size, self.shard_index, self.shard_count = source, batch_size, shard_index, shard_count
+    # This host's rows of each global batch (`kvjax.sharding.host_batch_rows`); default: block shard_index.
+    self.rows = tuple(range(shard_index * batch_size, (shard_index + 1) * batch_size) if rows is None else rows)
+    if len(self.rows) != batch_size or not all(0 <= r < batch_size * shard_count for r in self.rows):
+      raise ValueError(f"rows {self.rows} are not {batch_size} rows of a global batch of {batch_size * shard_count}")
     self.seed, self.shuffle = seed, shuffle
     self.epochs = ENDLESS_EPOCHS if num_epochs is None else num_epochs
     self.records = len(source)
@@ -99,19 +104,19 @@ class HostRows:
     return int(self._order[1][index])
 
   def __repr__(self) -> str:  # grain checks a restored iterator state against it
-    return (f"HostRows({self.source!r}, batch_size={self.batch_size}, shard={self.shard_index}/{self.shard_count}, "
+    return (f"HostRows({self.source!r}, rows={self.rows} of {self.batch_size * self.shard_count}, "
             f"seed={self.seed}, shuffle={self.shuffle}, epochs={self.epochs})")
 
   def __getitem__(self, row: int) -> dict:
     batch, offset = divmod(int(row), self.batch_size)
-    position = batch * self.batch_size * self.shard_count + self.shard_index * self.batch_size + offset
+    position = batch * self.batch_size * self.shard_count + self.rows[offset]
     return {"record": self.source[self._record(position)], "position": position}
 
 
 def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, resolution: tuple[int, int],
                      seed: int, split: str = SPLIT, frame_stride: int = 1, shuffle: bool = True,
                      num_epochs: int | None = None, shard_index: int | None = None, shard_count: int | None = None,
-                     worker_count: int = 0):
+                     worker_count: int = 0, rows=None):
   """A grain DataLoader over the dataset at dataset_dir (the prepare output folder, its dataset folder, or
   the tfds version folder). Iterating it yields batches as described in the module docstring; each host
   reads its own shard (by default jax.process_index() of jax.process_count()), whole batches only.
@@ -127,11 +132,11 @@ def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, reso
   window = ClipWindow(num_frames, frame_stride, tuple(resolution), seed)
   return sharded_batches(source, window, f"{dataset_dir}: {len(source)} clips", batch_size=batch_size, seed=seed,
                          shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
-                         worker_count=worker_count)
+                         worker_count=worker_count, rows=rows)
 
 
 def sharded_batches(source, transform, what: str, *, batch_size: int, seed: int, shuffle: bool,
-                    num_epochs: int | None, shard_index: int, shard_count: int, worker_count: int):
+                    num_epochs: int | None, shard_index: int, shard_count: int, worker_count: int, rows=None):
   """A grain DataLoader of whole batches of `transform`ed rows of `HostRows` (this host's rows of the same
   global batches whatever the number of hosts); `what` names the records in the error when they cannot fill
   a batch on every host."""
@@ -142,9 +147,9 @@ def sharded_batches(source, transform, what: str, *, batch_size: int, seed: int,
       flags.FLAGS.mark_as_parsed()
   if len(source) < shard_count * batch_size:
     raise ValueError(f"{what} cannot fill a batch of {batch_size} on each of {shard_count} hosts")
-  rows = HostRows(source, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count, seed=seed,
-                  shuffle=shuffle, num_epochs=num_epochs)
-  sampler = grain.samplers.IndexSampler(len(rows), shard_options=grain.sharding.NoSharding(), shuffle=False,
+  host_rows = HostRows(source, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count, seed=seed,
+                       shuffle=shuffle, num_epochs=num_epochs, rows=rows)
+  sampler = grain.samplers.IndexSampler(len(host_rows), shard_options=grain.sharding.NoSharding(), shuffle=False,
                                         num_epochs=1, seed=seed)
-  return grain.DataLoader(data_source=rows, sampler=sampler, worker_count=worker_count,
+  return grain.DataLoader(data_source=host_rows, sampler=sampler, worker_count=worker_count,
                           operations=[transform, grain.transforms.Batch(batch_size, drop_remainder=True)])

@@ -319,18 +319,23 @@ class ShapeClips:
   float32 (B,) (expected_motion_score: analytic, see the module docstring)}, with SyntheticClips' interface.
 
   Example i of global batch n (batch_size * shard_count clips) comes from (seed, n, i) alone; shard k
-  takes the contiguous rows [k * batch_size, (k + 1) * batch_size), as hosts' rows make up a global batch.
+  takes the rows `rows` (default the block [k * batch_size, (k + 1) * batch_size)), as hosts' rows make up
+  a global batch.
   So the global batch does not depend on how many shards read it. With num_frames=1 (still images) each
   example is the first frame of a 2-frame clip's spec, with motion score 0."""
 
   def __init__(self, batch_size: int, num_frames: int, resolution: tuple[int, int], seed: int,
-               shard_index: int = 0, shard_count: int = 1, speed_words: bool = True):
+               shard_index: int = 0, shard_count: int = 1, speed_words: bool = True, rows=None):
     if batch_size < 1 or num_frames < 1 or not 0 <= shard_index < shard_count:
       raise ShapeSpecError(f"ShapeClips: batch_size ({batch_size}) and num_frames ({num_frames}) must be >= 1 "
                            f"and shard_index ({shard_index}) in 0..shard_count-1 ({shard_count})")
     self.batch_size, self.num_frames, self.resolution = batch_size, num_frames, tuple(resolution)
     self.seed, self.shard_index, self.shard_count, self.position = seed, shard_index, shard_count, 0
     self.speed_words = speed_words
+    # This host's rows of each global batch (`kvjax.sharding.host_batch_rows`); default: block shard_index.
+    self.rows = tuple(range(shard_index * batch_size, (shard_index + 1) * batch_size) if rows is None else rows)
+    if len(self.rows) != batch_size:
+      raise ShapeSpecError(f"ShapeClips: {len(self.rows)} rows for a batch of {batch_size}")
 
   def spec(self, batch: int, index: int) -> ShapeSpec:
     """The spec of example `index` of global batch `batch`."""
@@ -347,8 +352,7 @@ class ShapeClips:
     return self
 
   def __next__(self) -> dict[str, Any]:
-    first = self.shard_index * self.batch_size
-    examples = [self.example(self.position, i) for i in range(first, first + self.batch_size)]
+    examples = [self.example(self.position, i) for i in self.rows]
     self.position += 1
     return {"frames": np.stack([e["frames"] for e in examples]),
             "caption": np.array([e["caption"] for e in examples]),

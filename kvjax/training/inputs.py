@@ -23,7 +23,7 @@ from kvjax.params import abstract_params, build_model
 from kvjax.pipeline.weights import PipelineWeights
 from kvjax.text.conditioning import project_context
 from kvjax.training.config import TrainConfig
-from kvjax.sharding import batch_sharding, param_shardings, replicated
+from kvjax.sharding import batch_sharding, host_batch_rows, param_shardings, replicated
 
 # --data values that name generated clips rather than a folder.
 GENERATED_SOURCES = ("synthetic", "shapes")
@@ -34,14 +34,15 @@ SYNTHETIC_WORDS = ("a red fox runs through snow waves roll at sunset city lights
 
 class SyntheticClips:
   """Random clips (uniform uint8 frames, captions of random words, motion scores): exercises the whole
-  training path without a dataset. Row i of global batch n comes from (seed, n, i) alone and shard k takes
-  the rows [k * batch_size, (k + 1) * batch_size), as `ShapeClips`: the global batch is the same however
-  many hosts read it."""
+  training path without a dataset. Row i of global batch n comes from (seed, n, i) alone and a host makes
+  its `rows` (default the block of shard_index), as `ShapeClips`: the global batch is the same however many
+  hosts read it."""
 
   def __init__(self, batch_size: int, num_frames: int, resolution: tuple[int, int], seed: int,
-               shard_index: int = 0):
+               shard_index: int = 0, rows=None):
     self.batch_size, self.num_frames, self.resolution = batch_size, num_frames, tuple(resolution)
-    self.seed, self.shard_index, self.position = seed, shard_index, 0
+    self.seed, self.position = seed, 0
+    self.rows = tuple(range(shard_index * batch_size, (shard_index + 1) * batch_size) if rows is None else rows)
 
   def __iter__(self):
     return self
@@ -53,8 +54,7 @@ class SyntheticClips:
             "caption": " ".join(rng.choice(SYNTHETIC_WORDS, size=6)), "motion_score": rng.uniform(0, 100)}
 
   def __next__(self) -> dict[str, Any]:
-    first = self.shard_index * self.batch_size
-    rows = [self._row(i) for i in range(first, first + self.batch_size)]
+    rows = [self._row(i) for i in self.rows]
     self.position += 1
     return {"frames": np.stack([r["frames"] for r in rows]), "caption": np.array([r["caption"] for r in rows]),
             "motion_score": np.array([r["motion_score"] for r in rows], np.float32)}
@@ -74,14 +74,12 @@ def state_from_json(text: str) -> bytes:
   return base64.b64decode(text.encode("ascii"))
 
 
-def select_interpolation_frames(frames: np.ndarray, config: TrainConfig, step: int, shard_index: int):
+def select_interpolation_frames(frames: np.ndarray, config: TrainConfig, step: int, rows):
   """Per clip, a skip value s from the config's choices and every (s + 1)-th frame from the clip's start:
-  frames (B, F, ...) -> ((B, 4G + 1, ...), skip (B,)). Drawn per global row of the step (shard k holds rows
-  [k * B, (k + 1) * B)): resumes exactly, and the same whatever the number of hosts."""
+  frames (B, F, ...) -> ((B, 4G + 1, ...), skip (B,)). Drawn per global row of the step (`rows`: this host's):
+  resumes exactly, and the same whatever the number of hosts."""
   choices = np.asarray(config.interpolation.skip_frames, np.int32)
-  first = shard_index * frames.shape[0]
-  skips = np.array([np.random.default_rng([config.seed, step, row, 1]).choice(choices)
-                    for row in range(first, first + frames.shape[0])], np.int32)
+  skips = np.array([np.random.default_rng([config.seed, step, row, 1]).choice(choices) for row in rows], np.int32)
   indices = np.arange(config.clip_frames)[None, :] * (skips[:, None] + 1)
   return np.take_along_axis(frames, indices.reshape(indices.shape + (1,) * (frames.ndim - 2)), axis=1), skips
 
@@ -127,14 +125,14 @@ def global_array(sharding, local) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, np.asarray(local))
 
 
-def conditioning(config: TrainConfig, examples: dict[str, Any], step: int, shard_index: int):
+def conditioning(config: TrainConfig, examples: dict[str, Any], step: int, rows):
   """This host's clip frames or latents (B, F, ...) -> (those the objective sees, its per-clip inputs)."""
   frames = np.asarray(examples["frames" if "frames" in examples else "latents"])
   if config.is_movq:
     return frames, {}
   if config.model == "keyframe":
     return frames, {"motion_score": np.asarray(examples["motion_score"], np.float32)}
-  frames, skips = select_interpolation_frames(frames, config, step, shard_index)
+  frames, skips = select_interpolation_frames(frames, config, step, rows)
   return frames, {"skip_frames": skips}
 
 
@@ -142,13 +140,13 @@ class StepInputs:
   """`next_batch(step)`: the global batch of a step, from clips encoded on the fly or from pre-computed
   inputs; `get_state()` / `set_state()` save and restore the reader's position."""
 
-  def __init__(self, config: TrainConfig, reader, encoder: ClipEncoder | None, sharding, shard_index: int):
+  def __init__(self, config: TrainConfig, reader, encoder: ClipEncoder | None, sharding, rows):
     self.config, self.reader, self.encoder, self.sharding = config, reader, encoder, sharding
-    self.shard_index = shard_index
+    self.rows = tuple(rows)  # this host's rows of the global batch
 
   def next_batch(self, step: int) -> dict[str, jax.Array]:
     examples = next(self.reader)
-    selected, extra = conditioning(self.config, examples, step, self.shard_index)
+    selected, extra = conditioning(self.config, examples, step, self.rows)
     to_global = lambda x: global_array(self.sharding, x)
     if self.config.is_movq:  # the MoVQ trains on the frames themselves
       batch = {"frames": to_global(selected)}
@@ -169,38 +167,44 @@ class StepInputs:
 def step_inputs(config: TrainConfig, data: str, *, weights: PipelineWeights | None, tokenizer, mesh: Mesh,
                 local_batch_size: int, shard_index: int, shard_count: int, worker_count: int = 0) -> StepInputs:
   """Inputs from `data`: a prepared dataset folder, a pre-computed inputs folder (`python -m
-  train.precompute`, UNets only), or "synthetic". MoVQs need no `weights` or `tokenizer` (they eat frames)."""
+  train.precompute`, UNets only), or "synthetic". MoVQs need no `weights` or `tokenizer` (they eat frames).
+  Each host reads the rows of the global batch its devices hold (`host_batch_rows`)."""
   from kvjax.training.precomputed import META, make_precomputed_loader
+  rows = host_batch_rows(batch_sharding(mesh), local_batch_size * shard_count)
+  if len(rows) != local_batch_size:
+    raise ValueError(f"this host's devices hold {len(rows)} rows of the global batch, not {local_batch_size}")
   precomputed = data not in GENERATED_SOURCES and os.path.isfile(os.path.join(data, META))
   if config.is_movq:
     if precomputed:
       raise ValueError("pre-computed inputs hold latents for the UNets; a MoVQ trains on a prepared dataset")
-    reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count)
-    return StepInputs(config, reader, None, batch_sharding(mesh), shard_index)
+    reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count, rows=rows)
+    return StepInputs(config, reader, None, batch_sharding(mesh), rows)
   if precomputed:
     normalization = None if weights is None else weights.latent_normalization
     reader = iter(make_precomputed_loader(data, config, batch_size=local_batch_size, shard_index=shard_index,
                                           shard_count=shard_count, worker_count=worker_count,
-                                          normalization=normalization))
-    return StepInputs(config, reader, None, batch_sharding(mesh), shard_index)
-  reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count)
-  return StepInputs(config, reader, ClipEncoder(config, weights, tokenizer, mesh), batch_sharding(mesh), shard_index)
+                                          normalization=normalization, rows=rows))
+    return StepInputs(config, reader, None, batch_sharding(mesh), rows)
+  reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count, rows=rows)
+  return StepInputs(config, reader, ClipEncoder(config, weights, tokenizer, mesh), batch_sharding(mesh), rows)
 
 
 def clip_reader(config: TrainConfig, data: str, local_batch_size: int, shard_index: int, shard_count: int,
-                worker_count: int = 0, shuffle: bool = True, num_epochs: int | None = None) -> Iterator[dict[str, Any]]:
+                worker_count: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                rows=None) -> Iterator[dict[str, Any]]:
   """The clips of `data`: a prepared dataset folder, "synthetic" (random pixels) or "shapes" (the moving
-  shapes of `kvjax.data.shapes`, rendered on the fly)."""
+  shapes of `kvjax.data.shapes`, rendered on the fly). `rows`: this host's rows of each global batch of
+  local_batch_size x shard_count (default: the block of shard_index)."""
   frames = config.loader_frames
   if data == "synthetic":
-    return SyntheticClips(local_batch_size, frames, config.resolution, config.seed, shard_index)
+    return SyntheticClips(local_batch_size, frames, config.resolution, config.seed, shard_index, rows=rows)
   if data == "shapes":
     from kvjax.data.shapes import ShapeClips
     return ShapeClips(local_batch_size, frames, config.resolution, config.seed, shard_index=shard_index,
-                      shard_count=shard_count)
+                      shard_count=shard_count, rows=rows)
   from kvjax.data.loader import make_clip_loader
   loader = make_clip_loader(data, batch_size=local_batch_size, num_frames=frames, resolution=config.resolution,
                             seed=config.seed, frame_stride=config.frame_stride, shard_index=shard_index,
                             shard_count=shard_count, worker_count=worker_count, shuffle=shuffle,
-                            num_epochs=num_epochs)
+                            num_epochs=num_epochs, rows=rows)
   return iter(loader)

@@ -14,6 +14,11 @@ def _global(make, shards: int, batch: int, steps: int = 2):
           for batches in zip(*[[next(r) for _ in range(steps)] for r in readers])]
 
 
+def test_a_hosts_rows_are_those_its_devices_hold():
+  from kvjax.sharding import batch_sharding, host_batch_rows, make_mesh
+  assert host_batch_rows(batch_sharding(make_mesh("data=2,fsdp=2,tensor=2")), 8) == tuple(range(8))  # one host
+
+
 def test_generated_clips_do_not_depend_on_the_host_count():
   makers = {"synthetic": lambda b, k, n: SyntheticClips(b, 2, (8, 8), 3, shard_index=k),
             "shapes": lambda b, k, n: ShapeClips(b, 2, (16, 16), 3, shard_index=k, shard_count=n)}
@@ -28,6 +33,8 @@ def test_generated_clips_do_not_depend_on_the_host_count():
 def test_interpolation_skips_do_not_depend_on_the_host_count():
   config = TRAIN_PRESETS["interpolation-tiny"]
   frames = np.arange(8 * config.clip_frames * 50).reshape(8, -1, 1)[:, : config.loader_frames]
-  _, whole = select_interpolation_frames(frames, config, 5, 0)
-  halves = [select_interpolation_frames(frames[4 * k: 4 * k + 4], config, 5, k)[1] for k in range(2)]
-  np.testing.assert_array_equal(whole, np.concatenate(halves))
+  _, whole = select_interpolation_frames(frames, config, 5, range(8))
+  # Hosts of a mesh split fsdp-major hold strided rows (kvjax.sharding.host_batch_rows).
+  strided = [select_interpolation_frames(frames[k::2], config, 5, range(k, 8, 2))[1] for k in range(2)]
+  np.testing.assert_array_equal(whole[0::2], strided[0])
+  np.testing.assert_array_equal(whole[1::2], strided[1])
