@@ -137,6 +137,24 @@ def install(weights: str, target: str = DEMO_WEIGHTS) -> None:
       shutil.copy(os.path.join(weights, name), os.path.join(staging, name))
 
 
+def _set_fields(config) -> dict:
+  """A config's fields that differ from their defaults (nested configs likewise): an option added later,
+  at its default, does not make a kept output another recipe's."""
+  values = {}
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      nested = _set_fields(value)
+      default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+      if nested or not dataclasses.is_dataclass(default) or type(default) is not type(value):
+        values[field.name] = {"type": type(value).__name__, **nested}
+      continue
+    if field.default is not dataclasses.MISSING and value == field.default:
+      continue
+    values[field.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+  return values
+
+
 def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:
   """What a kept output was made by: the stage's commands (OUT written as "OUT"), the training presets they
   name with their models' configurations, and the same of every stage before it (the videos' count and
@@ -145,8 +163,8 @@ def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:
   commands = [[arg.replace(out, "OUT") for arg in command] for command in stage.commands]
   from kvjax.pipeline.config import PIPELINE_PRESETS
   names = [c[i + 1] for c in stage.commands for i, arg in enumerate(c[:-1]) if c[0] == "train" and arg == "--config"]
-  presets = {name: {"training": dataclasses.asdict(TRAIN_PRESETS[name]),
-                    "models": dataclasses.asdict(PIPELINE_PRESETS[TRAIN_PRESETS[name].pipeline])} for name in names}
+  presets = {name: {"training": _set_fields(TRAIN_PRESETS[name]),
+                    "models": _set_fields(PIPELINE_PRESETS[TRAIN_PRESETS[name].pipeline])} for name in names}
   after = {name: _recipe(next(s for s in plan if s.name == name), out, plan) for name in stage.after}
   return json.loads(json.dumps({"commands": commands, "presets": presets, "after": after}))
 
