@@ -41,7 +41,6 @@ def _metrics(workdir: str) -> list[dict]:
 def evaluate(image_dir: str, video_dir: str, resolution, num_frames: int, clips: int = 32, seed: int = 12345):
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
   from kvjax.conversion.store import load_converted
   from kvjax.data.shapes import ShapeClips

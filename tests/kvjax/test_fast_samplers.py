@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from kvjax.diffusion import fast_samplers
-from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, SchedulerConfig, make_schedule
+from kvjax.diffusion.schedule import SchedulerConfig, make_schedule
 
 CONFIGS = [SchedulerConfig("epsilon", "leading", 10), SchedulerConfig("v_prediction", "trailing", 5),  # diffusers DDIM steps to t - 1000 // n
            SchedulerConfig("epsilon", "leading", 8, sample_max_value=1.5)]

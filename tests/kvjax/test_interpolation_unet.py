@@ -1,6 +1,5 @@
 import os
 
-import flax.traverse_util
 import jax
 import numpy as np
 import pytest

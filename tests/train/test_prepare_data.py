@@ -3,7 +3,6 @@ errors that name the problem."""
 
 import json
 
-import numpy as np
 import pytest
 
 from data_testing_utils import moving_frames, write_video

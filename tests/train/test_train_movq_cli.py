@@ -2,7 +2,6 @@
 simulated devices over a prepared dataset: killed mid-save it resumes on the same curve of every loss
 term; the run exports to a converted decoder that `python -m sample` decodes with."""
 
-import os
 import subprocess
 import sys
 

@@ -2,7 +2,6 @@
 summary, captions, the dataset, resumability and errors."""
 
 import glob
-import os
 
 import numpy as np
 import pytest
