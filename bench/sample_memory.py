@@ -80,6 +80,7 @@ def abstract_weights(config, dtype, shardings: PipelineWeights) -> PipelineWeigh
   null = jax.ShapeDtypeStruct((config.keyframe.context_dim,), jnp.float32)
   tree = PipelineWeights(model(config.keyframe), null, model(config.interpolation), null,
                          model(config.image_movq), model(config.video_movq), t5, model(config.projections))
+  shardings = shardings.replace(latent_normalization=None)  # the official weights have none
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
