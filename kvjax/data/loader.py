@@ -81,7 +81,7 @@ class HostRows:
 
   def __init__(self, source, *, batch_size: int, shard_index: int, shard_count: int, seed: int, shuffle: bool,
                num_epochs: int | None, rows=None):
-    self.source, self.batch_size, self.shard_index, self.shard_count = source, batch_size, shard_index, shard_count
+    self.source, self.batch_size, self.shard_count = source, batch_size, shard_count
     # This host's rows of each global batch (`kvjax.sharding.host_batch_rows`); default: block shard_index.
     self.rows = tuple(range(shard_index * batch_size, (shard_index + 1) * batch_size) if rows is None else rows)
     if len(self.rows) != batch_size or not all(0 <= r < batch_size * shard_count for r in self.rows):

@@ -14,7 +14,6 @@ import os
 from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -23,6 +22,7 @@ from kvjax.params import abstract_params, build_model
 from kvjax.pipeline.weights import PipelineWeights
 from kvjax.text.conditioning import project_context
 from kvjax.training.config import TrainConfig
+from kvjax.training.movq_gan import frames_to_unit_range
 from kvjax.sharding import batch_sharding, host_batch_rows, param_shardings, replicated
 
 # --data values that name generated clips rather than a folder.
@@ -102,7 +102,7 @@ class ClipEncoder:
 
     def encode(frozen, frames, input_ids, attention_mask):
       b, t, h, w, c = frames.shape
-      pixels = frames.reshape(b * t, h, w, c).astype(jnp.float32) / 255 * 2 - 1
+      pixels = frames_to_unit_range(frames.reshape(b * t, h, w, c))
       latents = normalize(frozen["latents"], movq.apply({"params": frozen["movq"]}, pixels, method="encode"))
       hidden = t5.apply({"params": frozen["t5"]}, input_ids, attention_mask)
       context = project_context(frozen["projections"], hidden, attention_mask, config=pipeline.projections)
