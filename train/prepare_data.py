@@ -1,8 +1,11 @@
 """Prepares a folder of videos into the tfds training dataset (kvjax.data.prepare):
 
   python -m train.prepare_data SRC_DIR OUT_DIR [--captions captions.jsonl] [--workers N]
+  python -m train.prepare_data SRC_DIR OUT_DIR --engine beam -- BEAM_PIPELINE_OPTIONS
 
-Re-running with the same OUT_DIR skips finished work; the summary table is printed at the end."""
+Re-running with the same OUT_DIR skips finished work; the summary table is printed at the end. SRC_DIR may
+be a URL Apache Beam reads (gs://...). With --engine beam the per-source work runs as an Apache Beam
+pipeline (kvjax.data.beam_engine), its options (--runner=... and the runner's own) after `--`."""
 
 from __future__ import annotations
 
@@ -15,12 +18,19 @@ from kvjax.data.captions import CaptionsError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+  """The options; those after a `--` are Beam's (args.pipeline_args)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  pipeline_args = argv[argv.index("--") + 1:] if "--" in argv else []
+  argv = argv[:argv.index("--")] if "--" in argv else argv
   f, s, t, m = filters.FilterConfig(), scenes.SceneConfig(), transforms.TransformConfig(), motion.MotionConfig()
   parser = argparse.ArgumentParser(prog="python -m train.prepare_data", description=__doc__.split("\n\n")[0])
   parser.add_argument("src_dir", help="folder of source videos (searched recursively)")
   parser.add_argument("out_dir", help="output folder: work/ (clip store, ledger) and dataset/ (tfds)")
   parser.add_argument("--captions", help="JSON lines: {\"clip_id\" or \"source\": ..., \"caption\": ...}")
-  parser.add_argument("--workers", type=int, default=1, help="processes decoding videos in parallel")
+  parser.add_argument("--workers", type=int, default=1, help="processes decoding videos in parallel (the local "
+                      "engine; Beam's runner has its own options)")
+  parser.add_argument("--engine", choices=prepare.ENGINES, default="local", help="local: this machine's processes; "
+                      "beam: an Apache Beam pipeline, its options after `--`")
   parser.add_argument("--seed", type=int, default=0, help="seed of the dataset's shuffled order")
   parser.add_argument("--min-seconds", type=float, default=f.min_seconds)
   parser.add_argument("--min-area", type=int, default=f.min_area, help="minimum width*height in pixels")
@@ -35,7 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--raft-weights", help="torchvision RAFT state dict (a local file) for --motion raft")
   parser.add_argument("--raft-variant", choices=("raft_large", "raft_small"), default=m.raft_variant)
   parser.add_argument("--no-progress", action="store_true")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  args.pipeline_args = tuple(pipeline_args)
+  return args
 
 
 def config_from_args(args: argparse.Namespace) -> prepare.PrepareConfig:
@@ -59,6 +71,9 @@ def check_args(args: argparse.Namespace) -> None:
   for flag, value in non_negative.items():
     if not (math.isfinite(value) and value >= 0):
       raise ValueError(f"{flag} must be zero or more, got {value}")
+  if args.engine == "beam" and args.workers != 1:
+    raise ValueError("--workers is the local engine's; with --engine beam give the runner's own options after "
+                     "`--` (the DirectRunner's --direct_num_workers=N)")
 
 
 def main(argv=None) -> int:
@@ -72,7 +87,8 @@ def main(argv=None) -> int:
     with sigterm_unwinds():  # a `kill` keeps the finished clips and leaves no staging behind
       summary = prepare.prepare(args.src_dir, args.out_dir, captions_path=args.captions,
                                 config=config_from_args(args), workers=args.workers, seed=args.seed,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, engine=args.engine,
+                                pipeline_args=args.pipeline_args)
   except (FileNotFoundError, CaptionsError, ValueError, ImportError) as e:  # OutputError (unwritable) too
     print(f"error: {e}", file=sys.stderr)
     return 2

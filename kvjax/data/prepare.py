@@ -14,6 +14,7 @@ dataset/kvjax_clips/1.0.0/ (the tfds dataset; see kvjax.data.dataset).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -25,7 +26,8 @@ import os
 import re
 import stat
 import sys
-from typing import Callable
+import tempfile
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -54,6 +56,14 @@ class SourceResult:
   drops: tuple[dict, ...] = ()  # {"reason", "detail", "start_seconds", "end_seconds"}
   reused: int = 0  # kept clips found already made (a run cut short inside this source)
   error: str | None = None
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self))
+
+  @classmethod
+  def from_json(cls, text: str) -> "SourceResult":
+    fields = json.loads(text)
+    return cls(**{**fields, "kept": tuple(fields["kept"]), "drops": tuple(fields["drops"])})
 
 
 @dataclasses.dataclass
@@ -158,9 +168,80 @@ def find_sources(src_dir: str, errors: list[SourceResult] | None = None) -> list
   return sorted(found)
 
 
-def fingerprint(path: str) -> str:
-  stat = os.stat(path)
+def is_url(path: str) -> bool:
+  """A path of a filesystem Apache Beam reads (gs://, s3://, ... where installed), not one of this machine's."""
+  return "://" in path
+
+
+def _beam_filesystems():
+  try:
+    from apache_beam.io.filesystems import FileSystems
+  except ImportError:
+    raise ImportError("sources at a URL are read through Apache Beam's filesystems: pip install -e '.[data]'") from None
+  return FileSystems
+
+
+def source_path(src_dir: str, source: str) -> str:
+  return f"{src_dir.rstrip('/')}/{source}" if is_url(src_dir) else os.path.join(src_dir, source)
+
+
+def _find_url_sources(src_dir: str) -> list[str]:
+  """Video files below a URL (Beam's `**` match: every depth), as sorted relative paths."""
+  root = src_dir.rstrip("/")
+  try:
+    matched = _beam_filesystems().match([root + "/**"])[0].metadata_list
+  except ImportError:
+    raise
+  except Exception as e:  # Beam's BeamIOError: no such bucket, no credentials, an unknown scheme
+    raise FileNotFoundError(f"source folder {src_dir}: cannot list it ({e})") from None
+  found = []
+  for metadata in matched:
+    relative = metadata.path[len(root) + 1:]
+    name = relative.rsplit("/", 1)[-1]
+    if metadata.path.startswith(root + "/") and name.lower().endswith(VIDEO_SUFFIXES) and not name.startswith("."):
+      found.append(relative)
+  return sorted(found)
+
+
+def fingerprint(src_dir: str, source: str) -> str:
+  """Size and modification time: a source that changed is prepared again."""
+  if is_url(src_dir):
+    matched = _beam_filesystems().match([source_path(src_dir, source)])[0].metadata_list
+    if len(matched) != 1:
+      raise FileNotFoundError(f"{source_path(src_dir, source)}: no longer exists")
+    return f"{matched[0].size_in_bytes}-{matched[0].last_updated_in_seconds}"
+  stat = os.stat(os.path.join(src_dir, source))
   return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+@contextlib.contextmanager
+def _local_copy(src_dir: str, source: str, size: int) -> Iterator[str]:
+  """The source as a file of this machine (ffmpeg reads files): itself, or a temporary copy of a URL's
+  `size` bytes (no more are read: a file that grew since it was listed is refused), with its sidecar
+  caption if it has one."""
+  if not is_url(src_dir):
+    yield os.path.join(src_dir, source)
+    return
+  filesystems = _beam_filesystems()
+
+  def copy(url: str, local: str, limit: int, too_large: str) -> None:
+    with filesystems.open(url) as remote, open(local, "wb") as f:
+      copied = 0
+      while data := remote.read(min(1 << 22, limit + 1 - copied)):
+        copied += len(data)
+        if copied > limit:
+          raise video_io.VideoReadError(f"{url}: {too_large}")
+        f.write(data)
+
+  with tempfile.TemporaryDirectory(prefix="kvjax-source-") as folder:
+    local = os.path.join(folder, "source" + os.path.splitext(source)[1])
+    copy(source_path(src_dir, source), local, size,
+         f"more than the {size} bytes it was listed with (it changed while being read)")
+    sidecar = source_path(src_dir, os.path.splitext(source)[0] + video_io.SIDECAR_CAPTION_SUFFIX)
+    if filesystems.exists(sidecar):
+      copy(sidecar, os.path.splitext(local)[0] + video_io.SIDECAR_CAPTION_SUFFIX, video_io.MAX_SIDECAR_BYTES,
+           f"a caption file of more than {video_io.MAX_SIDECAR_BYTES} bytes")
+    yield local
 
 
 def _digest(text: str) -> str:
@@ -199,17 +280,19 @@ def _make_clip(path: str, clip_path: str, meta: dict, span: tuple[float, float],
 
 
 def process_source(src_dir: str, source: str, clips_dir: str, config: PrepareConfig) -> SourceResult:
-  """Makes the clips of one source into clips_dir; any failure to read it comes back as the result's error."""
-  path = os.path.join(src_dir, source)
+  """Makes the clips of one source into clips_dir; any failure to read it comes back as the result's error.
+  Every engine runs this, once per source."""
+  path, local = source_path(src_dir, source), None
   try:
-    return _process_source(path, source, clips_dir, config)
+    stamp = fingerprint(src_dir, source)
+    with _local_copy(src_dir, source, int(stamp.split("-")[0])) as local:
+      return _process_source(local, source, clips_dir, config, stamp)
   except Exception as e:  # a bad file must not stop the run; the error names the file and the reason
     message = str(e) if isinstance(e, video_io.VideoReadError) else f"{path}: {type(e).__name__}: {e}"
-    return SourceResult(source=source, fingerprint="", error=message)
+    return SourceResult(source=source, fingerprint="", error=message if local is None else message.replace(local, path))
 
 
-def _process_source(path: str, source: str, clips_dir: str, config: PrepareConfig) -> SourceResult:
-  stamp = fingerprint(path)
+def _process_source(path: str, source: str, clips_dir: str, config: PrepareConfig, stamp: str) -> SourceResult:
   info = video_io.probe(path)
   early = (filters.check_fps(info.fps, config.filters) or filters.check_size(info.width, info.height, config.filters)
            or (info.duration > 0 and filters.check_duration(info.duration, config.filters)) or None)
@@ -283,15 +366,14 @@ class WorkFolder:
     """The ledger entry of `source` if it was finished from the file as it is now."""
     try:
       with open(self._entry(source)) as f:
-        fields = json.load(f)
-    except (OSError, ValueError):
+        result = SourceResult.from_json(f.read())
+    except (OSError, ValueError, TypeError, KeyError):
       return None
-    result = SourceResult(**{**fields, "kept": tuple(fields["kept"]), "drops": tuple(fields["drops"])})
     clips_present = all(os.path.exists(os.path.join(self.clips, f"{clip}.npz")) for clip in result.kept)
     return result if result.source == source and result.fingerprint == stamp and clips_present else None
 
   def record(self, result: SourceResult) -> None:
-    self._write(self._entry(result.source), json.dumps(dataclasses.asdict(result)))
+    self._write(self._entry(result.source), result.to_json())
 
 
 def _quiet_ffmpeg_logs() -> None:
@@ -299,8 +381,12 @@ def _quiet_ffmpeg_logs() -> None:
   logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
 
+ENGINES = ("local", "beam")
+
+
 def _run_sources(src_dir: str, todo: list[str], clips_dir: str, config: PrepareConfig, workers: int,
                  on_result: Callable[[SourceResult], None], progress: bool) -> None:
+  """The local engine: process_source over `todo` in this process or a pool of `workers` processes."""
   from tqdm import tqdm
   bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress or not todo, file=sys.stderr)
   try:
@@ -334,15 +420,25 @@ def _run_sources(src_dir: str, todo: list[str], clips_dir: str, config: PrepareC
 
 
 def prepare(src_dir: str, out_dir: str, *, captions_path: str | None = None, config: PrepareConfig = PrepareConfig(),
-            workers: int = 1, seed: int = 0, progress: bool = True) -> Summary:
-  """Prepares every video below src_dir into out_dir (see the module docstring) and returns the summary.
-  `seed` fixes the dataset's shuffled clip order; it can change between runs without redoing any clip."""
-  if not os.path.isdir(src_dir):
+            workers: int = 1, seed: int = 0, progress: bool = True, engine: str = "local",
+            pipeline_args: tuple[str, ...] = ()) -> Summary:
+  """Prepares every video below src_dir (a folder, or a URL Apache Beam reads) into out_dir (see the module
+  docstring) and returns the summary. `seed` fixes the dataset's shuffled clip order; it can change between
+  runs without redoing any clip. `engine`: "local" (`workers` processes of this machine) or "beam" (an Apache
+  Beam pipeline with `pipeline_args` as its options, kvjax.data.beam_engine)."""
+  if engine not in ENGINES:
+    raise ValueError(f"--engine {engine!r}: one of {', '.join(ENGINES)}")
+  if engine == "local" and pipeline_args:
+    raise ValueError(f"Beam pipeline options ({' '.join(pipeline_args)}) are for --engine beam")
+  if not is_url(src_dir) and not os.path.isdir(src_dir):
     if os.path.exists(src_dir):
       raise ValueError(f"source folder {src_dir} is a file, not a folder")
     raise FileNotFoundError(f"source folder {src_dir} does not exist")
   if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
     raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+  if engine == "beam":
+    from kvjax.data import beam_engine
+    beam_engine.pipeline_options(pipeline_args)  # unknown options are an error before any work
   check_writable(out_dir)  # a read-only folder, or a file on the way, before any work
   captions = captions_lib.load_captions(captions_path) if captions_path else {}
   if config.motion.method == "raft":
@@ -355,11 +451,11 @@ def prepare(src_dir: str, out_dir: str, *, captions_path: str | None = None, con
   results = {}
   todo = []
   problems = []
-  for source in find_sources(src_dir, problems):
+  for source in _find_url_sources(src_dir) if is_url(src_dir) else find_sources(src_dir, problems):
     try:
-      stamp = fingerprint(os.path.join(src_dir, source))
+      stamp = fingerprint(src_dir, source)
     except OSError as e:  # gone or changed since the search
-      problems.append(SourceResult(source=source, fingerprint="", error=f"{os.path.join(src_dir, source)}: "
+      problems.append(SourceResult(source=source, fingerprint="", error=f"{source_path(src_dir, source)}: "
                                    f"cannot read it ({e.strerror or e})"))
       continue
     done = work.finished(source, stamp)
@@ -376,7 +472,11 @@ def prepare(src_dir: str, out_dir: str, *, captions_path: str | None = None, con
       work.record(result)
     results[result.source] = result
 
-  _run_sources(src_dir, todo, work.clips, config, workers, on_result, progress)
+  if engine == "beam":
+    from kvjax.data import beam_engine
+    beam_engine.run_sources(src_dir, todo, work.clips, config, pipeline_args, work.root, on_result)
+  else:
+    _run_sources(src_dir, todo, work.clips, config, workers, on_result, progress)
   for source in sorted(results):
     summary.add(results[source])
 

@@ -14,6 +14,7 @@ import numpy as np
 
 # Sidecar caption files that datasets such as WebVid ship beside each video.
 SIDECAR_CAPTION_SUFFIX = ".txt"
+MAX_SIDECAR_BYTES = 1 << 16  # a caption, not a document
 # Container tags that hold a human-written description, most specific first.
 CAPTION_TAGS = ("description", "comment", "title")
 
@@ -59,8 +60,11 @@ def source_caption(path: str, header: str = "") -> str:
   """The source's own caption: a sidecar `<name>.txt`, else the container's description/comment/title."""
   sidecar = os.path.splitext(path)[0] + SIDECAR_CAPTION_SUFFIX
   if os.path.isfile(sidecar):
-    with open(sidecar, encoding="utf-8", errors="replace") as f:
-      return " ".join(f.read().split())
+    with open(sidecar, "rb") as f:
+      text = f.read(MAX_SIDECAR_BYTES + 1)
+    if len(text) > MAX_SIDECAR_BYTES:
+      raise VideoReadError(f"{sidecar}: a caption file of more than {MAX_SIDECAR_BYTES} bytes")
+    return " ".join(text.decode("utf-8", errors="replace").split())
   return _container_caption(header)
 
 
