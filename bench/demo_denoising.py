@@ -63,9 +63,10 @@ def main(argv=None) -> None:
   options = GenerationOptions(width=64, height=64, sampler="ddim")
   print(f"\n{'x0 clamp':<9} {'prompt':<28} {'mean pixel':>11} {'named colour':>13}")
   for clamp in (True, False):
-    sampler = programs.sampler("key frame", args.steps, options)
-    sampler = dataclasses.replace(sampler, scheduler=dataclasses.replace(
-        sampler.scheduler, thresholding=clamp, clip_sample=clamp))
+    sampler = programs.sampler("key frame", args.steps, options, normalization=pipe._latents)
+    if not clamp:
+      sampler = dataclasses.replace(sampler, scheduler=dataclasses.replace(
+          sampler.scheduler, thresholding=False, clip_sample=False))
     latents = jax.jit(lambda: samplers.first_frame(programs.keyframe_unet, w.keyframe, text, null, 3.0,
                                                    jax.random.key(0), (size // f, size // f), sampler,
                                                    context_length=length))()

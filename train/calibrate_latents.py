@@ -1,8 +1,9 @@
 """Measures a trained image MoVQ's latents on a prepared dataset and writes the weights folder's latent
 normalization (WEIGHTS/latents.json, kvjax.models.latent_normalization), which the UNets then train on and
-sampling applies: each channel's range on the data maps into the samplers' clamp to [-1, 1].
+sampling applies: each channel's latents get zero mean and standard deviation --std, and the samplers clamp
+x0 to the box they then occupy.
 
-  python -m train.calibrate_latents WEIGHTS --config demo-keyframe-image --data prepared/ [--clips 256]
+  python -m train.calibrate_latents WEIGHTS --config demo-keyframe-image --data prepared/ [--clips 256] [--std 1]
 
 The frames are read as the --config UNet preset reads them (its resolution and frames per clip). Official
 weights need none: their latents fit the reference's samplers as they are.
@@ -26,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                  "on the latents (how frames are read)")
   p.add_argument("--data", required=True, help="folder written by `python -m train.prepare_data`")
   p.add_argument("--clips", type=int, default=256, help="clips to measure (from the start of the dataset)")
+  p.add_argument("--std", type=float, default=1.0, help="each channel's standard deviation after the map (1: "
+                 "as Stable Diffusion's scaling factor)")
   p.add_argument("--batch-size", type=int, default=8, help="clips encoded at once")
   p.add_argument("--overwrite", action="store_true", help="replace an existing latents.json")
   return p
@@ -48,6 +51,8 @@ def main(argv=None) -> int:
     raise SystemExit(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
   if not 1 <= args.clips <= 1 << 20 or not 1 <= args.batch_size <= 4096:
     raise SystemExit(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
+  if not 0 < args.std <= 100:
+    raise SystemExit(f"--std {args.std} must be in (0, 100]")
   if not os.path.isdir(args.data):
     raise SystemExit(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
   movq_dir = os.path.join(args.weights, FOLDERS["image_movq"])
@@ -73,12 +78,13 @@ def main(argv=None) -> int:
   if not latents:
     raise SystemExit(f"--data {args.data}: no clips of {config.loader_frames} frames to measure")
   try:
-    normalization = latent_normalization.calibrate(np.concatenate(latents))
+    normalization = latent_normalization.calibrate(np.concatenate(latents), std=args.std)
   except ValueError as e:
     raise SystemExit(f"{movq_dir}: {e}")
   latent_normalization.save(normalization, out, source=f"{seen} clips of {args.data} ({args.config}) through {movq_dir}")
   fmt = lambda values: "[" + ", ".join(f"{v:.3f}" for v in np.asarray(values)) + "]"
-  print(f"{out}: shift {fmt(normalization.shift)}, scale {fmt(normalization.scale)} ({seen} clips)", file=sys.stderr)
+  print(f"{out}: shift {fmt(normalization.shift)}, scale {fmt(normalization.scale)}, sample range "
+        f"{normalization.sample_range:.3f} ({seen} clips)", file=sys.stderr)
   return 0
 
 

@@ -9,7 +9,7 @@ checkpoints and skips finished ones; stages whose inputs are ready run --paralle
   prepared     python -m train.prepare_data OUT/videos OUT/prepared ...
   init         python -m train.init_weights OUT/weights ...       random weights, tokenizer of the captions
   image_movq   python -m train --config demo-image-movq ...        then train.export into OUT/weights/movq
-  latents      python -m train.calibrate_latents OUT/weights ...  its latents' map into [-1, 1]
+  latents      python -m train.calibrate_latents OUT/weights ...  its latents' map to unit variance
   video_movq   python -m train --config demo-video-movq ...        the temporal decoder, from the image MoVQ
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
@@ -75,9 +75,9 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
       Stage("init", (("train.init_weights", w, "--pipeline", "demo", "--captions", captions, "--seed", str(seed),
                       "--overwrite"),), ("videos",)),
       train("image_movq", "demo-image-movq", os.path.join(w, "movq"), os.path.join(w, "movq"), ("prepared", "init")),
-      # The map from its latents into the samplers' [-1, 1] (OUT/weights/latents.json): the UNets learn those.
+      # Its latents at zero mean and unit variance (OUT/weights/latents.json): the UNets learn those.
       Stage("latents", (("train.calibrate_latents", w, "--config", "demo-keyframe-image", "--data", p,
-                         "--overwrite"),), ("image_movq",)),
+                         "--std", "1", "--overwrite"),), ("image_movq",)),
       # The keyframe UNet's two stages are the longest chain: they start first, beside the interpolation UNet.
       train("keyframe_image", "demo-keyframe-image", w, os.path.join(x, "keyframe_image"), ("latents",)),
       train("keyframe", "demo-keyframe", w, os.path.join(x, "keyframe"), ("keyframe_image",),

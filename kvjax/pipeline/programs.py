@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER
-from kvjax.models.latent_normalization import denormalize, normalize
+from kvjax.models.latent_normalization import LatentNormalization, denormalize, normalize
 from kvjax.params import build_model
 from kvjax.pipeline import samplers
 from kvjax.pipeline.config import GenerationOptions, PipelineConfig
@@ -42,9 +42,15 @@ class StagePrograms:
     self.batch = None if mesh is None else batch_sharding(mesh)
 
   def sampler(self, stage: str, steps: int, options: GenerationOptions,
-              on_step: Callable[[int, int], None] | None = None) -> samplers.SamplerOptions:
-    """The static sampling choices of a denoising stage ("key frame", "base frames" or "interpolation")."""
+              on_step: Callable[[int, int], None] | None = None,
+              normalization: LatentNormalization | None = None) -> samplers.SamplerOptions:
+    """The static sampling choices of a denoising stage ("key frame", "base frames" or "interpolation").
+    Under a latent normalization the predicted x0 is clamped to its sample range, the box its latents
+    occupy, instead of the reference's [-1, 1]."""
     scheduler = dataclasses.replace(STAGE_SCHEDULERS[stage], num_inference_steps=steps)
+    if normalization is not None:
+      scheduler = dataclasses.replace(scheduler, thresholding=False, clip_sample=True,
+                                      clip_sample_range=normalization.sample_range)
     return samplers.SamplerOptions(scheduler, options.sampler, on_step, self.batch)
 
   def text(self) -> Callable:

@@ -125,7 +125,7 @@ class TextToVideo:
   def _sampler(self, stage: str, steps: int, options: GenerationOptions, step_progress: StepProgress | None,
                name: str | None = None):
     on_step = None if step_progress is None else _StageSteps(name or stage, step_progress)
-    return self.programs.sampler(stage, steps, options, on_step)
+    return self.programs.sampler(stage, steps, options, on_step, self._latents)
 
   def _jit(self, key, make: Callable[[], Callable]) -> Callable:
     if key not in self._compiled:

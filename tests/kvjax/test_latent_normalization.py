@@ -1,5 +1,5 @@
 """The latent normalization between the MoVQ and the UNets (kvjax.models.latent_normalization): calibrated
-into the samplers' [-1, 1], read strictly from a weights folder's latents.json, applied by the pipeline's
+to unit variance with the box its latents occupy (the samplers' clamp), read strictly from a weights folder's latents.json, applied by the pipeline's
 encode and decode programs and by training's clip encoder; absent, nothing changes (the reference)."""
 
 import json
@@ -10,36 +10,56 @@ import numpy as np
 import pytest
 
 from kvjax.models import latent_normalization as ln
-from kvjax.pipeline.config import PIPELINE_PRESETS
+from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions
 from kvjax.pipeline.programs import StagePrograms
 from kvjax.pipeline.weights import random_weights
 
 CONFIG = PIPELINE_PRESETS["tiny"]
 
 
-def test_calibration_maps_each_channels_range_inside_the_clamp():
+def test_calibration_gives_unit_variance_and_the_box_the_latents_occupy():
   rng = np.random.default_rng(0)
   # Offset, unequal channels with a heavy tail, as a shapes-world MoVQ's (mostly background, a few shapes).
   latents = rng.normal([-0.9, 1.5, 0.2, -0.6], [0.15, 0.6, 0.4, 0.3], size=(20000, 4))
   latents[:200, 1] += 2.5
   normalization = ln.calibrate(latents)
   normalized = np.asarray(normalization.normalize(latents))
-  assert np.mean(np.abs(normalized) > 1) < 1e-3
-  np.testing.assert_allclose(np.quantile(normalized, [ln.TAIL, 1 - ln.TAIL], axis=0),
-                             [[-ln.MARGIN] * 4, [ln.MARGIN] * 4], atol=1e-4)
+  np.testing.assert_allclose(normalized.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(normalized.std(0), 1, atol=1e-5)
+  extent = np.abs(np.quantile(normalized, [ln.TAIL, 1 - ln.TAIL], axis=0)).max()
+  np.testing.assert_allclose(normalization.sample_range, extent / ln.MARGIN, rtol=1e-6)
+  assert np.mean(np.abs(normalized) > normalization.sample_range) < 1e-4
   np.testing.assert_allclose(normalization.denormalize(normalized), latents, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ln.calibrate(latents, std=0.5).normalize(latents)).std(0), 0.5, atol=1e-5)
   with pytest.raises(ValueError, match="not all finite"):
     ln.calibrate(np.full((4, 4), np.nan))
+
+
+def test_the_samplers_clamp_to_the_normalizations_box():
+  programs = StagePrograms(CONFIG)
+  options = GenerationOptions()
+  for stage in ("key frame", "base frames", "interpolation"):
+    reference = programs.sampler(stage, 2, options).scheduler
+    assert reference.thresholding and reference.sample_max_value == 1.0  # the reference's [-1, 1]
+    normalization = ln.LatentNormalization(np.zeros(4, np.float32), np.ones(4, np.float32), 6.5)
+    scheduler = programs.sampler(stage, 2, options, normalization=normalization).scheduler
+    assert (scheduler.thresholding, scheduler.clip_sample, scheduler.clip_sample_range) == (False, True, 6.5)
+    assert scheduler.num_inference_steps == 2
 
 
 def test_a_weights_folders_file_is_read_strictly(tmp_path):
   path = str(tmp_path / ln.LATENTS_FILE)
   assert ln.load(path, 4) is None  # no file: the reference's identity
-  ln.save(ln.LatentNormalization(np.float32([0, 1, 2, 3]), np.float32([1, 0.5, 2, 1])), path, source="test")
+  ln.save(ln.LatentNormalization(np.float32([0, 1, 2, 3]), np.float32([1, 0.5, 2, 1]), 7.25), path, source="test")
   loaded = ln.load(path, 4)
   np.testing.assert_array_equal(loaded.scale, [1, 0.5, 2, 1])
+  assert loaded.sample_range == 7.25
   assert json.load(open(path))["source"] == "test"
-  bad = {"not json": "{", "a list": "[]", "3 channels": json.dumps({"shift": [0] * 3, "scale": [1] * 4}),
+  good = {"shift": [0] * 4, "scale": [1] * 4, "sample_range": 4}
+  bad = {"not json": "{", "a list": "[]", "3 channels": json.dumps({**good, "shift": [0] * 3}),
+         "no range": json.dumps({"shift": [0] * 4, "scale": [1] * 4}),
+         "zero range": json.dumps({**good, "sample_range": 0}), "huge range": json.dumps({**good, "sample_range": 1e9}),
+         "NaN range": json.dumps({**good, "sample_range": float("nan")}),
          "a string": json.dumps({"shift": ["0"] * 4, "scale": [1] * 4}),
          "a bool": json.dumps({"shift": [True] * 4, "scale": [1] * 4}),
          "infinite": '{"shift": [0, 0, 0, Infinity], "scale": [1, 1, 1, 1]}',

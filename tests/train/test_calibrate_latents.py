@@ -22,9 +22,11 @@ def test_writes_the_folders_normalization_once(tmp_path, dataset, capsys):
   assert "4 clips" in capsys.readouterr().err
   normalization = load_pipeline_weights(weights, 16)[1].latent_normalization
   assert normalization.shift.shape == normalization.scale.shape == (4,) and np.all(normalization.scale > 0)
+  assert 1 < normalization.sample_range < 100  # unit-variance latents reach past the reference's [-1, 1]
   before = (tmp_path / "w" / LATENTS_FILE).read_text()
   for bad, message in ((argv, "exists"), ([weights, "--config", "image-movq-tiny", "--data", str(dataset), "--overwrite"],
-                                          "a MoVQ preset"), ([str(tmp_path), *argv[1:], "--overwrite"], "no converted image MoVQ")):
+                                          "a MoVQ preset"), ([str(tmp_path), *argv[1:], "--overwrite"], "no converted image MoVQ"),
+                       ([*argv, "--overwrite", "--std", "0"], "--std 0")):
     try:
       calibrate(bad)
       raise AssertionError(bad)
