@@ -2,9 +2,10 @@
   python bench/demo_denoising.py --weights /tmp/demo/weights
 Table 1: the keyframe UNet's epsilon error (image mode, the prompt's context) on a drawn red circle encoded by
 the folder's MoVQ, at several timesteps; and the latents' RMS and largest value.
-Table 2: the key frames of three prompts sampled with the reference's scheduler (x0 clamped to [-1, 1] every
-step) and without the clamp: the mean pixel and the fraction of pixels of the named colour. A MoVQ whose
-latents reach beyond [-1, 1] is clipped by the reference's clamp (issue 12's demo: RMS 1.19, max 3.3).
+Table 2: the key frames of three prompts sampled with the pipeline's scheduler (x0 clamped every step: to
+[-1, 1] as the reference, or to the box of the folder's latent normalization) and without the clamp: the
+mean pixel and the fraction of pixels of the named colour. Latents reaching past the clamp are clipped by it
+(issue 12's first demo, without a normalization: RMS 1.19, max 3.3).
 """
 
 from __future__ import annotations

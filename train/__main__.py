@@ -15,7 +15,9 @@ naming it (--nonfinite stop, the default; the checkpoints hold finite weights) o
 RANDOM weights with a stand-in tokenizer. MoVQ runs take --weights as a converted MoVQ folder or a
 `convert all` output, and --lpips as the output of `python -m convert lpips` (without it the perceptual
 loss is off, and the run says so). On several hosts, start one process per host with
---coordinator, --num-processes and --process-id (or none of them where the cluster sets them up).
+--coordinator, --num-processes and --process-id (or none of them where the cluster sets them up). A
+checkpoint's data position is a count of global batches, so a run resumes on any number of hosts; when a
+process dies, the others stop within --peer-timeout seconds.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--process-id", type=int)
   p.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() with the cluster's own settings (TPU pods, SLURM)")
+  p.add_argument("--peer-timeout", type=int, default=100, help="multi-host: seconds without a heartbeat after "
+                 "which a process counts as dead; every other process then stops (exit 134) with JAX's message "
+                 "naming it, instead of waiting in a collective for ever")
   return p
 
 
@@ -216,7 +221,6 @@ def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=la
   `config.optimizer.nonfinite` "stop" the loop exits (SystemExit naming the step), with "skip" it warns and
   counts it (`skipped_steps` in the log records and the checkpoint's data state), up to MAX_SKIPPED_IN_A_ROW
   steps in a row."""
-  from kvjax.training.inputs import state_to_json
   from kvjax.training.train_state import nonfinite_paths
   policy = config.optimizer.nonfinite
   pending = []  # (step, metrics) since the last check; the metrics stay device values until then
@@ -266,29 +270,23 @@ def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=la
       if bad_paths:
         raise SystemExit(f"error: step {step}: the train state holds non-finite values ({', '.join(bad_paths[:3])}"
                          f"{', ...' if len(bad_paths) > 3 else ''}); not saved; {_finite_checkpoint_note(checkpoints)}")
-      # Each host's reader position (multi-host: gathered so that every host restores its own).
-      positions = _gather_data_states(state_to_json(inputs.get_state()))
-      checkpoints.save(step, state, {"clips": positions, "skipped_steps": skipped}, force=step == config.total_steps)
+      # The data position: global batches read, the same on every host and for any number of hosts.
+      checkpoints.save(step, state, {"global_batches": inputs.global_batches, "skipped_steps": skipped},
+                       force=step == config.total_steps)
   return step
 
 
 def _resume_check(inputs):
-  """`check(state, data_state)` for restore_latest: the checkpoint must hold this host's data position (which
-  it applies to `inputs`) and finite values only."""
-  import jax
-  from kvjax.training.checkpointing import error_reason
-  from kvjax.training.inputs import state_from_json
+  """`check(state, data_state)` for restore_latest: the checkpoint must hold a data position (which it
+  applies to `inputs`) and finite values only. A checkpoint of an older kvjax holds each host's grain state
+  instead: it read one global batch per step, so its step is its position."""
   from kvjax.training.train_state import nonfinite_paths
 
   def check(state, data_state):
-    clips = data_state.get("clips") if isinstance(data_state, dict) else None
-    key = str(jax.process_index())
-    if not isinstance(clips, dict) or key not in clips:
-      raise ValueError(f"its data state has no reader position for host {key}")
-    try:
-      inputs.set_state(state_from_json(clips[key]))
-    except Exception as e:  # grain and base64 raise what they raise
-      raise ValueError(f"its reader position cannot be restored ({error_reason(e)})") from e
+    if not isinstance(data_state, dict) or not ("global_batches" in data_state or "clips" in data_state):
+      raise ValueError("its data state has no data position")
+    position = data_state["global_batches"] if "global_batches" in data_state else int(state.step)
+    inputs.start_at(position)  # ValueError: not a count, or past the data's end
     bad = nonfinite_paths(state)
     if bad:
       raise ValueError(f"non-finite values in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
@@ -300,8 +298,10 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   import jax
   if args.coordinator or args.distributed:
+    if not 1 <= args.peer_timeout <= 86400:
+      raise SystemExit(f"error: --peer-timeout {args.peer_timeout} must be in [1, 86400] seconds")
     jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                               process_id=args.process_id)
+                               process_id=args.process_id, heartbeat_timeout_seconds=args.peer_timeout)
   from kvjax.training.checkpointing import NULL_EMBEDDING, CheckpointError, TrainCheckpoints, abstract_with_shardings
   from kvjax.training.inputs import step_inputs
   from kvjax.sharding import make_mesh
@@ -398,19 +398,6 @@ def main(argv=None) -> int:
     raise SystemExit(f"error: {e}: make room (or fix the folder) and run the same command to resume")
   say(f"done: step {step}, checkpoints {checkpoints.all_steps()} in {checkpoints.directory}")
   return 0
-
-
-def _gather_data_states(local: str) -> dict[str, str]:
-  import jax
-  import numpy as np
-  from jax.experimental import multihost_utils
-  if jax.process_count() == 1:
-    return {"0": local}
-  encoded = np.frombuffer(local.encode("ascii").ljust(4096), np.uint8)
-  if len(local) > 4096:
-    raise ValueError("data iterator state longer than 4096 bytes")
-  gathered = multihost_utils.process_allgather(encoded)
-  return {str(i): bytes(row).decode("ascii").rstrip() for i, row in enumerate(np.asarray(gathered))}
 
 
 if __name__ == "__main__":

@@ -77,10 +77,11 @@ class HostRows:
   `rows` default to the block of shard_index: [k * b, (k + 1) * b)),
   and position g is record order_e[g % E] of epoch e = g // E, where E is the records cut to whole global
   batches and order_e a shuffle seeded by (seed, e) (the identity without shuffle). A host reads only its
-  own rows. Items are {"record": the source's item, "position": g}."""
+  own rows. Items are {"record": the source's item, "position": g}. With `start_batch` n the rows begin at
+  global batch n: a run resumed at n, on any number of hosts, reads what the uninterrupted run read."""
 
   def __init__(self, source, *, batch_size: int, shard_index: int, shard_count: int, seed: int, shuffle: bool,
-               num_epochs: int | None, rows=None):
+               num_epochs: int | None, rows=None, start_batch: int = 0):
     self.source, self.batch_size, self.shard_count = source, batch_size, shard_count
     # This host's rows of each global batch (`kvjax.sharding.host_batch_rows`); default: block shard_index.
     self.rows = tuple(range(shard_index * batch_size, (shard_index + 1) * batch_size) if rows is None else rows)
@@ -90,10 +91,14 @@ class HostRows:
     self.epochs = ENDLESS_EPOCHS if num_epochs is None else num_epochs
     self.records = len(source)
     self.per_epoch = self.records - self.records % (batch_size * shard_count)
+    batches = self.epochs * self.per_epoch // (batch_size * shard_count)
+    if not 0 <= start_batch <= batches:
+      raise ValueError(f"start batch {start_batch} is not within the {batches} global batches")
+    self.start_batch = start_batch
     self._order = (None, None)  # (epoch, its record order): consecutive rows share an epoch
 
   def __len__(self) -> int:
-    return self.epochs * self.per_epoch // self.shard_count
+    return (self.epochs * self.per_epoch // self.shard_count) - self.start_batch * self.batch_size
 
   def _record(self, position: int) -> int:
     epoch, index = divmod(position, self.per_epoch)
@@ -105,23 +110,24 @@ class HostRows:
 
   def __repr__(self) -> str:  # grain checks a restored iterator state against it
     return (f"HostRows({self.source!r}, rows={self.rows} of {self.batch_size * self.shard_count}, "
-            f"seed={self.seed}, shuffle={self.shuffle}, epochs={self.epochs})")
+            f"seed={self.seed}, shuffle={self.shuffle}, epochs={self.epochs}, start_batch={self.start_batch})")
 
   def __getitem__(self, row: int) -> dict:
     batch, offset = divmod(int(row), self.batch_size)
-    position = batch * self.batch_size * self.shard_count + self.rows[offset]
+    position = (self.start_batch + batch) * self.batch_size * self.shard_count + self.rows[offset]
     return {"record": self.source[self._record(position)], "position": position}
 
 
 def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, resolution: tuple[int, int],
                      seed: int, split: str = SPLIT, frame_stride: int = 1, shuffle: bool = True,
                      num_epochs: int | None = None, shard_index: int | None = None, shard_count: int | None = None,
-                     worker_count: int = 0, rows=None):
+                     worker_count: int = 0, rows=None, start_batch: int = 0):
   """A grain DataLoader over the dataset at dataset_dir (the prepare output folder, its dataset folder, or
   the tfds version folder). Iterating it yields batches as described in the module docstring; each host
   reads its own shard (by default jax.process_index() of jax.process_count()), whole batches only.
   num_epochs=None repeats forever. `fps` in a batch is the rate of the sampled window. The order of batches
-  depends on worker_count: restore a saved state into a loader made with the same arguments."""
+  depends on worker_count: restore a saved state into a loader made with the same arguments, or start a
+  loader at global batch `start_batch` (any number of hosts)."""
   if shard_index is None or shard_count is None:
     import jax
     shard_index, shard_count = jax.process_index(), jax.process_count()
@@ -132,11 +138,12 @@ def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, reso
   window = ClipWindow(num_frames, frame_stride, tuple(resolution), seed)
   return sharded_batches(source, window, f"{dataset_dir}: {len(source)} clips", batch_size=batch_size, seed=seed,
                          shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
-                         worker_count=worker_count, rows=rows)
+                         worker_count=worker_count, rows=rows, start_batch=start_batch)
 
 
 def sharded_batches(source, transform, what: str, *, batch_size: int, seed: int, shuffle: bool,
-                    num_epochs: int | None, shard_index: int, shard_count: int, worker_count: int, rows=None):
+                    num_epochs: int | None, shard_index: int, shard_count: int, worker_count: int, rows=None,
+                    start_batch: int = 0):
   """A grain DataLoader of whole batches of `transform`ed rows of `HostRows` (this host's rows of the same
   global batches whatever the number of hosts); `what` names the records in the error when they cannot fill
   a batch on every host."""
@@ -148,7 +155,7 @@ def sharded_batches(source, transform, what: str, *, batch_size: int, seed: int,
   if len(source) < shard_count * batch_size:
     raise ValueError(f"{what} cannot fill a batch of {batch_size} on each of {shard_count} hosts")
   host_rows = HostRows(source, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count, seed=seed,
-                       shuffle=shuffle, num_epochs=num_epochs, rows=rows)
+                       shuffle=shuffle, num_epochs=num_epochs, rows=rows, start_batch=start_batch)
   sampler = grain.samplers.IndexSampler(len(host_rows), shard_options=grain.sharding.NoSharding(), shuffle=False,
                                         num_epochs=1, seed=seed)
   return grain.DataLoader(data_source=host_rows, sampler=sampler, worker_count=worker_count,

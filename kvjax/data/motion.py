@@ -59,15 +59,19 @@ class RaftFlow:
     try:
       import torch
       from torchvision.models import optical_flow
-    except ImportError as e:
-      raise ImportError(f"RAFT motion scores need torch and torchvision ({e}); install them or use the "
-                        "farneback method") from e
+    except (ImportError, RuntimeError) as e:  # RuntimeError: a torchvision built for another torch
+      raise ImportError(f"RAFT motion scores need torch and a torchvision built for it ({e}); install them or "
+                        "use the farneback method") from e
     if variant not in ("raft_large", "raft_small"):
       raise ValueError(f"unknown RAFT variant {variant!r}: use raft_large or raft_small")
     self.torch = torch
     self.device = device
     self.model = getattr(optical_flow, variant)(weights=None, progress=False)
-    self.model.load_state_dict(torch.load(weights, map_location="cpu"))
+    try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
+      self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, ValueError, OSError, EOFError) as e:
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(f"RAFT weights {weights}: not a torchvision {variant} state dict ({first_line})") from None
     self.model.eval().to(device)
 
   def flow(self, previous: np.ndarray, current: np.ndarray) -> np.ndarray:

@@ -325,12 +325,13 @@ class ShapeClips:
   example is the first frame of a 2-frame clip's spec, with motion score 0."""
 
   def __init__(self, batch_size: int, num_frames: int, resolution: tuple[int, int], seed: int,
-               shard_index: int = 0, shard_count: int = 1, speed_words: bool = True, rows=None):
+               shard_index: int = 0, shard_count: int = 1, speed_words: bool = True, rows=None,
+               start_batch: int = 0):
     if batch_size < 1 or num_frames < 1 or not 0 <= shard_index < shard_count:
       raise ShapeSpecError(f"ShapeClips: batch_size ({batch_size}) and num_frames ({num_frames}) must be >= 1 "
                            f"and shard_index ({shard_index}) in 0..shard_count-1 ({shard_count})")
     self.batch_size, self.num_frames, self.resolution = batch_size, num_frames, tuple(resolution)
-    self.seed, self.shard_index, self.shard_count, self.position = seed, shard_index, shard_count, 0
+    self.seed, self.shard_index, self.shard_count, self.position = seed, shard_index, shard_count, start_batch
     self.speed_words = speed_words
     # This host's rows of each global batch (`kvjax.sharding.host_batch_rows`); default: block shard_index.
     self.rows = tuple(range(shard_index * batch_size, (shard_index + 1) * batch_size) if rows is None else rows)
@@ -357,9 +358,3 @@ class ShapeClips:
     return {"frames": np.stack([e["frames"] for e in examples]),
             "caption": np.array([e["caption"] for e in examples]),
             "motion_score": np.array([e["motion_score"] for e in examples], np.float32)}
-
-  def get_state(self) -> bytes:
-    return str(self.position).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.position = int(state.decode())

@@ -2,14 +2,14 @@
 the weights folder's latent normalization, where it has one), captions become text context through the tokenizer, the frozen T5 encoder and the projection head.
 
 Clips come from the prepared dataset (`kvjax.data.loader`, grain) or, for smoke runs and benchmarks, from
-`SyntheticClips` (random frames and captions, clearly not data). Every source is an iterator with
-`get_state()` / `set_state()`, stored with each checkpoint so that a resumed run reads exactly the batches
-the uninterrupted run would have.
+`SyntheticClips` (random frames and captions, clearly not data). Every source reads the same global batches
+whatever the number of hosts, and can start at any global batch; so the data position a checkpoint stores
+is the number of global batches read, and a run resumed from it, on any number of hosts, reads exactly the
+batches the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Any, Iterator
 
@@ -39,9 +39,9 @@ class SyntheticClips:
   hosts read it."""
 
   def __init__(self, batch_size: int, num_frames: int, resolution: tuple[int, int], seed: int,
-               shard_index: int = 0, rows=None):
+               shard_index: int = 0, rows=None, start_batch: int = 0):
     self.batch_size, self.num_frames, self.resolution = batch_size, num_frames, tuple(resolution)
-    self.seed, self.position = seed, 0
+    self.seed, self.position = seed, start_batch
     self.rows = tuple(range(shard_index * batch_size, (shard_index + 1) * batch_size) if rows is None else rows)
 
   def __iter__(self):
@@ -58,20 +58,6 @@ class SyntheticClips:
     self.position += 1
     return {"frames": np.stack([r["frames"] for r in rows]), "caption": np.array([r["caption"] for r in rows]),
             "motion_score": np.array([r["motion_score"] for r in rows], np.float32)}
-
-  def get_state(self) -> bytes:
-    return str(self.position).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.position = int(state.decode())
-
-
-def state_to_json(state: bytes) -> str:
-  return base64.b64encode(state).decode("ascii")
-
-
-def state_from_json(text: str) -> bytes:
-  return base64.b64decode(text.encode("ascii"))
 
 
 def select_interpolation_frames(frames: np.ndarray, config: TrainConfig, step: int, rows):
@@ -138,14 +124,23 @@ def conditioning(config: TrainConfig, examples: dict[str, Any], step: int, rows)
 
 class StepInputs:
   """`next_batch(step)`: the global batch of a step, from clips encoded on the fly or from pre-computed
-  inputs; `get_state()` / `set_state()` save and restore the reader's position."""
+  inputs. `global_batches` (the batches read so far: a checkpoint's data position) and `start_at(n)` (read
+  on from global batch n) are the same on every host and for any number of hosts."""
 
-  def __init__(self, config: TrainConfig, reader, encoder: ClipEncoder | None, sharding, rows):
-    self.config, self.reader, self.encoder, self.sharding = config, reader, encoder, sharding
+  def __init__(self, config: TrainConfig, open_reader, encoder: ClipEncoder | None, sharding, rows):
+    # open_reader(n): an iterator over this host's rows of global batches n, n + 1, ...
+    self.config, self.open_reader, self.encoder, self.sharding = config, open_reader, encoder, sharding
     self.rows = tuple(rows)  # this host's rows of the global batch
+    self.start_at(0)
+
+  def start_at(self, global_batches: int) -> None:
+    if isinstance(global_batches, bool) or not isinstance(global_batches, int) or global_batches < 0:
+      raise ValueError(f"a data position must be a number of global batches, got {global_batches!r}")
+    self.reader, self.global_batches = self.open_reader(global_batches), global_batches
 
   def next_batch(self, step: int) -> dict[str, jax.Array]:
     examples = next(self.reader)
+    self.global_batches += 1
     selected, extra = conditioning(self.config, examples, step, self.rows)
     to_global = lambda x: global_array(self.sharding, x)
     if self.config.is_movq:  # the MoVQ trains on the frames themselves
@@ -156,12 +151,6 @@ class StepInputs:
       batch = {"latents": to_global(selected), "context": to_global(examples["context"]),
                "context_mask": to_global(examples["context_mask"])}
     return {**batch, **{k: to_global(v) for k, v in extra.items()}}
-
-  def get_state(self) -> bytes:
-    return self.reader.get_state()
-
-  def set_state(self, state: bytes) -> None:
-    self.reader.set_state(state)
 
 
 def step_inputs(config: TrainConfig, data: str, *, weights: PipelineWeights | None, tokenizer, mesh: Mesh,
@@ -177,34 +166,37 @@ def step_inputs(config: TrainConfig, data: str, *, weights: PipelineWeights | No
   if config.is_movq:
     if precomputed:
       raise ValueError("pre-computed inputs hold latents for the UNets; a MoVQ trains on a prepared dataset")
-    reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count, rows=rows)
-    return StepInputs(config, reader, None, batch_sharding(mesh), rows)
+    clips = lambda start: clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count,
+                                      rows=rows, start_batch=start)
+    return StepInputs(config, clips, None, batch_sharding(mesh), rows)
   if precomputed:
     normalization = None if weights is None else weights.latent_normalization
-    reader = iter(make_precomputed_loader(data, config, batch_size=local_batch_size, shard_index=shard_index,
-                                          shard_count=shard_count, worker_count=worker_count,
-                                          normalization=normalization, rows=rows))
-    return StepInputs(config, reader, None, batch_sharding(mesh), rows)
-  reader = clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count, rows=rows)
-  return StepInputs(config, reader, ClipEncoder(config, weights, tokenizer, mesh), batch_sharding(mesh), rows)
+    inputs = lambda start: iter(make_precomputed_loader(
+        data, config, batch_size=local_batch_size, shard_index=shard_index, shard_count=shard_count,
+        worker_count=worker_count, normalization=normalization, rows=rows, start_batch=start))
+    return StepInputs(config, inputs, None, batch_sharding(mesh), rows)
+  clips = lambda start: clip_reader(config, data, local_batch_size, shard_index, shard_count, worker_count,
+                                    rows=rows, start_batch=start)
+  return StepInputs(config, clips, ClipEncoder(config, weights, tokenizer, mesh), batch_sharding(mesh), rows)
 
 
 def clip_reader(config: TrainConfig, data: str, local_batch_size: int, shard_index: int, shard_count: int,
                 worker_count: int = 0, shuffle: bool = True, num_epochs: int | None = None,
-                rows=None) -> Iterator[dict[str, Any]]:
+                rows=None, start_batch: int = 0) -> Iterator[dict[str, Any]]:
   """The clips of `data`: a prepared dataset folder, "synthetic" (random pixels) or "shapes" (the moving
-  shapes of `kvjax.data.shapes`, rendered on the fly). `rows`: this host's rows of each global batch of
-  local_batch_size x shard_count (default: the block of shard_index)."""
+  shapes of `kvjax.data.shapes`, rendered on the fly), from global batch `start_batch`. `rows`: this host's
+  rows of each global batch of local_batch_size x shard_count (default: the block of shard_index)."""
   frames = config.loader_frames
   if data == "synthetic":
-    return SyntheticClips(local_batch_size, frames, config.resolution, config.seed, shard_index, rows=rows)
+    return SyntheticClips(local_batch_size, frames, config.resolution, config.seed, shard_index, rows=rows,
+                          start_batch=start_batch)
   if data == "shapes":
     from kvjax.data.shapes import ShapeClips
     return ShapeClips(local_batch_size, frames, config.resolution, config.seed, shard_index=shard_index,
-                      shard_count=shard_count, rows=rows)
+                      shard_count=shard_count, rows=rows, start_batch=start_batch)
   from kvjax.data.loader import make_clip_loader
   loader = make_clip_loader(data, batch_size=local_batch_size, num_frames=frames, resolution=config.resolution,
                             seed=config.seed, frame_stride=config.frame_stride, shard_index=shard_index,
                             shard_count=shard_count, worker_count=worker_count, shuffle=shuffle,
-                            num_epochs=num_epochs, rows=rows)
+                            num_epochs=num_epochs, rows=rows, start_batch=start_batch)
   return iter(loader)

@@ -92,7 +92,7 @@ class _Decode(grain.transforms.Map):
 
 def make_precomputed_loader(folder: str, config: TrainConfig, *, batch_size: int, shard_index: int,
                             shard_count: int, worker_count: int = 0, normalization: LatentNormalization | None = None,
-                            rows=None):
+                            rows=None, start_batch: int = 0):
   """A grain loader over pre-computed inputs: shuffled with the run's seed, repeating, each host its shard;
   refused where they were made for other settings (`normalization`: the run's weights folder's)."""
   meta = check_precomputed(folder, config, normalization)
@@ -100,4 +100,4 @@ def make_precomputed_loader(folder: str, config: TrainConfig, *, batch_size: int
   source = grain.sources.ArrayRecordDataSource(paths)
   return sharded_batches(source, _Decode(), f"{folder}: {meta['records']} records", batch_size=batch_size,
                          seed=config.seed, shuffle=True, num_epochs=None, shard_index=shard_index,
-                         shard_count=shard_count, worker_count=worker_count, rows=rows)
+                         shard_count=shard_count, worker_count=worker_count, rows=rows, start_batch=start_batch)

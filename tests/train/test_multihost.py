@@ -1,15 +1,19 @@
 """python -m train on two processes (jax.distributed, CPU collectives over gloo on 127.0.0.1, 4 simulated
 devices each) over a prepared dataset: the global batch of every step is the one-process run's, each host
-reading only the rows its devices hold, so the logged losses are the same."""
+reading only the rows its devices hold, so the logged losses are the same; and the two processes'
+checkpoint resumes in one process of 8 devices on the same loss curve (a data position is a count of global
+batches, whatever the number of hosts)."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 from train_testing_utils import REPO, read_metrics, run_train
 
-RUN = ["--config", "keyframe-tiny-two-level", "--mesh", "data=2,fsdp=2,tensor=2", "--steps", "2",
-       "--batch-size", "4"]
+RUN = ["--config", "keyframe-tiny-two-level", "--mesh", "data=2,fsdp=2,tensor=2", "--batch-size", "4"]
 
 
 def _free_port() -> int:
@@ -21,16 +25,37 @@ def _free_port() -> int:
 def test_two_processes_train_on_the_one_process_batches(dataset, env, tmp_path):
   args = RUN + ["--data", str(dataset)]
   two_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  eight_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   coordinator = f"127.0.0.1:{_free_port()}"
-  processes = [subprocess.Popen([sys.executable, "-m", "train", *args, "--workdir", str(tmp_path / "two"),
+  processes = [subprocess.Popen([sys.executable, "-m", "train", *args, "--steps", "2", "--workdir", str(tmp_path / "two"),
                                  "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)],
                                 env=two_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
   outputs = [p.communicate(timeout=900) for p in processes]
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
-  one = run_train(args + ["--workdir", str(tmp_path / "one")],
-                  {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  one = run_train(args + ["--steps", "3", "--workdir", str(tmp_path / "one")], eight_env)
   assert one.returncode == 0, one.stderr[-3000:]
+  # The two processes' step-2 checkpoint, resumed by one process for a third step.
+  resumed = run_train(args + ["--steps", "3", "--workdir", str(tmp_path / "two")], eight_env)
+  assert resumed.returncode == 0 and "resumed from step 2" in resumed.stderr, resumed.stderr[-3000:]
   losses = lambda run: [round(m["loss"], 5) for m in read_metrics(tmp_path / run)]
-  assert len(losses("one")) == 2 and losses("two") == losses("one")
+  assert len(losses("one")) == 3 and losses("two") == losses("one")
+
+
+def test_when_a_process_dies_the_other_stops_in_bounded_time(env, tmp_path):
+  """Process 1 is killed while both are setting up; process 0 must not wait in a collective for ever."""
+  two_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  coordinator = f"127.0.0.1:{_free_port()}"
+  processes = [subprocess.Popen([sys.executable, "-m", "train", *RUN, "--data", "synthetic", "--steps", "2",
+                                 "--workdir", str(tmp_path / "run"), "--coordinator", coordinator, "--num-processes",
+                                 "2", "--process-id", str(i), "--peer-timeout", "5"],
+                                env=two_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+  time.sleep(15)  # past jax.distributed.initialize (a few seconds), into building the models or compiling
+  os.kill(processes[1].pid, signal.SIGKILL)
+  killed = time.monotonic()
+  _, err = processes[0].communicate(timeout=120)
+  processes[1].wait()
+  assert processes[0].returncode != 0 and time.monotonic() - killed < 60, err[-2000:]
+  assert "another task died" in err or "unhealthy" in err, err[-2000:]

@@ -57,3 +57,29 @@ def test_errors_name_the_problem(videos, tmp_path, capsys):
   assert not (tmp_path / "out").exists()  # refused before any work
   assert prepare_data.main([str(videos), str(tmp_path / "out"), "--motion", "raft"]) == 2
   assert "RAFT weights" in capsys.readouterr().err
+
+
+def test_raft_motion_scores(videos, tmp_path, capsys):
+  """`--motion raft` with a local torchvision state dict (random weights: the path, not the flow's quality)."""
+  torch = pytest.importorskip("torch")
+  try:
+    from torchvision.models import optical_flow
+  except (ImportError, RuntimeError) as e:  # none, or one built for another torch (the registry's CUDA wheels)
+    pytest.skip(f"no torchvision for this torch: {e}")
+  torch.manual_seed(0)
+  weights = tmp_path / "raft_small.pth"
+  torch.save(optical_flow.raft_small(weights=None).state_dict(), weights)
+  out = tmp_path / "out"
+  args = [str(videos), str(out), "--short-side", "120", "--no-progress", "--motion", "raft", "--raft-variant",
+          "raft_small", "--raft-weights", str(weights)]
+  assert prepare_data.main(args) == 0
+  assert "clips kept                 2" in capsys.readouterr().out
+  import numpy as np
+  import tensorflow_datasets as tfds
+  scores = [float(e["motion_score"]) for e in tfds.builder_from_directory(
+      str(out / "dataset" / "kvjax_clips" / "1.0.0")).as_data_source("train")]
+  assert len(scores) == 2 and np.all(np.isfinite(scores)) and max(scores) > 0
+
+  torch.save(optical_flow.raft_large(weights=None).state_dict(), weights)  # another variant's weights
+  assert prepare_data.main([*args[:-1], str(weights)]) == 2
+  assert "not a torchvision raft_small state dict" in capsys.readouterr().err

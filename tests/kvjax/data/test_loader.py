@@ -54,6 +54,18 @@ def test_the_global_batches_do_not_depend_on_the_host_count(prepared):
     np.testing.assert_array_equal(whole["frames"], np.concatenate([hosts[0][step]["frames"], hosts[1][step]["frames"]]))
 
 
+def test_a_loader_starts_at_any_global_batch_on_any_number_of_hosts(prepared):
+  """A checkpoint's data position is the global batches read: a run of 2 hosts resumes a 1-host run."""
+  one = [batch for batch, _ in zip(loader(prepared, batch_size=4), range(4))]  # crosses the epoch boundary
+  hosts = [[batch for batch, _ in zip(loader(prepared, batch_size=2, shard_index=k, shard_count=2, start_batch=2),
+                                      range(2))] for k in range(2)]
+  for step, whole in enumerate(one[2:]):
+    assert whole["clip_id"].tolist() == hosts[0][step]["clip_id"].tolist() + hosts[1][step]["clip_id"].tolist()
+    np.testing.assert_array_equal(whole["frames"], np.concatenate([hosts[0][step]["frames"], hosts[1][step]["frames"]]))
+  with pytest.raises(ValueError, match="start batch 3 is not within the 2 global batches"):
+    loader(prepared, batch_size=4, num_epochs=1, start_batch=3)
+
+
 def test_window_and_crop():
   rng = np.random.default_rng(0)
   for _ in range(20):
