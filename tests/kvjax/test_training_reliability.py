@@ -71,17 +71,16 @@ class Inputs:
   """StepInputs' interface: batches by step (NaN or an infinite gradient at the given 1-based steps)."""
 
   def __init__(self, model, nan_at=(), inf_grad_at=()):
-    self.model, self.nan_at, self.inf_grad_at, self.position = model, set(nan_at), set(inf_grad_at), 0
+    self.model, self.nan_at, self.inf_grad_at, self.global_batches = model, set(nan_at), set(inf_grad_at), 0
 
   def next_batch(self, step):
-    self.position = step + 1
+    self.global_batches = step + 1
     return self.model.batch(step, nan=step + 1 in self.nan_at, inf_grad=step + 1 in self.inf_grad_at)
 
-  def get_state(self):
-    return f"position {self.position}".encode()
-
-  def set_state(self, state):
-    self.position = int(state.decode().split()[1])
+  def start_at(self, global_batches):
+    if not isinstance(global_batches, int) or global_batches < 0:  # as StepInputs.start_at
+      raise ValueError(f"a data position must be a number of global batches, got {global_batches!r}")
+    self.global_batches = global_batches
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +149,7 @@ def test_stop_names_the_step_and_writes_no_checkpoint_after_it(model, tmp_path):
   checkpoints = TrainCheckpoints(tmp_path / "checkpoints")
   assert checkpoints.all_steps() == [2]
   step, state, data = checkpoints.restore_latest(model.abstract_state())
-  assert step == 2 and nonfinite_paths(state) == [] and data["clips"] == {"0": "cG9zaXRpb24gMg=="}
+  assert step == 2 and nonfinite_paths(state) == [] and data["global_batches"] == 2
   assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [2]
 
 
@@ -251,7 +250,8 @@ DAMAGE = {
     "deleted array manifest": lambda d: os.remove(d / "state" / "manifest.ocdbt"),
     "deleted tree metadata": lambda d: os.remove(d / "state" / "_METADATA"),  # the TrainState's structure
     "missing data-state file": lambda d: os.remove(d / "data" / "metadata"),
-    "data state without this host": lambda d: (d / "data" / "metadata").write_text('{"clips": {}}'),
+    "data state without a data position": lambda d: (d / "data" / "metadata").write_text('{"skipped_steps": 0}'),
+    "a data position past the data": lambda d: (d / "data" / "metadata").write_text('{"global_batches": -1}'),
     "missing state folder": lambda d: __import__("shutil").rmtree(d / "state"),
 }
 
@@ -278,7 +278,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(model, three_che
   previous, _ = TrainCheckpoints(three_checkpoints).restore(2, model.abstract_state())
   DAMAGE[damage](three_checkpoints / "3")
   checkpoints, step, state, inputs, warnings = _restore(model, three_checkpoints)
-  assert step == 2 and inputs.position == 2
+  assert step == 2 and inputs.global_batches == 2
   for a, b in zip(_leaves(previous), _leaves(state)):
     np.testing.assert_array_equal(a, b)
   folder = str(three_checkpoints / "3")
@@ -288,7 +288,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(model, three_che
   assert sorted(os.listdir(three_checkpoints)) == ["1", "2", "3.damaged"]
   # training goes on: step 3 is written anew beside the damaged folder, which orbax ignores
   assert checkpoints.all_steps() == [1, 2]
-  checkpoints.save(3, state, {"clips": {"0": "cG9zaXRpb24gMw=="}}, force=True)
+  checkpoints.save(3, state, {"global_batches": 3}, force=True)
   checkpoints.wait()
   assert TrainCheckpoints(three_checkpoints).all_steps() == [1, 2, 3]
   assert sorted(os.listdir(three_checkpoints)) == ["1", "2", "3", "3.damaged"]
@@ -313,6 +313,15 @@ def test_non_finite_weights_in_a_checkpoint_are_not_resumed(model, three_checkpo
   checkpoints.close()
   _, step, _, _, warnings = _restore(model, three_checkpoints)
   assert step == 3 and len(warnings) == 1 and "4: non-finite values in .params['b']); renamed it" in warnings[0]
+
+
+def test_an_older_kvjaxs_per_host_reader_state_resumes_at_its_step(model, three_checkpoints):
+  checkpoints = TrainCheckpoints(three_checkpoints, save_every=1)
+  state, _ = checkpoints.restore(3, model.abstract_state())
+  checkpoints.save(4, state.replace(step=state.step + 1), {"clips": {"0": "cG9zaXRpb24gNA=="}})  # grain's, base64
+  checkpoints.close()
+  _, step, _, inputs, warnings = _restore(model, three_checkpoints)
+  assert step == 4 and inputs.global_batches == 4 and warnings == []
 
 
 def test_no_readable_checkpoint_is_one_clear_error_and_nothing_is_renamed(model, three_checkpoints):
@@ -374,9 +383,9 @@ def test_disk_full_while_saving_names_the_step_and_the_last_complete_checkpoint(
   assert str(error.value) == (f"writing the checkpoint of step 2 in {tmp_path / 'checkpoints'} failed ([Errno 28] No "
                               "space left on device); the last complete checkpoint is step 1")
   checkpoints, step, state, inputs, warnings = _restore(model, tmp_path / "checkpoints")
-  assert step == 1 and inputs.position == 1 and warnings == []
+  assert step == 1 and inputs.global_batches == 1 and warnings == []
   # the half-written step (a .orbax-checkpoint-tmp folder, until orbax cleans it up) is written anew
-  checkpoints.save(2, state, {"clips": {"0": "cG9zaXRpb24gMg=="}}, force=True)
+  checkpoints.save(2, state, {"global_batches": 2}, force=True)
   checkpoints.wait()
   assert TrainCheckpoints(tmp_path / "checkpoints").all_steps() == [1, 2]
 
