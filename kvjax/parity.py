@@ -94,7 +94,36 @@ def _keyframe_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarra
   return {"eps": np.moveaxis(np.asarray(eps), -1, 1)}
 
 
+def _interpolation_sampling_case(model, converted: ConvertedModel,
+                                 inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The reference's interpolation loop with its recorded noise (spec §7.6, §8.5): `latents` as the loop
+  returns them (G, 12, h, w), channels (t c), and `video`, the 4T - 3 frames the pipeline interleaves."""
+  from kvjax.diffusion.schedule import SchedulerConfig
+  from kvjax.pipeline import samplers
+  from kvjax.text.conditioning import unconditional_context
+  context, mask = inputs["context"], inputs["context_mask"].astype(bool)
+  text = (context, mask)
+  null = unconditional_context(converted.extras["null_embedding"], *mask.shape)
+  steps = int(inputs["num_inference_steps"])
+  options = samplers.SamplerOptions(SchedulerConfig("v_prediction", "trailing", steps))
+  to_nhwc = lambda a: np.moveaxis(a, -3, -1)
+  noise = {"initial_noise": to_nhwc(inputs["initial_noise"]), "step_noise": to_nhwc(inputs["step_noise"])}
+  rng = jax.random.key(0)  # unused: every draw is replayed
+  skip = int(inputs["skip_frames"])
+  run = jax.jit(lambda p, frames, text, null, w: samplers.interpolate(
+      model, p, frames, text, null, w, skip, rng, options, noise))
+  video = np.asarray(run(converted.params, to_nhwc(inputs["key_frames"])[None], text, null,
+                         inputs["guidance_scale"]))[0]  # (4T - 3, h, w, c)
+  g = (len(video) - 1) // 4
+  _, h, w, c = video.shape
+  new = video[:-1].reshape(g, 4, h, w, c)[:, 1:]  # group i's frames follow original i
+  latents = new.transpose(0, 1, 4, 2, 3).reshape(g, samplers.FRAMES_PER_GROUP * c, h, w)
+  return {"latents": latents, "video": np.moveaxis(video, -1, 1)}
+
+
 def _interpolation_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  if "initial_noise" in inputs:
+    return _interpolation_sampling_case(model, converted, inputs)
   params = converted.params
   num_groups = int(inputs["num_predicted_groups"])
   optional = {k: inputs[k] for k in ("perturbation_time", "skip_frames", "temporal_mask") if k in inputs}

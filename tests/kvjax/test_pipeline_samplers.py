@@ -25,6 +25,16 @@ def test_three_step_loops_match_the_reference_with_its_noise():
     assert result.ok, result.line()
 
 
+def test_interpolation_loop_matches_the_reference_with_its_noise():
+  # The pipeline's 10 trailing v-prediction steps, guidance 0.5, skip 3: the loop's groups and the
+  # interleaved video.
+  results = verify_fixture(os.path.join(FIXTURES, "interpolation_sampling", "manifest.json"))
+  assert [r.name for r in results] == ["interpolation_sampling/medium_pass_loop/latents",
+                                       "interpolation_sampling/medium_pass_loop/video"]
+  for result in results:
+    assert result.ok, result.line()
+
+
 def test_guidance_forms():
   a, b, c = (np.full((2,), v, np.float32) for v in (1.0, 2.0, 4.0))
   np.testing.assert_allclose(guidance.two_way(a, c, 5.0), 6 * a - 5 * c)
