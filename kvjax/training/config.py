@@ -171,7 +171,8 @@ DEMO_TRAIN_PRESETS = {
     "demo-keyframe-image": _demo("keyframe", 6000, 1e-3, global_batch_size=8, num_frames=1, resolution=(128, 128),
                                  keyframe=KeyframeTrainingConfig(mode="image")),
     "demo-keyframe": _demo("keyframe", 3000, 1e-3, global_batch_size=4, num_frames=12, frame_stride=4,
-                           keyframe=KeyframeTrainingConfig(motion_scale=300.0, video_input_from_image=True)),
+                           keyframe=KeyframeTrainingConfig(motion_scale=300.0, video_input_from_image=True,
+                                                           loss_weighting="v")),
     "demo-interpolation": _demo("interpolation", 1200, 1e-3, global_batch_size=4, num_groups=2,
                                 interpolation=InterpolationTrainingConfig(train_scope="all")),
 }

@@ -22,6 +22,7 @@ from kvjax.training.augment import batch_pinning, drop_text, noise_augment, wher
 
 MODES = ("video", "image")
 TRAIN_SCOPES = ("temporal", "all")
+LOSS_WEIGHTINGS = ("epsilon", "v")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,13 @@ class KeyframeTrainingConfig:
   # `image_in_layer` with its condition channels zero, so the video UNet begins as the image model on its
   # noisy frames and learns to read the first-frame condition. (The official `in_layer` is trained: off.)
   video_input_from_image: bool = False
+  # Video mode: "epsilon", the plain mean squared epsilon error (the paper's); or "v", each sample's epsilon
+  # error weighted by min(1 / alpha_bar_t, max_loss_weight), the error a v-prediction loss gives the same
+  # model. The epsilon loss barely changes at high noise when the model knows x0 (its error is x0's times
+  # sqrt(alpha_bar / (1 - alpha_bar))), so it teaches little use of the first frame and the prompt where the
+  # sampler decides the layout; "v" weights those steps up. Weights are divided by their mean over t.
+  loss_weighting: str = "epsilon"
+  max_loss_weight: float = 20.0
 
   def __post_init__(self):
     if self.mode not in MODES or self.train_scope not in TRAIN_SCOPES:
@@ -47,6 +55,17 @@ class KeyframeTrainingConfig:
                        f"train_scope one of {', '.join(TRAIN_SCOPES)} (got {self.train_scope!r})")
     if not self.motion_scale > 0:
       raise ValueError(f"KeyframeTrainingConfig.motion_scale must be positive, got {self.motion_scale}")
+    if self.loss_weighting not in LOSS_WEIGHTINGS or not self.max_loss_weight >= 1:
+      raise ValueError(f"KeyframeTrainingConfig: loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)} (got "
+                       f"{self.loss_weighting!r}) and max_loss_weight at least 1 (got {self.max_loss_weight})")
+
+
+def loss_weights(config: KeyframeTrainingConfig, alphas_cumprod: jax.Array) -> jax.Array:
+  """The per-timestep weight of the epsilon error (T,), mean 1 (all ones for "epsilon")."""
+  if config.loss_weighting == "epsilon":
+    return jnp.ones_like(alphas_cumprod)
+  weights = jnp.minimum(1.0 / jnp.maximum(alphas_cumprod, 1e-12), config.max_loss_weight)
+  return weights / jnp.mean(weights)
 
 
 def video_input_from_image(params, latent_channels: int):
@@ -60,7 +79,7 @@ def video_input_from_image(params, latent_channels: int):
 
 def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, null_embedding,
                   activation_sharding=None) -> jax.Array:
-  """Mean squared epsilon error. `batch`: latents (B, T, h, w, 4), context (B, L, D), context_mask (B, L),
+  """Mean squared epsilon error (per sample weighted by `loss_weights`). `batch`: latents (B, T, h, w, 4), context (B, L, D), context_mask (B, L),
   motion_score (B,). `activation_sharding` pins the draws and the UNet's input and output to the batch
   layout (`augment.batch_pinning`)."""
   pin = batch_pinning(activation_sharding)
@@ -90,7 +109,8 @@ def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, 
                     noise_aug_time=per_frame(level),
                     motion_score=per_frame(config.motion_scale * batch["motion_score"].astype(jnp.float32)),
                     input_layer="video")
-  return jnp.mean(jnp.square(pin(eps).astype(jnp.float32).reshape(latents.shape) - noise))
+  errors = jnp.mean(jnp.square(pin(eps).astype(jnp.float32).reshape(latents.shape) - noise), axis=(1, 2, 3, 4))
+  return jnp.mean(loss_weights(config, schedule.alphas_cumprod)[time] * errors)
 
 
 def keyframe_image_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, null_embedding,

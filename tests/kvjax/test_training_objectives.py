@@ -5,10 +5,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER, alphas_cumprod
 from kvjax.training.interpolation_loss import InterpolationTrainingConfig, clip_frames, interpolation_loss
-from kvjax.training.keyframe_loss import KeyframeTrainingConfig, keyframe_image_loss, keyframe_loss
+from kvjax.training.keyframe_loss import KeyframeTrainingConfig, keyframe_image_loss, keyframe_loss, loss_weights
 
 B, G, H, W, C, L, D = 3, 2, 4, 4, 4, 5, 6
 NULL = np.linspace(-1, 1, D).astype(np.float32)
@@ -132,6 +133,31 @@ def test_keyframe_motion_scale_multiplies_the_dataset_score():
   keyframe_loss({}, batch, jax.random.key(0), model=model, config=KeyframeTrainingConfig(motion_scale=300.0),
                 null_embedding=NULL)
   np.testing.assert_allclose(model.seen["motion_score"], np.repeat([9.0, 30.0, 45.0], 2), rtol=1e-6)
+
+
+def test_keyframe_v_weighting_is_the_v_loss_of_the_epsilon_error_capped():
+  abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
+  np.testing.assert_array_equal(loss_weights(KeyframeTrainingConfig(), abar), 1.0)
+  weights = np.asarray(loss_weights(KeyframeTrainingConfig(loss_weighting="v", max_loss_weight=20.0), abar))
+  np.testing.assert_allclose(weights.mean(), 1.0, rtol=1e-5)
+  assert np.all(np.diff(weights) >= 0) and np.isclose(weights.max() / weights.min(), 20.0, rtol=1e-3)
+  np.testing.assert_allclose(weights[500] / weights[0], abar[0] / abar[500], rtol=1e-4)  # 1 / alpha_bar below the cap
+  # The loss is the weighted mean of each sample's epsilon error: a model off by 1 everywhere scores the
+  # mean weight of the drawn timesteps.
+  rng = np.random.default_rng(1)
+  batch = {"latents": rng.normal(size=(B, 2, H, W, C)).astype(np.float32),
+           "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": np.ones((B, L), bool),
+           "motion_score": np.zeros(B, np.float32)}
+  model = Recorder(lambda seen: jnp.zeros(seen["x"].shape[:-1] + (C,)))
+  config = KeyframeTrainingConfig(loss_weighting="v")
+  loss = keyframe_loss({}, batch, jax.random.key(0), model=model, config=config, null_embedding=NULL)
+  times = np.asarray(model.seen["time"]).reshape(B, 2)[:, 0].astype(int)
+  noise_error = float(keyframe_loss({}, batch, jax.random.key(0), model=model, config=KeyframeTrainingConfig(),
+                                    null_embedding=NULL))
+  assert 0.5 < noise_error < 1.5 and float(loss) > 0
+  assert np.isclose(float(loss) / noise_error, weights[times].mean(), rtol=0.3)
+  with pytest.raises(ValueError, match="loss_weighting"):
+    KeyframeTrainingConfig(loss_weighting="snr")
 
 
 def test_keyframe_image_mode_sees_frames_alone_as_the_key_frame_sampler_runs_them():
