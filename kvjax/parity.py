@@ -46,27 +46,32 @@ class CaseResult:
             f"rel L2 {self.rel_l2_error:.3e} (tolerance {self.tolerance:.1e})")
 
 
-def _nhwc(x):
-  return np.moveaxis(x, 1, -1)
+def _to_nhwc(a):  # (..., C, H, W) -> (..., H, W, C)
+  return np.moveaxis(a, -3, -1)
+
+
+def _replayed_loop(converted: ConvertedModel, inputs: dict[str, np.ndarray], prediction: str, spacing: str):
+  """What a sampling-loop case shares: (text, null context, sampler options, the recorded noise, an rng no
+  draw uses)."""
+  from kvjax.diffusion.schedule import SchedulerConfig
+  from kvjax.pipeline import samplers
+  from kvjax.text.conditioning import unconditional_context
+  mask = inputs["context_mask"].astype(bool)
+  null = unconditional_context(converted.extras["null_embedding"], *mask.shape)
+  options = samplers.SamplerOptions(SchedulerConfig(prediction, spacing, int(inputs["num_inference_steps"])))
+  noise = {"initial_noise": _to_nhwc(inputs["initial_noise"]), "step_noise": _to_nhwc(inputs["step_noise"])}
+  return (inputs["context"], mask), null, options, noise, jax.random.key(0)
 
 
 def _keyframe_sampling_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The reference's first-frame or base-frame loop with its recorded noise (spec §7.6)."""
-  from kvjax.diffusion.schedule import SchedulerConfig
   from kvjax.pipeline import samplers
-  from kvjax.text.conditioning import unconditional_context
-  context, mask = inputs["context"], inputs["context_mask"].astype(bool)
-  text = (context, mask)
-  null = unconditional_context(converted.extras["null_embedding"], *mask.shape)
-  options = samplers.SamplerOptions(SchedulerConfig("epsilon", "leading", int(inputs["num_inference_steps"])))
-  to_nhwc = lambda a: np.moveaxis(a, -3, -1)
-  noise = {"initial_noise": to_nhwc(inputs["initial_noise"]), "step_noise": to_nhwc(inputs["step_noise"])}
-  rng = jax.random.key(0)  # unused: every draw is replayed
+  text, null, options, noise, rng = _replayed_loop(converted, inputs, "epsilon", "leading")
   if "key_frame" in inputs:
-    noise["augmentation_noise"] = to_nhwc(inputs["augmentation_noise"])[None]
+    noise["augmentation_noise"] = _to_nhwc(inputs["augmentation_noise"])[None]
     run = jax.jit(lambda p, k, text, null, wt, wi, motion, level: samplers.base_frames(
         model, p, k, text, null, wt, wi, motion, level, rng, options, noise))
-    latents = run(converted.params, to_nhwc(inputs["key_frame"])[None], text, null, inputs["text_scale"],
+    latents = run(converted.params, _to_nhwc(inputs["key_frame"])[None], text, null, inputs["text_scale"],
                   inputs["image_scale"], inputs["motion_score"], inputs["noise_level"])[0]
   else:
     size = noise["initial_noise"].shape[1:3]
@@ -90,7 +95,7 @@ def _keyframe_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarra
     temporal = {"frame_index": frame_index}
     temporal.update({k: inputs[k] for k in ("noise_aug_time", "motion_score") if k in inputs})
   run = jax.jit(lambda p, x, t, c, m, kw: model.apply({"params": p}, x, t, c, m, num_frames=num_frames, **kw))
-  eps = run(params, _nhwc(inputs["x"]), inputs["time"], inputs["context"], inputs["context_mask"], temporal)
+  eps = run(params, _to_nhwc(inputs["x"]), inputs["time"], inputs["context"], inputs["context_mask"], temporal)
   return {"eps": np.moveaxis(np.asarray(eps), -1, 1)}
 
 
@@ -98,21 +103,12 @@ def _interpolation_sampling_case(model, converted: ConvertedModel,
                                  inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The reference's interpolation loop with its recorded noise (spec §7.6, §8.5): `latents` as the loop
   returns them (G, 12, h, w), channels (t c), and `video`, the 4T - 3 frames the pipeline interleaves."""
-  from kvjax.diffusion.schedule import SchedulerConfig
   from kvjax.pipeline import samplers
-  from kvjax.text.conditioning import unconditional_context
-  context, mask = inputs["context"], inputs["context_mask"].astype(bool)
-  text = (context, mask)
-  null = unconditional_context(converted.extras["null_embedding"], *mask.shape)
-  steps = int(inputs["num_inference_steps"])
-  options = samplers.SamplerOptions(SchedulerConfig("v_prediction", "trailing", steps))
-  to_nhwc = lambda a: np.moveaxis(a, -3, -1)
-  noise = {"initial_noise": to_nhwc(inputs["initial_noise"]), "step_noise": to_nhwc(inputs["step_noise"])}
-  rng = jax.random.key(0)  # unused: every draw is replayed
+  text, null, options, noise, rng = _replayed_loop(converted, inputs, "v_prediction", "trailing")
   skip = int(inputs["skip_frames"])
   run = jax.jit(lambda p, frames, text, null, w: samplers.interpolate(
       model, p, frames, text, null, w, skip, rng, options, noise))
-  video = np.asarray(run(converted.params, to_nhwc(inputs["key_frames"])[None], text, null,
+  video = np.asarray(run(converted.params, _to_nhwc(inputs["key_frames"])[None], text, null,
                          inputs["guidance_scale"]))[0]  # (4T - 3, h, w, c)
   g = (len(video) - 1) // 4
   _, h, w, c = video.shape
@@ -128,7 +124,7 @@ def _interpolation_case(model, converted: ConvertedModel, inputs: dict[str, np.n
   num_groups = int(inputs["num_predicted_groups"])
   optional = {k: inputs[k] for k in ("perturbation_time", "skip_frames", "temporal_mask") if k in inputs}
   run = jax.jit(lambda p, x, t, c, m, kw: model.apply({"params": p}, x, t, c, m, num_groups=num_groups, **kw))
-  v = run(params, _nhwc(inputs["x"]), inputs["time"], inputs["context"], inputs["context_mask"], optional)
+  v = run(params, _to_nhwc(inputs["x"]), inputs["time"], inputs["context"], inputs["context_mask"], optional)
   return {"v": np.moveaxis(np.asarray(v), -1, 1)}
 
 
@@ -136,8 +132,8 @@ def _movq_case(model, converted: ConvertedModel, inputs: dict[str, np.ndarray]) 
   params = converted.params
   if "images" in inputs:
     encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
-    return {"latents": np.moveaxis(np.asarray(encode(params, _nhwc(inputs["images"]))), -1, 1)}
-  latents = _nhwc(inputs["latents"])
+    return {"latents": np.moveaxis(np.asarray(encode(params, _to_nhwc(inputs["images"]))), -1, 1)}
+  latents = _to_nhwc(inputs["latents"])
   decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method="decode"))
   if "reference_chunks" in inputs:  # the pipeline's video decode: clips decoded independently (spec §8.6)
     bounds = np.cumsum([0, *reference_chunk_sizes(len(latents))])

@@ -51,8 +51,10 @@ def main(argv=None) -> int:
     raise SystemExit(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
   if not 1 <= args.clips <= 1 << 20 or not 1 <= args.batch_size <= 4096:
     raise SystemExit(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
-  if not 0 < args.std <= 100:
-    raise SystemExit(f"--std {args.std} must be in (0, 100]")
+  try:
+    latent_normalization.check_std(args.std)  # before any encoding
+  except ValueError as e:
+    raise SystemExit(f"--std {args.std}: {e}")
   if not os.path.isdir(args.data):
     raise SystemExit(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
   movq_dir = os.path.join(args.weights, FOLDERS["image_movq"])

@@ -185,22 +185,26 @@ def source_path(src_dir: str, source: str) -> str:
   return f"{src_dir.rstrip('/')}/{source}" if is_url(src_dir) else os.path.join(src_dir, source)
 
 
-def _find_url_sources(src_dir: str) -> list[str]:
-  """Video files below a URL (Beam's `**` match: every depth), as sorted relative paths."""
+def _url_stamp(metadata) -> str:
+  return f"{metadata.size_in_bytes}-{metadata.last_updated_in_seconds}"
+
+
+def _find_url_sources(src_dir: str) -> dict[str, str]:
+  """Video files below a URL (Beam's `**` match: every depth): relative path -> fingerprint, from the one
+  listing (no request per file)."""
   root = src_dir.rstrip("/")
+  filesystems = _beam_filesystems()
   try:
-    matched = _beam_filesystems().match([root + "/**"])[0].metadata_list
-  except ImportError:
-    raise
+    matched = filesystems.match([root + "/**"])[0].metadata_list
   except Exception as e:  # Beam's BeamIOError: no such bucket, no credentials, an unknown scheme
     raise FileNotFoundError(f"source folder {src_dir}: cannot list it ({e})") from None
-  found = []
+  found = {}
   for metadata in matched:
     relative = metadata.path[len(root) + 1:]
     name = relative.rsplit("/", 1)[-1]
     if metadata.path.startswith(root + "/") and name.lower().endswith(VIDEO_SUFFIXES) and not name.startswith("."):
-      found.append(relative)
-  return sorted(found)
+      found[relative] = _url_stamp(metadata)
+  return found
 
 
 def fingerprint(src_dir: str, source: str) -> str:
@@ -209,7 +213,7 @@ def fingerprint(src_dir: str, source: str) -> str:
     matched = _beam_filesystems().match([source_path(src_dir, source)])[0].metadata_list
     if len(matched) != 1:
       raise FileNotFoundError(f"{source_path(src_dir, source)}: no longer exists")
-    return f"{matched[0].size_in_bytes}-{matched[0].last_updated_in_seconds}"
+    return _url_stamp(matched[0])
   stat = os.stat(os.path.join(src_dir, source))
   return f"{stat.st_size}-{stat.st_mtime_ns}"
 
@@ -451,9 +455,10 @@ def prepare(src_dir: str, out_dir: str, *, captions_path: str | None = None, con
   results = {}
   todo = []
   problems = []
-  for source in _find_url_sources(src_dir) if is_url(src_dir) else find_sources(src_dir, problems):
+  listed = _find_url_sources(src_dir) if is_url(src_dir) else None  # URL sources come with their stamps
+  for source in sorted(listed) if listed is not None else find_sources(src_dir, problems):
     try:
-      stamp = fingerprint(src_dir, source)
+      stamp = listed[source] if listed is not None else fingerprint(src_dir, source)
     except OSError as e:  # gone or changed since the search
       problems.append(SourceResult(source=source, fingerprint="", error=f"{source_path(src_dir, source)}: "
                                    f"cannot read it ({e.strerror or e})"))

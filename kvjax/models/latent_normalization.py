@@ -35,6 +35,13 @@ MAX_FILE_BYTES = 1 << 16  # a few dozen numbers: anything larger is not this fil
 MARGIN = 0.9
 TAIL = 1e-4  # the range is the [TAIL, 1 - TAIL] quantiles: a handful of outlying latents do not set it
 MAX_SAMPLE_RANGE = 1e4  # a clamp wider than this clamps nothing: a file asking for it is not a calibration
+MAX_STD = 100.0
+
+
+def check_std(std: float) -> None:
+  """Refuses a target standard deviation no calibration should ask for (ValueError)."""
+  if not 0 < std <= MAX_STD:
+    raise ValueError(f"the normalized latents' std {std} must be in (0, {MAX_STD:g}]")
 
 
 @flax.struct.dataclass
@@ -69,8 +76,7 @@ def calibrate(latents: np.ndarray, std: float = 1.0, margin: float = MARGIN, tai
   flat = np.asarray(latents, np.float64).reshape(-1, np.shape(latents)[-1])
   if not np.all(np.isfinite(flat)):
     raise ValueError("the latents to calibrate on are not all finite")
-  if not 0 < std <= 100:
-    raise ValueError(f"the normalized latents' std {std} must be in (0, 100]")
+  check_std(std)
   mean = flat.mean(0)
   scale = std / np.maximum(flat.std(0), 1e-6)  # a constant channel: any scale maps it to 0
   normalized = (flat - mean) * scale

@@ -79,8 +79,8 @@ def video_input_from_image(params, latent_channels: int):
 
 def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, null_embedding,
                   activation_sharding=None) -> jax.Array:
-  """Mean squared epsilon error (per sample weighted by `loss_weights`). `batch`: latents (B, T, h, w, 4), context (B, L, D), context_mask (B, L),
-  motion_score (B,). `activation_sharding` pins the draws and the UNet's input and output to the batch
+  """Mean squared epsilon error, each sample's weighted by `loss_weights`. `batch`: latents (B, T, h, w, 4),
+  context (B, L, D), context_mask (B, L), motion_score (B,). `activation_sharding` pins the draws and the UNet's input and output to the batch
   layout (`augment.batch_pinning`)."""
   pin = batch_pinning(activation_sharding)
   latents = batch["latents"].astype(jnp.float32)
