@@ -13,6 +13,7 @@ checkpoints and skips finished ones; stages whose inputs are ready run --paralle
   video_movq   python -m train --config demo-video-movq ...        the temporal decoder, from the image MoVQ
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
+  keyframe_motion  python -m train --config demo-keyframe-motion --init ...  more of it, half at high noise
   interpolation  python -m train --config demo-interpolation ...
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
@@ -82,9 +83,11 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
       train("keyframe_image", "demo-keyframe-image", w, os.path.join(x, "keyframe_image"), ("latents",)),
       train("keyframe", "demo-keyframe", w, os.path.join(x, "keyframe"), ("keyframe_image",),
             "--init", os.path.join(x, "keyframe_image")),
+      train("keyframe_motion", "demo-keyframe-motion", w, os.path.join(x, "keyframe_motion"), ("keyframe",),
+            "--init", os.path.join(x, "keyframe")),
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
-      Stage("assemble", (), ("video_movq", "keyframe", "interpolation")),
+      Stage("assemble", (), ("video_movq", "keyframe_motion", "interpolation")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -97,7 +100,7 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq", "video_movq"), ("keyframe", "keyframe"), ("interpolation", "interpolation")):
+  for export, folder in (("video_movq", "video_movq"), ("keyframe_motion", "keyframe"), ("interpolation", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)
 

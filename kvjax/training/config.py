@@ -172,7 +172,12 @@ DEMO_TRAIN_PRESETS = {
                                  keyframe=KeyframeTrainingConfig(mode="image")),
     "demo-keyframe": _demo("keyframe", 3000, 1e-3, global_batch_size=4, num_frames=12, frame_stride=4,
                            keyframe=KeyframeTrainingConfig(motion_scale=300.0, video_input_from_image=True,
-                                                           loss_weighting="v")),
+                                                           loss_weighting="v", train_scope="all")),
+    # The video UNet again, half of its clips at t >= 900: where the prompt alone decides which way a shape
+    # goes (below, the noisy frames show it), so the first stage barely learnt the direction words.
+    "demo-keyframe-motion": _demo("keyframe", 2400, 3e-4, global_batch_size=4, num_frames=12, frame_stride=4,
+                                  keyframe=KeyframeTrainingConfig(motion_scale=300.0, loss_weighting="v",
+                                                                  train_scope="all", high_noise_fraction=0.5)),
     "demo-interpolation": _demo("interpolation", 1200, 1e-3, global_batch_size=4, num_groups=2,
                                 interpolation=InterpolationTrainingConfig(train_scope="all")),
 }

@@ -48,6 +48,11 @@ class KeyframeTrainingConfig:
   # sampler decides the layout; "v" weights those steps up. Weights are divided by their mean over t.
   loss_weighting: str = "epsilon"
   max_loss_weight: float = 20.0
+  # Video mode: this fraction of the clips draws its timestep from [high_noise_start, T) instead of [0, T).
+  # Below about t = 950 the noisy frames themselves show which way a shape goes, so the prompt's direction
+  # is learnt only from the few steps above, which are the sampler's first: the ones that set the motion.
+  high_noise_fraction: float = 0.0
+  high_noise_start: int = 900
 
   def __post_init__(self):
     if self.mode not in MODES or self.train_scope not in TRAIN_SCOPES:
@@ -58,6 +63,9 @@ class KeyframeTrainingConfig:
     if self.loss_weighting not in LOSS_WEIGHTINGS or not self.max_loss_weight >= 1:
       raise ValueError(f"KeyframeTrainingConfig: loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)} (got "
                        f"{self.loss_weighting!r}) and max_loss_weight at least 1 (got {self.max_loss_weight})")
+    if not 0 <= self.high_noise_fraction <= 1 or not 0 <= self.high_noise_start < KEYFRAME_SCHEDULER.num_train_timesteps:
+      raise ValueError(f"KeyframeTrainingConfig: high_noise_fraction must be in [0, 1] (got {self.high_noise_fraction}) "
+                       f"and high_noise_start in [0, {KEYFRAME_SCHEDULER.num_train_timesteps}) (got {self.high_noise_start})")
 
 
 def loss_weights(config: KeyframeTrainingConfig, alphas_cumprod: jax.Array) -> jax.Array:
@@ -87,8 +95,12 @@ def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, 
   b, t, h, w, c = latents.shape
   schedule = make_schedule(KEYFRAME_SCHEDULER)
   k_time, k_noise, k_level, k_aug, k_blank, k_text = jax.random.split(rng, 6)
+  k_high, k_which = jax.random.split(jax.random.fold_in(k_time, 1))  # (keeps the other draws as they were)
 
-  time = pin(jax.random.randint(k_time, (b,), 0, schedule.alphas_cumprod.shape[0]))
+  steps = schedule.alphas_cumprod.shape[0]
+  high = jax.random.bernoulli(k_which, config.high_noise_fraction, (b,))
+  time = pin(jnp.where(high, jax.random.randint(k_high, (b,), config.high_noise_start, steps),
+                       jax.random.randint(k_time, (b,), 0, steps)))
   noise = pin(jax.random.normal(k_noise, latents.shape))
   noisy = add_noise(schedule, latents, noise, time)
 

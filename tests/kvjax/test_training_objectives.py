@@ -160,6 +160,30 @@ def test_keyframe_v_weighting_is_the_v_loss_of_the_epsilon_error_capped():
     KeyframeTrainingConfig(loss_weighting="snr")
 
 
+def test_keyframe_high_noise_fraction_draws_that_share_of_clips_from_the_top_timesteps():
+  rng = np.random.default_rng(2)
+  batch = {"latents": rng.normal(size=(B, 2, H, W, C)).astype(np.float32),
+           "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": np.ones((B, L), bool),
+           "motion_score": np.zeros(B, np.float32)}
+  model = Recorder(lambda seen: jnp.zeros(seen["x"].shape[:-1] + (C,)))
+
+  def drawn(config, seed):  # each clip's timestep
+    keyframe_loss({}, batch, jax.random.key(seed), model=model, config=config, null_embedding=NULL)
+    return np.asarray(model.seen["time"]).reshape(B, 2)[:, 0]
+
+  high = [drawn(KeyframeTrainingConfig(high_noise_fraction=1.0, high_noise_start=900), seed) for seed in range(20)]
+  assert np.all(np.concatenate(high) >= 900)
+  plain = [drawn(KeyframeTrainingConfig(), seed) for seed in range(20)]
+  assert np.mean(np.concatenate(plain) >= 900) < 0.3
+  # The default draws exactly the timesteps it drew before the option existed (fraction 0: no clip moves).
+  np.testing.assert_array_equal(drawn(KeyframeTrainingConfig(high_noise_fraction=0.0, high_noise_start=500), 3),
+                                plain[3])
+  with pytest.raises(ValueError, match="high_noise_start"):
+    KeyframeTrainingConfig(high_noise_start=1000)
+  with pytest.raises(ValueError, match="high_noise_fraction"):
+    KeyframeTrainingConfig(high_noise_fraction=1.5)
+
+
 def test_keyframe_image_mode_sees_frames_alone_as_the_key_frame_sampler_runs_them():
   # Every frame is an image: image input layer, condition channels zero, no frame index, motion or level.
   rng = np.random.default_rng(3)
