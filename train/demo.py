@@ -14,6 +14,7 @@ checkpoints and skips finished ones; stages whose inputs are ready run --paralle
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
   keyframe_motion  python -m train --config demo-keyframe-motion --init ...  more of it, half at high noise
+  keyframe_first   python -m train --config demo-keyframe-first --init ...   image mode on clips' first frames
   interpolation  python -m train --config demo-interpolation ...
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
@@ -85,9 +86,11 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
             "--init", os.path.join(x, "keyframe_image")),
       train("keyframe_motion", "demo-keyframe-motion", w, os.path.join(x, "keyframe_motion"), ("keyframe",),
             "--init", os.path.join(x, "keyframe")),
+      train("keyframe_first", "demo-keyframe-first", w, os.path.join(x, "keyframe_first"), ("keyframe_motion",),
+            "--init", os.path.join(x, "keyframe_motion")),
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
-      Stage("assemble", (), ("video_movq", "keyframe_motion", "interpolation")),
+      Stage("assemble", (), ("video_movq", "keyframe_first", "interpolation")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -100,7 +103,7 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq", "video_movq"), ("keyframe_motion", "keyframe"), ("interpolation", "interpolation")):
+  for export, folder in (("video_movq", "video_movq"), ("keyframe_first", "keyframe"), ("interpolation", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)
 
@@ -209,6 +212,22 @@ def _run_stage(stage: Stage, out: str) -> subprocess.Popen | None:
   return subprocess.Popen(["/bin/sh", "-c", chain], stdout=log, stderr=subprocess.STDOUT)
 
 
+def _marker(out: str, name: str) -> str:
+  return os.path.join(out, f"{name}.done")
+
+
+def finished_stages(plan: list[Stage], out: str) -> set[str]:
+  """The stages an earlier run finished: marked done after every stage they come after, so a stage new to
+  the recipe (or one done again) makes every stage after it run again."""
+  done: set[str] = set()
+  for stage in plan:
+    marker = _marker(out, stage.name)
+    if os.path.exists(marker) and all(a in done and os.path.getmtime(_marker(out, a)) <= os.path.getmtime(marker)
+                                      for a in stage.after):
+      done.add(stage.name)
+  return done
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   if args.videos < 3 or args.parallel < 1:
@@ -219,7 +238,7 @@ def main(argv=None) -> int:
   os.makedirs(os.path.join(out, "logs"), exist_ok=True)
   total = time.perf_counter()
   plan = stages(out, args.videos, args.seed, args.max_steps)
-  done = {s.name for s in plan if os.path.exists(os.path.join(out, f"{s.name}.done"))}
+  done = finished_stages(plan, out)
   for name in sorted(done):
     print(f"[{name}] done earlier", file=sys.stderr)
   running: dict[str, tuple[subprocess.Popen | None, float]] = {}
@@ -245,7 +264,7 @@ def main(argv=None) -> int:
         assemble(out)
       if process is not None:
         _keep(next(s for s in plan if s.name == name), out, args.keep, plan)
-      with open(os.path.join(out, f"{name}.done"), "w") as f:
+      with open(_marker(out, name), "w") as f:
         f.write(f"{time.perf_counter() - started:.0f} s\n")
       done.add(name)
       print(f"[{name}] finished in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)

@@ -32,6 +32,7 @@ from kvjax.atomic import staged
 DATASET_NAME = "kvjax_clips"
 DATASET_VERSION = "1.0.0"
 SPLIT = "train"
+WINDOW_STARTS = ("random", "first")  # where a training window starts in a clip (kvjax.data.loader)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from kvjax.data.dataset import SPLIT, decode_jpeg, parse_example, shard_paths
+from kvjax.data.dataset import SPLIT, WINDOW_STARTS, decode_jpeg, parse_example, shard_paths
 
 
 def resize_and_crop(frame: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
@@ -37,26 +37,31 @@ def resize_and_crop(frame: np.ndarray, resolution: tuple[int, int]) -> np.ndarra
   return np.ascontiguousarray(frame[top:top + target_h, left:left + target_w])
 
 
-def window_indices(clip_frames: int, num_frames: int, frame_stride: int, rng: np.random.Generator) -> np.ndarray:
+def window_indices(clip_frames: int, num_frames: int, frame_stride: int, rng: np.random.Generator,
+                   start: str = "random") -> np.ndarray:
+  """`num_frames` frame indices `frame_stride` apart, from a random start ("random") or the clip's first
+  frame ("first"); a short clip repeats its last frame."""
   span = (num_frames - 1) * frame_stride + 1
-  start = int(rng.integers(0, max(1, clip_frames - span + 1)))
+  start = int(rng.integers(0, max(1, clip_frames - span + 1))) if start == "random" else 0
   return np.minimum(start + frame_stride * np.arange(num_frames), clip_frames - 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipWindow(grain.transforms.Map):
   """{"record": serialized example, "position": global position} -> {"frames": uint8 (T, H, W, 3), the clip's
-  text and numbers}; the window's start is drawn from (seed, global position)."""
+  text and numbers}; the window's start is drawn from (seed, global position), or is the clip's first frame
+  (`start="first"`)."""
   num_frames: int
   frame_stride: int
   resolution: tuple[int, int]
   seed: int
+  start: str = "random"
 
   def map(self, row: dict) -> dict:
     example = parse_example(row["record"])
     jpeg_frames = example.pop("video")
     rng = np.random.default_rng([self.seed, row["position"], 2])
-    indices = window_indices(len(jpeg_frames), self.num_frames, self.frame_stride, rng)
+    indices = window_indices(len(jpeg_frames), self.num_frames, self.frame_stride, rng, self.start)
     frames = np.stack([resize_and_crop(decode_jpeg(jpeg_frames[i]), self.resolution) for i in indices])
     fps = float(example["fps"])
     return {
@@ -121,21 +126,24 @@ class HostRows:
 def make_clip_loader(dataset_dir: str, *, batch_size: int, num_frames: int, resolution: tuple[int, int],
                      seed: int, split: str = SPLIT, frame_stride: int = 1, shuffle: bool = True,
                      num_epochs: int | None = None, shard_index: int | None = None, shard_count: int | None = None,
-                     worker_count: int = 0, rows=None, start_batch: int = 0):
+                     worker_count: int = 0, rows=None, start_batch: int = 0, window_start: str = "random"):
   """A grain DataLoader over the dataset at dataset_dir (the prepare output folder, its dataset folder, or
   the tfds version folder). Iterating it yields batches as described in the module docstring; each host
   reads its own shard (by default jax.process_index() of jax.process_count()), whole batches only.
   num_epochs=None repeats forever. `fps` in a batch is the rate of the sampled window. The order of batches
   depends on worker_count: restore a saved state into a loader made with the same arguments, or start a
-  loader at global batch `start_batch` (any number of hosts)."""
+  loader at global batch `start_batch` (any number of hosts). `window_start`: each clip's window starts at
+  a random frame ("random") or at the clip's first frame ("first")."""
   if shard_index is None or shard_count is None:
     import jax
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if num_frames < 1 or frame_stride < 1 or batch_size < 1:
     raise ValueError(f"batch_size ({batch_size}), num_frames ({num_frames}) and frame_stride ({frame_stride}) "
                      "must be at least 1")
+  if window_start not in WINDOW_STARTS:
+    raise ValueError(f"window_start must be one of {', '.join(WINDOW_STARTS)}, got {window_start!r}")
   source = grain.sources.ArrayRecordDataSource(shard_paths(dataset_dir, split))
-  window = ClipWindow(num_frames, frame_stride, tuple(resolution), seed)
+  window = ClipWindow(num_frames, frame_stride, tuple(resolution), seed, window_start)
   return sharded_batches(source, window, f"{dataset_dir}: {len(source)} clips", batch_size=batch_size, seed=seed,
                          shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
                          worker_count=worker_count, rows=rows, start_batch=start_batch)

@@ -8,7 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from kvjax import configs
-
+from kvjax.data.dataset import WINDOW_STARTS
 from kvjax.pipeline.config import PIPELINE_PRESETS, PipelineConfig
 from kvjax.training.interpolation_loss import InterpolationTrainingConfig, clip_frames
 from kvjax.training.keyframe_loss import KeyframeTrainingConfig
@@ -36,6 +36,9 @@ class TrainConfig:
   # Keyframe clips: source frames from one key frame to the next (the dataset is at 24 fps). Interpolation
   # clips take every (s + 1)-th frame for the skip value s drawn per clip.
   frame_stride: int = 1
+  # Where a clip's window starts in a prepared clip: "random", or "first" (its first frame: a key-frame
+  # model then learns the frame a prompt's video starts from, not any frame of it).
+  clip_start: str = "random"
   resolution: tuple[int, int] = (64, 64)  # (height, width) of the frames in pixels
   compute_dtype: str = "float32"  # bfloat16: bf16 activations and matmuls over float32 master weights
   remat: str = "none"  # none | levels (recompute each UNet level in the backward pass) | levels_save_dots
@@ -51,7 +54,8 @@ class TrainConfig:
 
   def __post_init__(self):
     checks = {"model": (self.model, MODELS), "pipeline": (self.pipeline, tuple(PIPELINE_PRESETS)),
-              "compute_dtype": (self.compute_dtype, tuple(COMPUTE_DTYPES)), "remat": (self.remat, REMAT_POLICIES)}
+              "compute_dtype": (self.compute_dtype, tuple(COMPUTE_DTYPES)), "remat": (self.remat, REMAT_POLICIES),
+              "clip_start": (self.clip_start, WINDOW_STARTS)}
     for name, (value, allowed) in checks.items():
       if value not in allowed:
         raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -178,6 +182,15 @@ DEMO_TRAIN_PRESETS = {
     "demo-keyframe-motion": _demo("keyframe", 2400, 3e-4, global_batch_size=4, num_frames=12, frame_stride=4,
                                   keyframe=KeyframeTrainingConfig(motion_scale=300.0, loss_weighting="v",
                                                                   train_scope="all", high_noise_fraction=0.5)),
+    # Image mode again, on each clip's first frame only: the key frame is where a prompt's video starts (a
+    # shape moving right starts on the left), which the base frames continue; frames from anywhere in the
+    # clips put it anywhere. Where it goes is decided by the sampler's first steps, where only the prompt
+    # shows it: half of the frames at t >= 900, with the v loss uncapped up there (the x0 error). The shared
+    # spatial layers move little at this rate; the temporal ones not at all.
+    "demo-keyframe-first": _demo("keyframe", 1000, 2e-4, global_batch_size=8, num_frames=1, resolution=(128, 128),
+                                 clip_start="first",
+                                 keyframe=KeyframeTrainingConfig(mode="image", loss_weighting="v", max_loss_weight=5000.0,
+                                                                 high_noise_fraction=0.5)),
     "demo-interpolation": _demo("interpolation", 1200, 1e-3, global_batch_size=4, num_groups=2,
                                 interpolation=InterpolationTrainingConfig(train_scope="all")),
 }

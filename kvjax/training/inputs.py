@@ -198,5 +198,6 @@ def clip_reader(config: TrainConfig, data: str, local_batch_size: int, shard_ind
   loader = make_clip_loader(data, batch_size=local_batch_size, num_frames=frames, resolution=config.resolution,
                             seed=config.seed, frame_stride=config.frame_stride, shard_index=shard_index,
                             shard_count=shard_count, worker_count=worker_count, shuffle=shuffle,
-                            num_epochs=num_epochs, rows=rows, start_batch=start_batch)
+                            num_epochs=num_epochs, rows=rows, start_batch=start_batch,
+                            window_start=config.clip_start)
   return iter(loader)

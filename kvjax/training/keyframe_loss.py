@@ -41,16 +41,18 @@ class KeyframeTrainingConfig:
   # `image_in_layer` with its condition channels zero, so the video UNet begins as the image model on its
   # noisy frames and learns to read the first-frame condition. (The official `in_layer` is trained: off.)
   video_input_from_image: bool = False
-  # Video mode: "epsilon", the plain mean squared epsilon error (the paper's); or "v", each sample's epsilon
+  # Both modes: "epsilon", the plain mean squared epsilon error (the paper's); or "v", each sample's epsilon
   # error weighted by min(1 / alpha_bar_t, max_loss_weight), the error a v-prediction loss gives the same
   # model. The epsilon loss barely changes at high noise when the model knows x0 (its error is x0's times
   # sqrt(alpha_bar / (1 - alpha_bar))), so it teaches little use of the first frame and the prompt where the
-  # sampler decides the layout; "v" weights those steps up. Weights are divided by their mean over t.
+  # sampler decides the layout; "v" weights those steps up. Uncapped (max_loss_weight above 1 / alpha_bar_T,
+  # 2.5e4 here) the high-noise error is x0's own. Weights are divided by their mean over t.
   loss_weighting: str = "epsilon"
   max_loss_weight: float = 20.0
-  # Video mode: this fraction of the clips draws its timestep from [high_noise_start, T) instead of [0, T).
-  # Below about t = 950 the noisy frames themselves show which way a shape goes, so the prompt's direction
-  # is learnt only from the few steps above, which are the sampler's first: the ones that set the motion.
+  # Both modes: this fraction of the samples draws its timestep from [high_noise_start, T), not [0, T).
+  # Below about t = 950 the noisy frames themselves show where a shape is and which way it goes, so what
+  # the prompt alone decides (the layout, the direction) is learnt only from the few steps above, which are
+  # the sampler's first.
   high_noise_fraction: float = 0.0
   high_noise_start: int = 900
 
@@ -76,6 +78,15 @@ def loss_weights(config: KeyframeTrainingConfig, alphas_cumprod: jax.Array) -> j
   return weights / jnp.mean(weights)
 
 
+def draw_timesteps(config: KeyframeTrainingConfig, rng, n: int, steps: int) -> jax.Array:
+  """(n,) training timesteps: uniform over [0, steps), `high_noise_fraction` of them over [high_noise_start,
+  steps). (The high draws fold in their own keys: with the fraction 0 the draws are the uniform ones.)"""
+  k_high, k_which = jax.random.split(jax.random.fold_in(rng, 1))
+  high = jax.random.bernoulli(k_which, config.high_noise_fraction, (n,))
+  return jnp.where(high, jax.random.randint(k_high, (n,), config.high_noise_start, steps),
+                   jax.random.randint(rng, (n,), 0, steps))
+
+
 def video_input_from_image(params, latent_channels: int):
   """Keyframe UNet params with `in_layer` := `image_in_layer`, the kernel's inputs past the noisy latent's
   `latent_channels` (condition latent and mask) zero."""
@@ -95,12 +106,7 @@ def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, 
   b, t, h, w, c = latents.shape
   schedule = make_schedule(KEYFRAME_SCHEDULER)
   k_time, k_noise, k_level, k_aug, k_blank, k_text = jax.random.split(rng, 6)
-  k_high, k_which = jax.random.split(jax.random.fold_in(k_time, 1))  # (keeps the other draws as they were)
-
-  steps = schedule.alphas_cumprod.shape[0]
-  high = jax.random.bernoulli(k_which, config.high_noise_fraction, (b,))
-  time = pin(jnp.where(high, jax.random.randint(k_high, (b,), config.high_noise_start, steps),
-                       jax.random.randint(k_time, (b,), 0, steps)))
+  time = pin(draw_timesteps(config, k_time, b, schedule.alphas_cumprod.shape[0]))
   noise = pin(jax.random.normal(k_noise, latents.shape))
   noisy = add_noise(schedule, latents, noise, time)
 
@@ -127,15 +133,16 @@ def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, 
 
 def keyframe_image_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, null_embedding,
                         activation_sharding=None) -> jax.Array:
-  """Mean squared epsilon error of every frame alone, in image mode. `batch`: latents (B, T, h, w, 4) (each
-  frame an image), context (B, L, D), context_mask (B, L); the motion score is not used."""
+  """Mean squared epsilon error of every frame alone, in image mode, weighted and drawn over timesteps as
+  in video mode. `batch`: latents (B, T, h, w, 4) (each frame an image), context (B, L, D), context_mask
+  (B, L); the motion score is not used."""
   pin = batch_pinning(activation_sharding)
   latents = batch["latents"].astype(jnp.float32)
   b, t, h, w, c = latents.shape
   images = latents.reshape(b * t, h, w, c)
   schedule = make_schedule(KEYFRAME_SCHEDULER)
   k_time, k_noise, k_text = jax.random.split(rng, 3)
-  time = pin(jax.random.randint(k_time, (b * t,), 0, schedule.alphas_cumprod.shape[0]))
+  time = pin(draw_timesteps(config, k_time, b * t, schedule.alphas_cumprod.shape[0]))
   noise = pin(jax.random.normal(k_noise, images.shape))
   noisy = add_noise(schedule, images, noise, time)
   dropped = pin(jax.random.bernoulli(k_text, config.text_dropout_probability, (b * t,)))
@@ -143,4 +150,5 @@ def keyframe_image_loss(params, batch, rng, *, model, config: KeyframeTrainingCo
   context, mask = drop_text(per_frame(batch["context"]), per_frame(batch["context_mask"]), null_embedding, dropped)
   unet_in = jnp.concatenate([noisy, jnp.zeros((b * t, h, w, c + 1), jnp.float32)], axis=-1)
   eps = model.apply({"params": params}, pin(unet_in), time.astype(jnp.float32), context, mask, input_layer="image")
-  return jnp.mean(jnp.square(pin(eps).astype(jnp.float32) - noise))
+  errors = jnp.mean(jnp.square(pin(eps).astype(jnp.float32) - noise), axis=(1, 2, 3))
+  return jnp.mean(loss_weights(config, schedule.alphas_cumprod)[time] * errors)

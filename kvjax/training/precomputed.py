@@ -31,6 +31,7 @@ def input_settings(config: TrainConfig, normalization: LatentNormalization | Non
   """What pre-computed inputs depend on: frozen models, frame count and spacing, resolution, and the
   weights folder's latent normalization (the latents are stored normalized)."""
   return {"pipeline": config.pipeline, "frames": config.loader_frames, "frame_stride": config.frame_stride,
+          "clip_start": config.clip_start,
           "resolution": list(config.resolution), "latent_normalization": as_json(normalization)}
 
 

@@ -56,6 +56,8 @@ def test_image_mode_trains_exactly_what_the_video_recipe_freezes():
   assert all(flax.traverse_util.flatten_dict(trainable_mask(params, training_recipe(everything))).values())
   with pytest.raises(ValueError, match="mode must be one of"):
     KeyframeTrainingConfig(mode="audio")
+  with pytest.raises(ValueError, match="TrainConfig.clip_start must be one of random, first, got 'last'"):
+    dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], clip_start="last")
 
 
 def _run(mesh, preset="keyframe-tiny", steps=2, remat="none"):

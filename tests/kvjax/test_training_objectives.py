@@ -215,3 +215,22 @@ def test_a_video_run_can_start_its_input_layer_from_the_image_one():
   assert not np.any(video["kernel"][..., 4:, :]) and np.any(image["kernel"][..., 4:, :])
   np.testing.assert_array_equal(video["bias"], image["bias"])
   assert started["image_in_layer"] is image
+
+
+def test_image_mode_draws_and_weights_timesteps_as_video_mode():
+  rng = np.random.default_rng(3)
+  batch = {"latents": rng.normal(size=(B, 2, H, W, C)).astype(np.float32),
+           "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": np.ones((B, L), bool)}
+  model = Recorder(lambda seen: jnp.zeros(seen["x"].shape[:-1] + (C,)))
+  loss = lambda config: float(keyframe_image_loss({}, batch, jax.random.key(4), model=model, config=config,
+                                                  null_embedding=NULL))
+  plain = loss(KeyframeTrainingConfig(mode="image"))
+  plain_times = np.asarray(model.seen["time"]).astype(int)
+  top = dict(mode="image", high_noise_fraction=1.0, high_noise_start=900)
+  loss(KeyframeTrainingConfig(**top))
+  assert np.all(np.asarray(model.seen["time"]) >= 900)
+  weighted = loss(KeyframeTrainingConfig(mode="image", loss_weighting="v", max_loss_weight=5000.0))
+  np.testing.assert_array_equal(np.asarray(model.seen["time"]).astype(int), plain_times)
+  abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
+  weights = np.asarray(loss_weights(KeyframeTrainingConfig(loss_weighting="v", max_loss_weight=5000.0), abar))
+  assert np.isclose(weighted / plain, weights[plain_times].mean(), rtol=0.3)

@@ -7,7 +7,7 @@ order and that kept outputs are taken only for the same recipe.
 import json
 import os
 
-from train.demo import RECIPE, _keep, _take_kept, stages
+from train.demo import RECIPE, _keep, _take_kept, finished_stages, stages
 
 
 def _model_stage(plan, name):
@@ -18,7 +18,7 @@ def test_the_plan_runs_every_stage_after_its_inputs():
   plan = stages("/out", 600, 0)
   names = [s.name for s in plan]
   assert set(names) == {"videos", "prepared", "init", "image_movq", "latents", "keyframe_image", "keyframe",
-                        "keyframe_motion", "interpolation", "video_movq", "assemble", "check"}
+                        "keyframe_motion", "keyframe_first", "interpolation", "video_movq", "assemble", "check"}
   for stage in plan:
     assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
   # Every model stage exports float16, the shipped form, which later stages and --keep folders hold.
@@ -48,3 +48,17 @@ def test_a_kept_output_is_taken_by_another_run_of_the_same_recipe_only(tmp_path)
   assert not _take_kept(_model_stage(other, "image_movq"), str(tmp_path / "third"), keep, other)
   # Stages without a model output are never kept.
   assert not _take_kept(_model_stage(again, "videos"), second, keep, again)
+
+
+def test_a_stage_new_to_the_recipe_runs_again_every_stage_after_it(tmp_path):
+  out = str(tmp_path)
+  plan = stages(out, 600, 0)
+  for i, stage in enumerate(plan):
+    path = os.path.join(out, f"{stage.name}.done")
+    open(path, "w").close()
+    os.utime(path, (1000 + i, 1000 + i))
+  assert finished_stages(plan, out) == {s.name for s in plan}
+  os.remove(os.path.join(out, "keyframe_first.done"))  # as after an update that added the stage
+  assert finished_stages(plan, out) == {s.name for s in plan} - {"keyframe_first", "assemble", "check"}
+  open(os.path.join(out, "keyframe_first.done"), "w").close()  # finished now: later than assemble's marker
+  assert finished_stages(plan, out) == {s.name for s in plan} - {"assemble", "check"}

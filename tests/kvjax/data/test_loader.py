@@ -72,6 +72,7 @@ def test_window_and_crop():
     indices = window_indices(30, 5, 3, rng)
     assert indices[0] <= 30 - 13 and np.all(np.diff(indices) == 3)
   assert window_indices(5, 4, 2, rng).tolist() == [0, 2, 4, 4]  # short clip: the last frame repeats
+  assert window_indices(30, 5, 3, rng, start="first").tolist() == [0, 3, 6, 9, 12]
   frame = np.zeros((120, 160, 3), np.uint8)
   frame[:, 20:140] = 255  # the centre 120x120 is white
   assert np.all(resize_and_crop(frame, (60, 60)) == 255)
@@ -81,3 +82,15 @@ def test_window_and_crop():
 def test_too_few_clips_for_a_batch(prepared):
   with pytest.raises(ValueError, match="cannot fill a batch"):
     loader(prepared, batch_size=5, shard_count=2)
+
+
+def test_first_frame_windows_start_every_clip_at_its_start(prepared):
+  first, anywhere = iter(loader(prepared, window_start="first")), iter(loader(prepared))
+  later = []
+  for _ in range(3):
+    a, b = next(first), next(anywhere)
+    assert a["clip_id"].tolist() == b["clip_id"].tolist()  # the same clips in the same order, other frames
+    later += (b["start_seconds"] - a["start_seconds"]).tolist()
+  assert min(later) >= 0 and max(later) > 0
+  with pytest.raises(ValueError, match="window_start must be one of random, first, got 'last'"):
+    loader(prepared, window_start="last")
