@@ -3,8 +3,9 @@ a small Kandinsky Video trained on it by kvjax, each stage one of the README's c
 
   python -m train.demo OUT [--videos 600] [--parallel 2] [--keep DIR] [--install]
 
-Stages (OUT/<stage>.done marks a finished one; re-running the command resumes unfinished stages from their
-checkpoints and skips finished ones; stages whose inputs are ready run --parallel at once):
+Stages (OUT/<stage>.done marks a finished one with its recipe; re-running the command resumes unfinished
+stages from their checkpoints and skips finished ones, and refuses an OUT whose finished stages another
+recipe made; stages whose inputs are ready run --parallel at once):
   videos       python -m train.make_shapes OUT/videos ...         mp4 files and captions
   prepared     python -m train.prepare_data OUT/videos OUT/prepared ...
   init         python -m train.init_weights OUT/weights ...       random weights, tokenizer of the captions
@@ -14,7 +15,6 @@ checkpoints and skips finished ones; stages whose inputs are ready run --paralle
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
   keyframe_motion  python -m train --config demo-keyframe-motion --init ...  more of it, half at high noise
-  keyframe_first   python -m train --config demo-keyframe-first --init ...   image mode on clips' first frames
   interpolation  python -m train --config demo-interpolation ...
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
@@ -86,11 +86,9 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
             "--init", os.path.join(x, "keyframe_image")),
       train("keyframe_motion", "demo-keyframe-motion", w, os.path.join(x, "keyframe_motion"), ("keyframe",),
             "--init", os.path.join(x, "keyframe")),
-      train("keyframe_first", "demo-keyframe-first", w, os.path.join(x, "keyframe_first"), ("keyframe_motion",),
-            "--init", os.path.join(x, "keyframe_motion")),
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
-      Stage("assemble", (), ("video_movq", "keyframe_first", "interpolation")),
+      Stage("assemble", (), ("video_movq", "keyframe_motion", "interpolation")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -103,7 +101,7 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq", "video_movq"), ("keyframe_first", "keyframe"), ("interpolation", "interpolation")):
+  for export, folder in (("video_movq", "video_movq"), ("keyframe_motion", "keyframe"), ("interpolation", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)
 
@@ -216,16 +214,23 @@ def _marker(out: str, name: str) -> str:
   return os.path.join(out, f"{name}.done")
 
 
-def finished_stages(plan: list[Stage], out: str) -> set[str]:
-  """The stages an earlier run finished: marked done after every stage they come after, so a stage new to
-  the recipe (or one done again) makes every stage after it run again."""
+def finished_stages(plan: list[Stage], out: str) -> tuple[set[str], list[str]]:
+  """(the stages an earlier run finished, the finished ones that another recipe made). Finished: marked done
+  after every stage it comes after, so a stage new to the recipe (or done again) makes the stages after it
+  run again."""
   done: set[str] = set()
+  changed = []
   for stage in plan:
     marker = _marker(out, stage.name)
     if os.path.exists(marker) and all(a in done and os.path.getmtime(_marker(out, a)) <= os.path.getmtime(marker)
                                       for a in stage.after):
       done.add(stage.name)
-  return done
+      with open(marker) as f:
+        text = f.read()
+      made_by = json.loads(text).get("recipe") if text.startswith("{") else None  # (older markers: a time)
+      if made_by is not None and made_by != _recipe(stage, out, plan):
+        changed.append(stage.name)
+  return done, changed
 
 
 def main(argv=None) -> int:
@@ -238,7 +243,12 @@ def main(argv=None) -> int:
   os.makedirs(os.path.join(out, "logs"), exist_ok=True)
   total = time.perf_counter()
   plan = stages(out, args.videos, args.seed, args.max_steps)
-  done = finished_stages(plan, out)
+  done, changed = finished_stages(plan, out)
+  if changed:
+    print(f"error: {out} was made by another recipe for stage {', '.join(changed)} (the presets changed since): "
+          f"make the demo in a new OUT, or delete OUT/runs/<stage> and OUT/<stage>.done to train it again",
+          file=sys.stderr)
+    return 2
   for name in sorted(done):
     print(f"[{name}] done earlier", file=sys.stderr)
   running: dict[str, tuple[subprocess.Popen | None, float]] = {}
@@ -264,8 +274,9 @@ def main(argv=None) -> int:
         assemble(out)
       if process is not None:
         _keep(next(s for s in plan if s.name == name), out, args.keep, plan)
-      with open(_marker(out, name), "w") as f:
-        f.write(f"{time.perf_counter() - started:.0f} s\n")
+      with open(_marker(out, name), "w") as f:  # with its recipe: a later run finds presets changed since
+        json.dump({"seconds": round(time.perf_counter() - started),
+                   "recipe": _recipe(next(s for s in plan if s.name == name), out, plan)}, f)
       done.add(name)
       print(f"[{name}] finished in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
   for process, _ in running.values():

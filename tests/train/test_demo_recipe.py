@@ -18,7 +18,7 @@ def test_the_plan_runs_every_stage_after_its_inputs():
   plan = stages("/out", 600, 0)
   names = [s.name for s in plan]
   assert set(names) == {"videos", "prepared", "init", "image_movq", "latents", "keyframe_image", "keyframe",
-                        "keyframe_motion", "keyframe_first", "interpolation", "video_movq", "assemble", "check"}
+                        "keyframe_motion", "interpolation", "video_movq", "assemble", "check"}
   for stage in plan:
     assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
   # Every model stage exports float16, the shipped form, which later stages and --keep folders hold.
@@ -57,8 +57,23 @@ def test_a_stage_new_to_the_recipe_runs_again_every_stage_after_it(tmp_path):
     path = os.path.join(out, f"{stage.name}.done")
     open(path, "w").close()
     os.utime(path, (1000 + i, 1000 + i))
-  assert finished_stages(plan, out) == {s.name for s in plan}
-  os.remove(os.path.join(out, "keyframe_first.done"))  # as after an update that added the stage
-  assert finished_stages(plan, out) == {s.name for s in plan} - {"keyframe_first", "assemble", "check"}
-  open(os.path.join(out, "keyframe_first.done"), "w").close()  # finished now: later than assemble's marker
-  assert finished_stages(plan, out) == {s.name for s in plan} - {"assemble", "check"}
+  assert finished_stages(plan, out) == ({s.name for s in plan}, [])
+  os.remove(os.path.join(out, "keyframe_motion.done"))  # as after an update that added the stage
+  assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"keyframe_motion", "assemble", "check"}
+  open(os.path.join(out, "keyframe_motion.done"), "w").close()  # finished now: later than assemble's marker
+  assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"assemble", "check"}
+
+
+def test_a_finished_stage_that_another_recipe_made_is_an_error_not_reused(tmp_path, capsys):
+  from train import demo
+  out = str(tmp_path)
+  plan = stages(out, 600, 0)
+  for i, stage in enumerate(plan[:3]):  # videos, prepared, init: marked as a run of this recipe marks them
+    with open(os.path.join(out, f"{stage.name}.done"), "w") as f:
+      json.dump({"seconds": 1, "recipe": demo._recipe(stage, out, plan)}, f)
+    os.utime(os.path.join(out, f"{stage.name}.done"), (1000 + i, 1000 + i))
+  assert finished_stages(plan, out) == ({"videos", "prepared", "init"}, [])
+  other = stages(out, 900, 0)  # more videos: every stage is another recipe's
+  assert finished_stages(other, out)[1] == ["videos", "prepared", "init"]
+  assert demo.main([out, "--videos", "900"]) == 2
+  assert "was made by another recipe for stage videos, prepared, init" in capsys.readouterr().err
