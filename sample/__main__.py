@@ -145,6 +145,16 @@ def _sampling_defaults(weights_dir: str) -> dict:
   return values
 
 
+def _warn_cut_prompts(prompts, tokenizer) -> None:
+  """The reference cuts a long prompt to the tokenizer length without a word; we cut it too, and say so."""
+  for i, prompt in enumerate(prompts):
+    cut = tokenizer.cut_tokens(prompt)
+    if cut:
+      where = f"prompt {i + 1}" if len(prompts) > 1 else "the prompt"
+      print(f"warning: {where} is longer than the {tokenizer.max_length} tokens the text encoder reads (EOS "
+            f"included): its last {cut} token{'s' if cut > 1 else ''} are cut", file=sys.stderr)
+
+
 def run(args) -> int:
   from sample.writers import check_output_path, write_videos
   from kvjax.pipeline.config import PIPELINE_PRESETS
@@ -201,6 +211,7 @@ def run(args) -> int:
     config, weights = load_pipeline_weights(weights_dir, overrides=overrides)
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
   options.check_size(config)
+  _warn_cut_prompts(args.prompts, tokenizer)
   if not args.no_compile_cache:
     from kvjax import compile_cache
     compile_cache.enable()

@@ -25,6 +25,10 @@ class HashedWordTokenizer:
     span = self.vocab_size - FIRST_WORD_ID
     return [FIRST_WORD_ID + zlib.crc32(w.encode()) % span for w in words] + [EOS_ID]
 
+  def cut_tokens(self, prompt: str) -> int:
+    """How many of the prompt's words `encode` drops to fit `max_length`."""
+    return max(0, len(prompt.split()) - (self.max_length - 1))
+
   def __call__(self, prompts: str | Sequence[str]) -> TokenizedText:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     return pad_batch([self.encode(prompt) for prompt in prompts], self.max_length, PAD_ID)

@@ -70,6 +70,18 @@ class T5Tokenizer:
 
   def encode(self, prompt: str) -> list[int]:
     """One prompt's ids with EOS, not padded (at most `max_length`)."""
+    ids = self._pieces(prompt)[: self.max_length - 1]
+    # As in Hugging Face, a prompt that already ends in EOS gets no second one.
+    if not ids or ids[-1] != self.eos_id:
+      ids.append(self.eos_id)
+    return ids
+
+  def cut_tokens(self, prompt: str) -> int:
+    """How many of the prompt's tokens `encode` drops to fit `max_length` (0 when it fits)."""
+    return max(0, len(self._pieces(prompt)) - (self.max_length - 1))
+
+  def _pieces(self, prompt: str) -> list[int]:
+    """The prompt's ids before the cut and EOS."""
     # Odd entries are special tokens; sentinels swallow the white space on both sides.
     chunks = self._splitter.split(prompt)
     for i in range(1, len(chunks), 2):
@@ -82,10 +94,6 @@ class T5Tokenizer:
         ids.append(self._special[chunk])
       elif chunk:
         ids.extend(self._processor.encode(chunk))
-    ids = ids[: self.max_length - 1]
-    # As in Hugging Face, a prompt that already ends in EOS gets no second one.
-    if not ids or ids[-1] != self.eos_id:
-      ids.append(self.eos_id)
     return ids
 
   def __call__(self, prompts: str | Sequence[str]) -> TokenizedText:

@@ -76,3 +76,15 @@ def test_clear_errors(tmp_path):
   garbage.write_bytes(b"not a sentencepiece model at all")
   with pytest.raises(ValueError, match="not a SentencePiece model"):
     T5Tokenizer(garbage)
+
+
+def test_cut_tokens_counts_what_the_cut_drops(model_file, reference, capsys):
+  from sample.__main__ import _warn_cut_prompts
+  tokenizer = T5Tokenizer(model_file, max_length=16)
+  full = len(reference(PROMPTS[-1])["input_ids"])  # untruncated, EOS included
+  assert tokenizer.cut_tokens(PROMPTS[-1]) == full - 16
+  assert tokenizer.cut_tokens("fox") == 0
+  _warn_cut_prompts(["fox", PROMPTS[-1]], tokenizer)
+  err = capsys.readouterr().err.strip()
+  assert err == (f"warning: prompt 2 is longer than the 16 tokens the text encoder reads (EOS included): its "
+                 f"last {full - 16} tokens are cut")
