@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -86,6 +87,15 @@ def _quiet_abandoned_reads():
     sys.unraisablehook = previous
 
 
+class _OrbaxSaveTracebacks(logging.Filter):
+  """Drops orbax's own log of a failed save, a traceback of dozens of lines: orbax raises the same error where
+  the save is waited on, and `TrainCheckpoints` reports it there in one line (CheckpointError)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.exc_info
+                and "/orbax/checkpoint/" in record.pathname.replace(os.sep, "/"))
+
+
 class TrainCheckpoints:
   """`save(step, state, data_state)` (async), `restore_latest(abstract_state) -> (step, state, data_state)`."""
 
@@ -100,6 +110,8 @@ class TrainCheckpoints:
     except OSError as e:
       raise CheckpointError(f"{self.directory}: cannot open the checkpoints folder ({error_reason(e)})") from e
     self._pending: int | None = None  # the step of the save that may still be writing
+    self._quiet_saves = _OrbaxSaveTracebacks()
+    logging.getLogger("absl").addFilter(self._quiet_saves)  # orbax logs through absl's logger
 
   def save(self, step: int, state, data_state: dict[str, Any], force: bool = False) -> bool:
     """Starts writing (returns at once when async); False where the save interval skips this step. A failed
@@ -211,6 +223,8 @@ class TrainCheckpoints:
       self._manager.close()
     except Exception as e:
       raise self._save_error(self._pending, e) from e
+    finally:
+      logging.getLogger("absl").removeFilter(self._quiet_saves)
 
 
 def abstract_with_shardings(abstract_state, shardings):
