@@ -34,8 +34,19 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+class _Refused(Exception):
+  """A bad option or input, said in one line."""
+
+
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
+  try:
+    return _calibrate(_parser().parse_args(argv))
+  except _Refused as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _calibrate(args) -> int:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -48,24 +59,24 @@ def main(argv=None) -> int:
 
   config = dataclasses.replace(TRAIN_PRESETS[args.config], global_batch_size=args.batch_size)
   if config.is_movq:
-    raise SystemExit(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
+    raise _Refused(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
   if not 1 <= args.clips <= 1 << 20 or not 1 <= args.batch_size <= 4096:
-    raise SystemExit(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
+    raise _Refused(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
   try:
     latent_normalization.check_std(args.std)  # before any encoding
   except ValueError as e:
-    raise SystemExit(f"--std {args.std}: {e}")
+    raise _Refused(f"--std {args.std}: {e}")
   if not os.path.isdir(args.data):
-    raise SystemExit(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
+    raise _Refused(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
   movq_dir = os.path.join(args.weights, FOLDERS["image_movq"])
   if not os.path.isfile(os.path.join(movq_dir, "config.json")):
-    raise SystemExit(f"{args.weights}: no converted image MoVQ in {movq_dir}")
+    raise _Refused(f"{args.weights}: no converted image MoVQ in {movq_dir}")
   out = os.path.join(args.weights, latent_normalization.LATENTS_FILE)
   if os.path.lexists(out) and not args.overwrite:
-    raise SystemExit(f"{out} exists (pass --overwrite to replace it)")
+    raise _Refused(f"{out} exists (pass --overwrite to replace it)")
   movq = load_converted(movq_dir)
   if movq.config != config.pipeline_config.image_movq:
-    raise SystemExit(f"{movq_dir}: not the image MoVQ of the {config.pipeline!r} pipeline (other configuration)")
+    raise _Refused(f"{movq_dir}: not the image MoVQ of the {config.pipeline!r} pipeline (other configuration)")
   model = build_model(movq.config)
   params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), movq.params)
   encode = jax.jit(lambda p, frames: model.apply({"params": p}, frames_to_unit_range(frames), method="encode"))
@@ -78,11 +89,11 @@ def main(argv=None) -> int:
     if seen >= args.clips:
       break
   if not latents:
-    raise SystemExit(f"--data {args.data}: no clips of {config.loader_frames} frames to measure")
+    raise _Refused(f"--data {args.data}: no clips of {config.loader_frames} frames to measure")
   try:
     normalization = latent_normalization.calibrate(np.concatenate(latents), std=args.std)
   except ValueError as e:
-    raise SystemExit(f"{movq_dir}: {e}")
+    raise _Refused(f"{movq_dir}: {e}")
   latent_normalization.save(normalization, out, source=f"{seen} clips of {args.data} ({args.config}) through {movq_dir}")
   fmt = lambda values: "[" + ", ".join(f"{v:.3f}" for v in np.asarray(values)) + "]"
   print(f"{out}: shift {fmt(normalization.shift)}, scale {fmt(normalization.scale)}, sample range "

@@ -239,6 +239,9 @@ def main(argv=None) -> int:
     print(f"error: --videos {args.videos} (at least 3: one scene at each speed) and --parallel {args.parallel} "
           "(at least 1)", file=sys.stderr)
     return 2
+  if args.max_steps is not None and args.max_steps < 1:
+    print(f"error: --max-steps {args.max_steps}: give at least 1", file=sys.stderr)
+    return 2
   out = os.path.abspath(args.out)
   os.makedirs(os.path.join(out, "logs"), exist_ok=True)
   total = time.perf_counter()

@@ -24,7 +24,9 @@ import numpy as np
 # colour is not smeared into its neighbours; edges of 1 px stay sharp.
 CRF = 10
 PIX_FMT = "yuv444p"
-MIN_SIZE = 16
+MIN_SIZE, MAX_SIZE = 16, 4096
+MAX_VIDEOS = 1_000_000
+MAX_VIDEO_BYTES = 2 << 30  # one video's frames are drawn in memory before they are encoded
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,14 +45,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> str | None:
   """The first bad option as a one-line message, or None."""
-  if args.videos < 1:
-    return f"--videos {args.videos}: give at least 1"
+  if not 1 <= args.videos <= MAX_VIDEOS:
+    return f"--videos {args.videos}: give at least 1 and at most {MAX_VIDEOS}"
   if not args.seconds > 0 or not args.fps > 0:
     return f"--seconds {args.seconds} and --fps {args.fps} must be positive"
   if round(args.seconds * args.fps) < 2:
     return f"--seconds {args.seconds} at --fps {args.fps} gives under 2 frames: nothing can move"
-  if args.size < MIN_SIZE or args.size % 2:
-    return f"--size {args.size}: give an even number of pixels, at least {MIN_SIZE}"
+  if not MIN_SIZE <= args.size <= MAX_SIZE or args.size % 2:
+    return f"--size {args.size}: give an even number of pixels, at least {MIN_SIZE} and at most {MAX_SIZE}"
+  video_bytes = round(args.seconds * args.fps) * args.size * args.size * 3
+  if video_bytes > MAX_VIDEO_BYTES:
+    return (f"--seconds {args.seconds} at --fps {args.fps} and --size {args.size} make videos of "
+            f"{video_bytes / (1 << 30):.1f} GiB of frames each, more than the {MAX_VIDEO_BYTES >> 30} GiB drawn at once")
   if args.seed < 0:
     return f"--seed {args.seed}: give a non-negative seed"
   return None
@@ -108,6 +114,7 @@ def make_shapes(out: str, *, videos: int, seconds: float, fps: float, size: int,
 
 
 def main(argv=None) -> int:
+  from kvjax.atomic import OutputError
   args = _parser().parse_args(argv)
   problem = check_args(args)
   if problem:
@@ -118,7 +125,7 @@ def main(argv=None) -> int:
   try:
     entries = make_shapes(args.out, videos=args.videos, seconds=args.seconds, fps=args.fps, size=args.size,
                           seed=args.seed, overwrite=args.overwrite)
-  except FileExistsError as e:
+  except (FileExistsError, OutputError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"{len(entries)} videos and captions.jsonl written to {os.path.abspath(args.out)}", file=sys.stderr)

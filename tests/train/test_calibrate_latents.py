@@ -27,9 +27,7 @@ def test_writes_the_folders_normalization_once(tmp_path, dataset, capsys):
   for bad, message in ((argv, "exists"), ([weights, "--config", "image-movq-tiny", "--data", str(dataset), "--overwrite"],
                                           "a MoVQ preset"), ([str(tmp_path), *argv[1:], "--overwrite"], "no converted image MoVQ"),
                        ([*argv, "--overwrite", "--std", "0"], "--std 0")):
-    try:
-      calibrate(bad)
-      raise AssertionError(bad)
-    except SystemExit as e:
-      assert message in str(e), (message, e)
+    assert calibrate(bad) == 2, bad
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, (message, err)
   assert (tmp_path / "w" / LATENTS_FILE).read_text() == before

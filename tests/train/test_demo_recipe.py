@@ -77,3 +77,13 @@ def test_a_finished_stage_that_another_recipe_made_is_an_error_not_reused(tmp_pa
   assert finished_stages(other, out)[1] == ["videos", "prepared", "init"]
   assert demo.main([out, "--videos", "900"]) == 2
   assert "was made by another recipe for stage videos, prepared, init" in capsys.readouterr().err
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
+  from train import demo
+  for flags, message in ((["--videos", "2"], "--videos 2"), (["--parallel", "0"], "--parallel 0"),
+                         (["--max-steps", "0"], "--max-steps 0: give at least 1")):
+    assert demo.main([str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+  assert not (tmp_path / "out").exists()

@@ -75,11 +75,19 @@ def test_errors_name_the_problem(prepared, tmp_path, capsys, monkeypatch):
   assert make_shapes.main([str(videos), "--videos", "1"]) == 2
   assert "exists; pass --overwrite" in capsys.readouterr().err
   for flags, message in ((["--videos", "0"], "--videos 0"), (["--videos", "1", "--size", "99"], "--size 99"),
-                         (["--videos", "1", "--seconds", "-1"], "must be positive")):
+                         (["--videos", "1", "--seconds", "-1"], "must be positive"),
+                         (["--videos", "1", "--size", "100000"], "at most 4096"),
+                         (["--videos", "1", "--seconds", "1e9"], "GiB of frames each"),
+                         (["--videos", "10000000"], "at most 1000000")):
     assert make_shapes.main([str(tmp_path / "bad"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
   assert not (tmp_path / "bad").exists()
+  unwritable = tmp_path / "a-file"
+  unwritable.write_text("")
+  assert make_shapes.main([str(unwritable / "videos"), "--videos", "1"]) == 2  # a parent that is a file
+  err = capsys.readouterr().err
+  assert err == f"error: {unwritable} is a file, not a folder\n"
 
   assert make_shapes.main([str(tmp_path / "small"), "--videos", "1", "--seconds", "1", "--size", "64"]) == 0
   err = capsys.readouterr().err
