@@ -1,10 +1,11 @@
 """python -m train on two processes (jax.distributed, CPU collectives over gloo on 127.0.0.1, 4 simulated
 devices each) over a prepared dataset: the global batch of every step is the one-process run's, each host
 reading only the rows its devices hold, so the logged losses are the same; and the two processes'
-checkpoint resumes in one process of 8 devices on the same loss curve (a data position is a count of global
-batches, whatever the number of hosts)."""
+checkpoint resumes, in one process of 8 devices and in two processes again, on the same loss curve (a data
+position is a count of global batches, whatever the number of hosts)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,25 +23,50 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_on_the_one_process_batches(dataset, env, tmp_path):
-  args = RUN + ["--data", str(dataset)]
+def _two_processes(args, env) -> None:
+  """`python -m train ARGS` as processes 0 and 1 of a 2-process run (4 devices each); both must succeed."""
   two_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-  eight_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   coordinator = f"127.0.0.1:{_free_port()}"
-  processes = [subprocess.Popen([sys.executable, "-m", "train", *args, "--steps", "2", "--workdir", str(tmp_path / "two"),
-                                 "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)],
+  processes = [subprocess.Popen([sys.executable, "-m", "train", *args, "--coordinator", coordinator,
+                                 "--num-processes", "2", "--process-id", str(i)],
                                 env=two_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
   outputs = [p.communicate(timeout=900) for p in processes]
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
+  return outputs[0][1]
+
+
+def _losses(workdir):
+  return [round(m["loss"], 5) for m in read_metrics(workdir)]
+
+
+def test_two_processes_train_on_the_one_process_batches(dataset, env, tmp_path):
+  args = RUN + ["--data", str(dataset)]
+  eight_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  _two_processes(args + ["--steps", "2", "--workdir", str(tmp_path / "two")], env)
+  shutil.copytree(tmp_path / "two", tmp_path / "two_again")
   one = run_train(args + ["--steps", "3", "--workdir", str(tmp_path / "one")], eight_env)
   assert one.returncode == 0, one.stderr[-3000:]
-  # The two processes' step-2 checkpoint, resumed by one process for a third step.
+  # The two processes' step-2 checkpoint, resumed by one process for a third step...
   resumed = run_train(args + ["--steps", "3", "--workdir", str(tmp_path / "two")], eight_env)
   assert resumed.returncode == 0 and "resumed from step 2" in resumed.stderr, resumed.stderr[-3000:]
-  losses = lambda run: [round(m["loss"], 5) for m in read_metrics(tmp_path / run)]
-  assert len(losses("one")) == 3 and losses("two") == losses("one")
+  # ...and by two processes again.
+  err = _two_processes(args + ["--steps", "3", "--workdir", str(tmp_path / "two_again")], env)
+  assert "resumed from step 2" in err, err[-3000:]
+  assert len(_losses(tmp_path / "one")) == 3
+  assert _losses(tmp_path / "two") == _losses(tmp_path / "two_again") == _losses(tmp_path / "one")
+
+
+def test_synthetic_batches_do_not_depend_on_the_process_count(env, tmp_path):
+  """`--data synthetic` draws each global batch whole from the step (not per shard): the same examples on 2
+  processes as on 1."""
+  args = RUN + ["--data", "synthetic", "--steps", "2"]
+  _two_processes(args + ["--workdir", str(tmp_path / "two")], env)
+  one = run_train(args + ["--workdir", str(tmp_path / "one")],
+                  {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert len(_losses(tmp_path / "one")) == 2 and _losses(tmp_path / "two") == _losses(tmp_path / "one")
 
 
 def test_when_a_process_dies_the_other_stops_in_bounded_time(env, tmp_path):
