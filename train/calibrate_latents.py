@@ -34,14 +34,10 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-class _Refused(Exception):
-  """A bad option or input, said in one line."""
-
-
 def main(argv=None) -> int:
   try:
     return _calibrate(_parser().parse_args(argv))
-  except _Refused as e:
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
@@ -59,24 +55,24 @@ def _calibrate(args) -> int:
 
   config = dataclasses.replace(TRAIN_PRESETS[args.config], global_batch_size=args.batch_size)
   if config.is_movq:
-    raise _Refused(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
+    raise ValueError(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
   if not 1 <= args.clips <= 1 << 20 or not 1 <= args.batch_size <= 4096:
-    raise _Refused(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
+    raise ValueError(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
   try:
     latent_normalization.check_std(args.std)  # before any encoding
   except ValueError as e:
-    raise _Refused(f"--std {args.std}: {e}")
+    raise ValueError(f"--std {args.std}: {e}")
   if not os.path.isdir(args.data):
-    raise _Refused(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
+    raise ValueError(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
   movq_dir = os.path.join(args.weights, FOLDERS["image_movq"])
   if not os.path.isfile(os.path.join(movq_dir, "config.json")):
-    raise _Refused(f"{args.weights}: no converted image MoVQ in {movq_dir}")
+    raise ValueError(f"{args.weights}: no converted image MoVQ in {movq_dir}")
   out = os.path.join(args.weights, latent_normalization.LATENTS_FILE)
   if os.path.lexists(out) and not args.overwrite:
-    raise _Refused(f"{out} exists (pass --overwrite to replace it)")
+    raise ValueError(f"{out} exists (pass --overwrite to replace it)")
   movq = load_converted(movq_dir)
   if movq.config != config.pipeline_config.image_movq:
-    raise _Refused(f"{movq_dir}: not the image MoVQ of the {config.pipeline!r} pipeline (other configuration)")
+    raise ValueError(f"{movq_dir}: not the image MoVQ of the {config.pipeline!r} pipeline (other configuration)")
   model = build_model(movq.config)
   params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), movq.params)
   encode = jax.jit(lambda p, frames: model.apply({"params": p}, frames_to_unit_range(frames), method="encode"))
@@ -89,11 +85,11 @@ def _calibrate(args) -> int:
     if seen >= args.clips:
       break
   if not latents:
-    raise _Refused(f"--data {args.data}: no clips of {config.loader_frames} frames to measure")
+    raise ValueError(f"--data {args.data}: no clips of {config.loader_frames} frames to measure")
   try:
     normalization = latent_normalization.calibrate(np.concatenate(latents), std=args.std)
   except ValueError as e:
-    raise _Refused(f"{movq_dir}: {e}")
+    raise ValueError(f"{movq_dir}: {e}")
   latent_normalization.save(normalization, out, source=f"{seen} clips of {args.data} ({args.config}) through {movq_dir}")
   fmt = lambda values: "[" + ", ".join(f"{v:.3f}" for v in np.asarray(values)) + "]"
   print(f"{out}: shift {fmt(normalization.shift)}, scale {fmt(normalization.scale)}, sample range "

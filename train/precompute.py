@@ -34,27 +34,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
-  from kvjax.atomic import check_free
+  try:
+    return _precompute(_parser().parse_args(argv))
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _precompute(args) -> int:
+  from kvjax.atomic import check_free, check_writable
   from kvjax.training.inputs import ClipEncoder, clip_reader
   from kvjax.sharding import make_mesh
   from kvjax.training.precomputed import write_precomputed
   from kvjax.training.weights import training_weights
 
+  if not 1 <= args.batch_size <= 4096:
+    raise ValueError(f"--batch-size {args.batch_size}: give 1 to 4096 clips")
   config = dataclasses.replace(TRAIN_PRESETS[args.config], global_batch_size=args.batch_size)
   if not os.path.isdir(args.data):
-    raise SystemExit(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
-  try:
-    check_free(args.out, args.overwrite)
-    weights, tokenizer = training_weights(config, args.weights, args.tokenizer)
-  except (FileExistsError, FileNotFoundError, ValueError) as e:
-    raise SystemExit(str(e))
-  if args.weights is None:
-    print("no --weights: encoding with RANDOM weights and a stand-in tokenizer", file=sys.stderr)
+    raise ValueError(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
+  check_writable(os.path.dirname(check_free(args.out, args.overwrite)))  # before any encoding
   mesh = make_mesh(args.mesh)
   if args.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-    raise SystemExit(f"--batch-size {args.batch_size} must split over the mesh's data x fsdp = "
+    raise ValueError(f"--batch-size {args.batch_size} must split over the mesh's data x fsdp = "
                      f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
+  weights, tokenizer = training_weights(config, args.weights, args.tokenizer)
+  if args.weights is None:
+    print("no --weights: encoding with RANDOM weights and a stand-in tokenizer", file=sys.stderr)
   encoder = ClipEncoder(config, weights, tokenizer, mesh)
   # One pass in order; the last partial batch is dropped by the reader.
   clips = clip_reader(config, args.data, args.batch_size, 0, 1, shuffle=False, num_epochs=1)
