@@ -119,13 +119,13 @@ def _check_same_run(workdir: str, config) -> None:
     try:
       saved = dataclasses.asdict(config_from_dict(TrainConfig, json.load(f)))
     except (ValueError, TypeError) as e:
-      raise SystemExit(f"{path}: not the settings of a run of this kvjax ({e}); use a new --workdir")
+      raise RunRefused(f"{path}: not the settings of a run of this kvjax ({e}); use a new --workdir")
   current = dataclasses.asdict(config)
   for settings in (current, saved):  # both policies compile the same step: only the loop's reaction differs
     settings["optimizer"] = {k: v for k, v in settings["optimizer"].items() if k != "nonfinite"}
   changed = sorted(k for k in current if k != "total_steps" and current[k] != saved[k])
   if changed:
-    raise SystemExit(f"{workdir} holds a run with other settings ({', '.join(changed)}); use a new --workdir")
+    raise RunRefused(f"{workdir} holds a run with other settings ({', '.join(changed)}); use a new --workdir")
 
 
 def _write_json(path: str, value) -> None:
@@ -294,14 +294,31 @@ def _resume_check(inputs):
   return check
 
 
+class RunRefused(Exception):
+  """A run that cannot start (a bad option, input or workdir): one line, exit 2. A run that stops after it
+  started (a non-finite step, a failed save) exits 1 with its own message instead."""
+
+
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
+  try:
+    return _train(_parser().parse_args(argv))
+  except RunRefused as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _train(args) -> int:
   import jax
+  if not 0 <= args.data_workers <= 256:
+    raise RunRefused(f"--data-workers {args.data_workers}: give 0 (read in this process) to 256")
+  if args.steps is not None and args.steps < 0:
+    raise RunRefused(f"--steps {args.steps}: give the step to train until (0 sets up the workdir only)")
   if args.coordinator or args.distributed:
     if not 1 <= args.peer_timeout <= 86400:
-      raise SystemExit(f"error: --peer-timeout {args.peer_timeout} must be in [1, 86400] seconds")
+      raise RunRefused(f"--peer-timeout {args.peer_timeout} must be in [1, 86400] seconds")
     jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                process_id=args.process_id, heartbeat_timeout_seconds=args.peer_timeout)
+  from kvjax.atomic import OutputError, check_writable
   from kvjax.training.checkpointing import NULL_EMBEDDING, CheckpointError, TrainCheckpoints, abstract_with_shardings
   from kvjax.training.inputs import step_inputs
   from kvjax.sharding import make_mesh
@@ -311,12 +328,19 @@ def main(argv=None) -> int:
   try:
     config = _train_config(args)
   except ValueError as e:
-    raise SystemExit(f"--config {args.config}: {e}")
+    raise RunRefused(f"--config {args.config}: {e}")
   if config.global_batch_size % jax.process_count():
-    raise SystemExit(f"batch size {config.global_batch_size} does not split over {jax.process_count()} hosts")
+    raise RunRefused(f"batch size {config.global_batch_size} does not split over {jax.process_count()} hosts")
   if args.data not in GENERATED_SOURCES and not os.path.isdir(args.data):
-    raise SystemExit(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
-  mesh = make_mesh(args.mesh)
+    raise RunRefused(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
+  try:
+    mesh = make_mesh(args.mesh)
+  except ValueError as e:
+    raise RunRefused(f"--mesh {args.mesh}: {e}")
+  try:
+    check_writable(args.workdir)  # before any weights load
+  except OutputError as e:
+    raise RunRefused(f"--workdir {args.workdir}: {e}")
   main_host = jax.process_index() == 0
   say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_host else (lambda *a: None)
 
@@ -344,25 +368,25 @@ def main(argv=None) -> int:
     if args.init is not None and config.is_movq:
       raise ValueError("--init applies to UNet runs; MoVQ runs start from --weights")
   except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(str(e))
+    raise RunRefused(str(e))
 
   try:
     os.makedirs(args.workdir, exist_ok=True)
   except OSError as e:
-    raise SystemExit(f"--workdir {args.workdir}: {'a file, not a folder' if isinstance(e, FileExistsError) else e}")
+    raise RunRefused(f"--workdir {args.workdir}: {e.strerror or e}")
   _check_same_run(args.workdir, config)
   try:
     checkpoints = TrainCheckpoints(os.path.join(args.workdir, "checkpoints"), keep=config.keep_checkpoints,
                                    save_every=config.checkpoint_every)
   except CheckpointError as e:
-    raise SystemExit(f"error: {e}")
+    raise RunRefused(str(e))
   if main_host:
     try:
       _write_json(os.path.join(args.workdir, "config.json"), dataclasses.asdict(config))
       if not config.is_movq:
         _write_null_embedding(os.path.join(args.workdir, NULL_EMBEDDING), getattr(weights, f"{config.model}_null"))
     except OSError as e:
-      raise SystemExit(f"error: writing into {args.workdir} failed ({e.strerror or e})")
+      raise RunRefused(f"writing into {args.workdir} failed ({e.strerror or e})")
 
   trainer = make_trainer(config, mesh, lpips_params=lpips,
                          null_embedding=None if config.is_movq else getattr(weights, f"{config.model}_null"))
@@ -372,12 +396,12 @@ def main(argv=None) -> int:
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
                          worker_count=args.data_workers)
   except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f"--data {args.data}: {e}")
+    raise RunRefused(f"--data {args.data}: {e}")
   try:
     step, state, data_state = checkpoints.restore_latest(
         abstract_with_shardings(trainer.abstract_state(), trainer.shardings), check=_resume_check(inputs), warn=say)
   except CheckpointError as e:
-    raise SystemExit(f"error: {e}")
+    raise RunRefused(str(e))
   skipped = 0
   if step is None:
     step, state = 0, trainer.init_state(start if config.is_movq else getattr(weights, config.model))
@@ -387,7 +411,7 @@ def main(argv=None) -> int:
   try:
     metrics_file = _metrics_log(args.workdir, step, say) if main_host else None
   except OSError as e:
-    raise SystemExit(f"error: {os.path.join(args.workdir, 'metrics.jsonl')}: {e.strerror or e}")
+    raise RunRefused(f"{os.path.join(args.workdir, 'metrics.jsonl')}: {e.strerror or e}")
 
   try:
     step = train_loop(config, trainer, inputs, checkpoints, step, state, say=say, metrics_file=metrics_file,

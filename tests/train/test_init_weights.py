@@ -42,14 +42,14 @@ def test_bad_captions_are_named_and_nothing_is_written(tmp_path, capsys, content
 def test_a_run_saved_before_a_setting_existed_resumes(tmp_path):
   # config.json of an older kvjax lacks newer fields: they read as their defaults, not as a change.
   from kvjax.training.config import TRAIN_PRESETS
-  from train.__main__ import _check_same_run
+  from train.__main__ import RunRefused, _check_same_run
   config = TRAIN_PRESETS["keyframe-tiny"]
   saved = dataclasses.asdict(config)
   del saved["keyframe"]["motion_scale"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   _check_same_run(str(tmp_path), dataclasses.replace(config, total_steps=99))
-  with pytest.raises(SystemExit, match="other settings \\(seed\\)"):
+  with pytest.raises(RunRefused, match="other settings \\(seed\\)"):
     _check_same_run(str(tmp_path), dataclasses.replace(config, seed=3))
   (tmp_path / "config.json").write_text(json.dumps({**saved, "colour": "red"}))
-  with pytest.raises(SystemExit, match="not the settings of a run"):
+  with pytest.raises(RunRefused, match="not the settings of a run"):
     _check_same_run(str(tmp_path), config)

@@ -28,9 +28,20 @@ def test_other_settings_in_the_same_workdir_are_refused(tmp_path, env):
   assert second.returncode != 0 and "other settings (seed)" in second.stderr
 
 
-def test_missing_dataset_is_named(tmp_path, env):
-  result = _train(["--config", "keyframe-tiny", "--workdir", str(tmp_path), "--data", str(tmp_path / "nope")], env)
-  assert result.returncode != 0 and "no such folder" in result.stderr
+def test_refusals_are_one_line_with_exit_2_before_any_work(tmp_path, capsys):
+  from train.__main__ import main
+  (tmp_path / "a-file").write_text("")
+  base = ["--config", "keyframe-tiny", "--data", "synthetic", "--workdir", str(tmp_path / "run")]
+  for flags, message in ((["--data", str(tmp_path / "nope")], "no such folder"),
+                         (["--mesh", "data=3"], "--mesh data=3: mesh 'data=3' has 3 devices"),
+                         (["--steps", "-1"], "--steps -1"), (["--data-workers", "-1"], "--data-workers -1"),
+                         (["--batch-size", "0"], "global_batch_size"),
+                         (["--workdir", str(tmp_path / "a-file" / "run")], "is a file, not a folder"),
+                         (["--init", str(tmp_path / "nope")], "not a converted model folder")):
+    assert main([*base, *flags]) == 2, flags
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and message in err, (message, err)
+  assert not (tmp_path / "run").exists()
 
 
 def test_precomputed_inputs_train_the_interpolation_unet(dataset, env, tmp_path):
