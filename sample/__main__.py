@@ -186,6 +186,9 @@ def run(args) -> int:
       noise_augmentation=args.noise_augmentation, seed=args.seed)
   options.check_size(PIPELINE_PRESETS["tiny"] if random else None)
   mesh = _mesh(args.mesh)  # before any weights load
+  if not random and not os.path.isdir(weights_dir):
+    raise FileNotFoundError(f"--weights {weights_dir}: no such folder (make one with `python -m convert all`, or "
+                            "leave --weights out for the embedded demo)")
   overrides = _model_overrides(args)
 
   import jax.numpy as jnp

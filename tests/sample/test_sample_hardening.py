@@ -76,6 +76,7 @@ def run_main(argv, tmp_path, capsys):
      "big.png: 10000x8000 is 76 megapixels; at most 64 megapixels are read"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--image", "{tmp}/bomb.png"],
      "bomb.png: 381 megapixels; at most 64 megapixels are read"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/noweights"], "--weights {tmp}/noweights: no such folder"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/badweights"],
      "badweights/sampling.json: width must be an integer, got '64'"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/hugeweights"],
