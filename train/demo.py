@@ -15,6 +15,8 @@ recipe made; stages whose inputs are ready run --parallel at once):
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
   keyframe_motion  python -m train --config demo-keyframe-motion --init ...  more of it, half at high noise
+  keyframe_first   python -m train --config demo-keyframe-first --init ...   image mode on clips' first frames
+  keyframe_temporal  python -m train --config demo-keyframe-temporal --init ...  video mode, temporal layers only
   interpolation  python -m train --config demo-interpolation ...
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
@@ -86,9 +88,14 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
             "--init", os.path.join(x, "keyframe_image")),
       train("keyframe_motion", "demo-keyframe-motion", w, os.path.join(x, "keyframe_motion"), ("keyframe",),
             "--init", os.path.join(x, "keyframe")),
+      # Key frames where a prompt's video starts, then the temporal layers alone, so that they stay so.
+      train("keyframe_first", "demo-keyframe-first", w, os.path.join(x, "keyframe_first"), ("keyframe_motion",),
+            "--init", os.path.join(x, "keyframe_motion")),
+      train("keyframe_temporal", "demo-keyframe-temporal", w, os.path.join(x, "keyframe_temporal"),
+            ("keyframe_first",), "--init", os.path.join(x, "keyframe_first")),
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
-      Stage("assemble", (), ("video_movq", "keyframe_motion", "interpolation")),
+      Stage("assemble", (), ("video_movq", "keyframe_temporal", "interpolation")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -101,7 +108,7 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq", "video_movq"), ("keyframe_motion", "keyframe"), ("interpolation", "interpolation")):
+  for export, folder in (("video_movq", "video_movq"), ("keyframe_temporal", "keyframe"), ("interpolation", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)
 

@@ -18,7 +18,8 @@ def test_the_plan_runs_every_stage_after_its_inputs():
   plan = stages("/out", 600, 0)
   names = [s.name for s in plan]
   assert set(names) == {"videos", "prepared", "init", "image_movq", "latents", "keyframe_image", "keyframe",
-                        "keyframe_motion", "interpolation", "video_movq", "assemble", "check"}
+                        "keyframe_motion", "keyframe_first", "keyframe_temporal", "interpolation", "video_movq",
+                        "assemble", "check"}
   for stage in plan:
     assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
   # Every model stage exports float16, the shipped form, which later stages and --keep folders hold.
@@ -58,9 +59,9 @@ def test_a_stage_new_to_the_recipe_runs_again_every_stage_after_it(tmp_path):
     open(path, "w").close()
     os.utime(path, (1000 + i, 1000 + i))
   assert finished_stages(plan, out) == ({s.name for s in plan}, [])
-  os.remove(os.path.join(out, "keyframe_motion.done"))  # as after an update that added the stage
-  assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"keyframe_motion", "assemble", "check"}
-  open(os.path.join(out, "keyframe_motion.done"), "w").close()  # finished now: later than assemble's marker
+  os.remove(os.path.join(out, "keyframe_temporal.done"))  # as after an update that added the stage
+  assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"keyframe_temporal", "assemble", "check"}
+  open(os.path.join(out, "keyframe_temporal.done"), "w").close()  # finished now: later than assemble's marker
   assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"assemble", "check"}
 
 
