@@ -12,12 +12,14 @@ recipe made; stages whose inputs are ready run --parallel at once):
   image_movq   python -m train --config demo-image-movq ...        then train.export into OUT/weights/movq
   latents      python -m train.calibrate_latents OUT/weights ...  its latents' map to unit variance
   video_movq   python -m train --config demo-video-movq ...        the temporal decoder, from the image MoVQ
+  video_movq_decoder  python -m train --config demo-video-movq-decoder ...  its whole decoder (encoder frozen)
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
   keyframe_motion  python -m train --config demo-keyframe-motion --init ...  more of it, half at high noise
   keyframe_first   python -m train --config demo-keyframe-first --init ...   image mode on clips' first frames
   keyframe_temporal  python -m train --config demo-keyframe-temporal --init ...  video mode, temporal layers only
   interpolation  python -m train --config demo-interpolation ...
+  interpolation_more  python -m train --config demo-interpolation-more --init ...  more of it, a lower rate
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
 
@@ -94,8 +96,12 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
       train("keyframe_temporal", "demo-keyframe-temporal", w, os.path.join(x, "keyframe_temporal"),
             ("keyframe_first",), "--init", os.path.join(x, "keyframe_first")),
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
+      train("interpolation_more", "demo-interpolation-more", w, os.path.join(x, "interpolation_more"),
+            ("interpolation",), "--init", os.path.join(x, "interpolation")),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
-      Stage("assemble", (), ("video_movq", "keyframe_temporal", "interpolation")),
+      train("video_movq_decoder", "demo-video-movq-decoder", os.path.join(x, "video_movq"),
+            os.path.join(x, "video_movq_decoder"), ("video_movq",)),
+      Stage("assemble", (), ("video_movq_decoder", "keyframe_temporal", "interpolation_more")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -108,7 +114,8 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq", "video_movq"), ("keyframe_temporal", "keyframe"), ("interpolation", "interpolation")):
+  for export, folder in (("video_movq_decoder", "video_movq"), ("keyframe_temporal", "keyframe"),
+                         ("interpolation_more", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)
 

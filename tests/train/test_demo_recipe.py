@@ -18,8 +18,8 @@ def test_the_plan_runs_every_stage_after_its_inputs():
   plan = stages("/out", 600, 0)
   names = [s.name for s in plan]
   assert set(names) == {"videos", "prepared", "init", "image_movq", "latents", "keyframe_image", "keyframe",
-                        "keyframe_motion", "keyframe_first", "keyframe_temporal", "interpolation", "video_movq",
-                        "assemble", "check"}
+                        "keyframe_motion", "keyframe_first", "keyframe_temporal", "interpolation",
+                        "interpolation_more", "video_movq", "video_movq_decoder", "assemble", "check"}
   for stage in plan:
     assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
   # Every model stage exports float16, the shipped form, which later stages and --keep folders hold.
