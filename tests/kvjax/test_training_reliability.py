@@ -5,6 +5,7 @@ real train loop of `python -m train` (train_loop) and real orbax checkpoints who
 import dataclasses
 import errno
 import json
+import logging
 import os
 
 import jax
@@ -367,8 +368,7 @@ def test_checkpoints_folder_that_is_a_file(tmp_path):
     TrainCheckpoints(tmp_path / "checkpoints")
 
 
-def test_disk_full_while_saving_names_the_step_and_the_last_complete_checkpoint(model, tmp_path, monkeypatch,
-                                                                                 caplog):
+def test_disk_full_while_saving_names_the_step_and_the_last_complete_checkpoint(model, tmp_path, monkeypatch):
   from orbax.checkpoint._src.path import atomicity
   finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
@@ -378,13 +378,20 @@ def test_disk_full_while_saving_names_the_step_and_the_last_complete_checkpoint(
     return await finalize(self, *args, **kwargs)
 
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full_at_step_2)
-  with pytest.raises(CheckpointError) as error:
-    _run(model, tmp_path, "stop", steps=4, every=1)
+  logged = logging.Handler()
+  logged.records = []
+  logged.emit = logged.records.append
+  logging.getLogger().addHandler(logged)
+  try:
+    with pytest.raises(CheckpointError) as error:
+      _run(model, tmp_path, "stop", steps=4, every=1)
+  finally:
+    logging.getLogger().removeHandler(logged)
   monkeypatch.undo()
   assert str(error.value) == (f"writing the checkpoint of step 2 in {tmp_path / 'checkpoints'} failed ([Errno 28] No "
                               "space left on device); the last complete checkpoint is step 1")
   # that one line is all: orbax's own log of the failure (its traceback, twice) is dropped
-  assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+  assert [r.getMessage() for r in logged.records if r.exc_info] == []
   checkpoints, step, state, inputs, warnings = _restore(model, tmp_path / "checkpoints")
   assert step == 1 and inputs.global_batches == 1 and warnings == []
   # the half-written step (a .orbax-checkpoint-tmp folder, until orbax cleans it up) is written anew

@@ -37,8 +37,9 @@ def test_writers_produce_whole_files(tmp_path, suffix):
     (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--width", "48"], "multiples of 32"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--width", "0"], "multiples of 32"),
     (["x", "--out", "{tmp}/v.avi"], "use a .mp4 or .gif file"),
-    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none"], "no tokenizer"),
-    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none", "--tokenizer", "{tmp}/taken.gif"], "no such weights folder"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/empty"], "no tokenizer"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none"], "--weights {tmp}/none: no such folder"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/none", "--tokenizer", "{tmp}/taken.gif"], "no such folder"),
     (["x", "--out", "{tmp}/taken.gif"], "exists; pass --overwrite"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "{tmp}/badweights"], "sampling.json: not JSON"),
     (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/taken.gif", "{tmp}/taken.gif"], "one image or one per prompt"),
@@ -52,9 +53,10 @@ def test_bad_arguments_are_named_and_leave_nothing(tmp_path, capsys, argv, messa
   (tmp_path / "corrupt.png").write_bytes(b"\x89PNG garbage")
   (tmp_path / "badweights").mkdir()
   (tmp_path / "badweights" / "sampling.json").write_text("{width: 64")
+  (tmp_path / "empty").mkdir()
   before = sorted(os.listdir(tmp_path))
   assert main([a.format(tmp=tmp_path) for a in argv]) == 2
-  assert message in capsys.readouterr().err
+  assert message.format(tmp=tmp_path) in capsys.readouterr().err
   assert sorted(os.listdir(tmp_path)) == before and (tmp_path / "taken.gif").read_bytes() == b"keep"
 
 
