@@ -53,11 +53,11 @@ def _calibrate(args) -> int:
   from kvjax.training.inputs import clip_reader
   from kvjax.training.movq_gan import frames_to_unit_range
 
+  if not 1 <= args.clips <= 1 << 20 or not 1 <= args.batch_size <= 4096:  # before the config sees the batch size
+    raise ValueError(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
   config = dataclasses.replace(TRAIN_PRESETS[args.config], global_batch_size=args.batch_size)
   if config.is_movq:
     raise ValueError(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
-  if not 1 <= args.clips <= 1 << 20 or not 1 <= args.batch_size <= 4096:
-    raise ValueError(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
   try:
     latent_normalization.check_std(args.std)  # before any encoding
   except ValueError as e:
