@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from train_testing_utils import REPO, read_metrics, run_train
 
 RUN = ["--config", "keyframe-tiny-two-level", "--mesh", "data=2,fsdp=2,tensor=2", "--batch-size", "4"]
@@ -58,9 +60,12 @@ def test_two_processes_train_on_the_one_process_batches(dataset, env, tmp_path):
   assert _losses(tmp_path / "two") == _losses(tmp_path / "two_again") == _losses(tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_synthetic_batches_do_not_depend_on_the_process_count(env, tmp_path):
   """`--data synthetic` draws each global batch whole from the step (not per shard): the same examples on 2
-  processes as on 1."""
+  processes as on 1. Slow (three more training processes, about 4 minutes): the reader's promise is kept by
+  tests/kvjax/test_training_inputs.py::test_generated_clips_do_not_depend_on_the_host_count, and the
+  processes' by the prepared-data test above."""
   args = RUN + ["--data", "synthetic", "--steps", "2"]
   _two_processes(args + ["--workdir", str(tmp_path / "two")], env)
   one = run_train(args + ["--workdir", str(tmp_path / "one")],

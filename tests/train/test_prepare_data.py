@@ -70,7 +70,7 @@ def test_raft_motion_scores(videos, tmp_path, capsys):
   weights = tmp_path / "raft_small.pth"
   torch.save(optical_flow.raft_small(weights=None).state_dict(), weights)
   out = tmp_path / "out"
-  args = [str(videos), str(out), "--short-side", "120", "--no-progress", "--motion", "raft", "--raft-variant",
+  args = [str(videos), str(out), "--short-side", "64", "--no-progress", "--motion", "raft", "--raft-variant",
           "raft_small", "--raft-weights", str(weights)]
   assert prepare_data.main(args) == 0
   assert "clips kept                 2" in capsys.readouterr().out
