@@ -35,10 +35,13 @@ def check_private(path: str) -> None:
 
 def enable(path: str | None = None) -> str:
   """Creates (mode 0700) and checks the cache directory, then points JAX at it; returns the path. A cache
-  JAX was already given (JAX_COMPILATION_CACHE_DIR) is kept."""
+  JAX was already given (JAX_COMPILATION_CACHE_DIR) is kept with JAX's settings, and checked as ours."""
   import jax
   if path is None and jax.config.jax_compilation_cache_dir:
-    return jax.config.jax_compilation_cache_dir
+    given = jax.config.jax_compilation_cache_dir
+    if os.path.exists(given):  # (else JAX creates it, under the user's umask)
+      check_private(given)
+    return given
   path = os.path.abspath(path or default_directory())
   os.makedirs(path, mode=0o700, exist_ok=True)
   check_private(path)
