@@ -44,6 +44,24 @@ frames without the same noise, and the two draw theirs from different generators
 inside the official samplers and diffusers' scheduler steps, jax.random in ours), which TextToVideo has no
 hook to replace; the noise-replayed parity of the samplers is what tests/fixtures/keyframe_sampling and
 interpolation_sampling check.
+
+Measured (2026-12-05, `--threads 1`, defaults: 64x64, medium fps, 4 steps a stage, ddpm; the 2-core machine
+also training a model), seconds and torch / ours:
+
+  stage              ours first  ours steady  torch first  torch steady  ratio steady  ratio first
+  text                    1.031        0.003        0.009         0.003          0.92         0.01
+  key frame              13.244        0.106        0.387         0.373          3.51         0.03
+  encode key frame        1.001        0.010        0.014         0.018          1.85         0.01
+  base frames            19.566        0.183        0.384         0.567          3.09         0.02
+  interpolation 1        18.626        0.081        0.263         0.235          2.89         0.01
+  decode                  8.531        5.663        5.796         5.850          1.03         0.68
+  total                  61.998        6.047        6.853         7.046          1.17         0.11
+
+The denoising stages run about 3x faster than PyTorch once compiled; the video MoVQ decode, which is most
+of the steady time at this size, runs as fast as PyTorch's (its convolutions dominate: bench/unet_vs_torch.py
+--profile says what remains on the UNet side); the first run is compiling (python -m sample's compile cache
+keeps it for the next run). Both sides agree: text context within 1.1e-6, and our decode of the official
+final latents within 1 uint8 level.
 """
 
 from __future__ import annotations
