@@ -18,6 +18,7 @@ recipe made; stages whose inputs are ready run --parallel at once):
   keyframe_motion  python -m train --config demo-keyframe-motion --init ...  more of it, half at high noise
   keyframe_first   python -m train --config demo-keyframe-first --init ...   image mode on clips' first frames
   keyframe_temporal  python -m train --config demo-keyframe-temporal --init ...  video mode, temporal layers only
+  keyframe_temporal_more  python -m train --config demo-keyframe-temporal-more --init ...  more of it, a lower rate
   interpolation  python -m train --config demo-interpolation ...
   interpolation_more  python -m train --config demo-interpolation-more --init ...  more of it, a lower rate
   assemble     the exports (OUT/exports) join OUT/weights
@@ -95,13 +96,15 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
             "--init", os.path.join(x, "keyframe_motion")),
       train("keyframe_temporal", "demo-keyframe-temporal", w, os.path.join(x, "keyframe_temporal"),
             ("keyframe_first",), "--init", os.path.join(x, "keyframe_first")),
+      train("keyframe_temporal_more", "demo-keyframe-temporal-more", w, os.path.join(x, "keyframe_temporal_more"),
+            ("keyframe_temporal",), "--init", os.path.join(x, "keyframe_temporal")),
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
       train("interpolation_more", "demo-interpolation-more", w, os.path.join(x, "interpolation_more"),
             ("interpolation",), "--init", os.path.join(x, "interpolation")),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
       train("video_movq_decoder", "demo-video-movq-decoder", os.path.join(x, "video_movq"),
             os.path.join(x, "video_movq_decoder"), ("video_movq",)),
-      Stage("assemble", (), ("video_movq_decoder", "keyframe_temporal", "interpolation_more")),
+      Stage("assemble", (), ("video_movq_decoder", "keyframe_temporal_more", "interpolation_more")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -114,7 +117,7 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq_decoder", "video_movq"), ("keyframe_temporal", "keyframe"),
+  for export, folder in (("video_movq_decoder", "video_movq"), ("keyframe_temporal_more", "keyframe"),
                          ("interpolation_more", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)

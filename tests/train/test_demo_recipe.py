@@ -18,8 +18,8 @@ def test_the_plan_runs_every_stage_after_its_inputs():
   plan = stages("/out", 600, 0)
   names = [s.name for s in plan]
   assert set(names) == {"videos", "prepared", "init", "image_movq", "latents", "keyframe_image", "keyframe",
-                        "keyframe_motion", "keyframe_first", "keyframe_temporal", "interpolation",
-                        "interpolation_more", "video_movq", "video_movq_decoder", "assemble", "check"}
+                        "keyframe_motion", "keyframe_first", "keyframe_temporal", "keyframe_temporal_more",
+                        "interpolation", "interpolation_more", "video_movq", "video_movq_decoder", "assemble", "check"}
   for stage in plan:
     assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
   # Every model stage exports float16, the shipped form, which later stages and --keep folders hold.
@@ -60,9 +60,10 @@ def test_a_stage_new_to_the_recipe_runs_again_every_stage_after_it(tmp_path):
     os.utime(path, (1000 + i, 1000 + i))
   assert finished_stages(plan, out) == ({s.name for s in plan}, [])
   os.remove(os.path.join(out, "keyframe_temporal.done"))  # as after an update that added the stage
-  assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"keyframe_temporal", "assemble", "check"}
-  open(os.path.join(out, "keyframe_temporal.done"), "w").close()  # finished now: later than assemble's marker
-  assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"assemble", "check"}
+  after = {"keyframe_temporal_more", "assemble", "check"}
+  assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"keyframe_temporal"} - after
+  open(os.path.join(out, "keyframe_temporal.done"), "w").close()  # finished now: later than the markers after it
+  assert finished_stages(plan, out)[0] == {s.name for s in plan} - after
 
 
 def test_a_finished_stage_that_another_recipe_made_is_an_error_not_reused(tmp_path, capsys):
