@@ -307,6 +307,38 @@ def test_float_storage_dtypes_are_still_accepted(tmp_path, capsys):
                  "t5-projections-tiny"], capsys)[0] == 0
 
 
+# python -m convert, killed (SIGKILL: no handler runs) once the weights are in the staging folder and before
+# its description is: the kill point is the call that describes the weights' dtype.
+KILLED_CONVERT = """
+import os, signal, sys
+from kvjax.conversion import store
+store._dtype_name = lambda tree: os.kill(os.getpid(), signal.SIGKILL)
+from convert.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_conversion_leaves_a_staging_that_the_next_run_removes(tmp_path, capsys):
+  import signal
+  import subprocess
+  import sys
+  src, out = tmp_path / "t5_projections.pt", tmp_path / "out"
+  write_torch_zip(src, _projections())
+  argv = ["projections", str(src), str(out), "--config", "t5-projections-tiny"]
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  child = subprocess.run([sys.executable, "-c", KILLED_CONVERT, *argv], cwd=repo, capture_output=True, text=True,
+                         timeout=300)
+  assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+  left = sorted(os.listdir(tmp_path))
+  assert len(left) == 2 and left[0].startswith(".out.partial-") and left[1] == src.name, left
+  assert os.listdir(tmp_path / left[0]) == ["state"]  # killed with the weights written: no output yet
+  code, captured = _run(argv, capsys)
+  assert code == 0 and "removed 1 leftover staging of" in captured.err, captured.err
+  assert sorted(os.listdir(tmp_path)) == ["out", src.name]
+  np.testing.assert_array_equal(load_converted(out).params["projection_base_1"]["bias"],
+                                _projections()["projection_base"]["1.bias"])
+
+
 def test_every_converting_command_has_the_flags():
   parser = _parser()
   for command in ("keyframe", "interpolation", "movq", "video-movq", "t5", "projections", "all", "lpips"):
