@@ -1,7 +1,7 @@
 """How well the embedded demo (or any shapes-world weights folder) does what its prompts say, by the judges of
 kvjax.demo.judge, over every colour x direction and several seeds; prints tables.
 
-  python bench/demo_quality.py [--weights kvjax/demo/weights] [--seeds 3] [--steps 25]
+  python bench/demo_quality.py [--weights kvjax/demo/weights] [--seeds 3] [--steps 25] [--sampler ddpm]
 
 Rows: direction pass rate (centroid along the named way >= a quarter of the frame, more than across) per
 colour and per direction; mean travel at motion low / medium / high; image-to-video first-frame IoU and
@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kvjax import demo  # noqa: E402
 from kvjax.data import shapes  # noqa: E402
 from kvjax.demo import judge  # noqa: E402
+from kvjax.diffusion.loop import SAMPLERS  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
   p.add_argument("--weights", default=demo.DEMO_WEIGHTS)
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--steps", type=int, help="denoising steps of the key and base frames (default: the demo's)")
+  p.add_argument("--sampler", choices=SAMPLERS, help="(default: the demo's)")
   args = p.parse_args(argv)
 
   from PIL import Image
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
   base = dict(demo.DEMO_OPTIONS)
   if args.steps:
     base.update(key_frame_steps=args.steps, base_frame_steps=args.steps)
+  if args.sampler:
+    base.update(sampler=args.sampler)
   cases = judge.prompt_grid()
   prompts = [judge.prompt(*case) for case in cases]
   generate = lambda seed, images=None, **kw: pipeline(prompts, GenerationOptions(**{**base, "seed": seed, **kw}), images)
@@ -64,7 +68,8 @@ def main(argv=None) -> int:
   evenness = [judge.step_evenness(v, c) for v, (c, _, _) in zip(videos, cases)]
 
   print(f"direction pass rate over {len(verdicts)} videos ({args.seeds} seeds x {len(cases)} prompts, motion "
-        f"{base['motion']}): {np.mean([v.passed for v in verdicts]):.2f}")
+        f"{base['motion']}, {base['sampler']} {base['key_frame_steps']}/{base['base_frame_steps']} steps): "
+        f"{np.mean([v.passed for v in verdicts]):.2f}")
   print(f"{'':10}" + "".join(f"{d:>8}" for d in shapes.DIRECTIONS) + f"{'all':>8}")
   for colour in shapes.COLOURS:
     row = [np.mean([v.passed for v in verdicts if v.colour == colour and v.direction == d]) for d in shapes.DIRECTIONS]
