@@ -37,23 +37,24 @@ def _parser() -> argparse.ArgumentParser:
                  "`python -m train.export`)")
   p.add_argument("--video-movq", help="converted video MoVQ decoder folder replacing the one of --weights")
   p.add_argument("--tokenizer", help="SentencePiece model of FLAN-UL2 (spiece.model); default: WEIGHTS/spiece.model")
-  p.add_argument("--fps", choices=sorted(FPS_PASSES), default=d.fps, help="low: 12 frames, medium: 45, high: 177")
+  p.add_argument("--fps", choices=sorted(FPS_PASSES), help=f"low: 12 frames, medium: 45, high: 177 (default {d.fps})")
   p.add_argument("--motion", choices=list(MOTION_SCORES), help=f"default {d.motion} (the demo: its own)")
   p.add_argument("--width", type=int, help="video width (default 512; 64 for the demo and random weights; at most "
                  f"{MAX_SIDE}, and {MAX_FRAME_PIXELS} pixels a frame)")
   p.add_argument("--height", type=int, help="video height (default 512; 64 for the demo and random weights)")
-  p.add_argument("--key-frame-guidance", type=float, default=d.key_frame_guidance_scale)
-  p.add_argument("--text-guidance", type=float, default=d.guidance_weight_prompt)
-  p.add_argument("--image-guidance", type=float, default=d.guidance_weight_image)
-  p.add_argument("--interpolation-guidance", type=float, default=d.interpolation_guidance_scale)
-  p.add_argument("--noise-augmentation", type=int, default=d.noise_augmentation)
+  # Options without a default here take the weights folder's sampling.json, else GenerationOptions' defaults.
+  p.add_argument("--key-frame-guidance", type=float, help=f"default {d.key_frame_guidance_scale}")
+  p.add_argument("--text-guidance", type=float, help=f"default {d.guidance_weight_prompt}")
+  p.add_argument("--image-guidance", type=float, help=f"default {d.guidance_weight_image} (the demo: its own)")
+  p.add_argument("--interpolation-guidance", type=float, help=f"default {d.interpolation_guidance_scale}")
+  p.add_argument("--noise-augmentation", type=int, help=f"default {d.noise_augmentation}")
   p.add_argument("--steps", type=int, nargs=3, metavar=("KEY", "BASE", "INTERP"),
                  help=f"denoising steps per stage (default {d.key_frame_steps} {d.base_frame_steps} "
                  f"{d.interpolation_steps}; the demo's own; 4 4 2 with random weights)")
   p.add_argument("--sampler", choices=SAMPLERS,
                  help=f"{d.sampler} (default) is the reference; ddim and dpm_solver_pp are faster (not the "
-                 "reference; the demo uses ddim)")
-  p.add_argument("--seed", type=int, default=d.seed, help="in [0, 2**32)")
+                 "reference; the demo: its own)")
+  p.add_argument("--seed", type=int, help=f"in [0, 2**32) (default {d.seed})")
   p.add_argument("--bf16", action="store_true", help="compute every model in bfloat16 (T5, UNets, MoVQs; "
                  "bench/bf16_error.py measures the error against float32)")
   p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -155,6 +156,19 @@ def _warn_cut_prompts(prompts, tokenizer) -> None:
             f"included): its last {cut} token{'s' if cut > 1 else ''} are cut", file=sys.stderr)
 
 
+def generation_options(args, defaults: dict) -> GenerationOptions:
+  """The options given on the command line, over the weights folder's sampling.json (`defaults`), over
+  GenerationOptions' own defaults. Every option is checked (sizes included) before weights are loaded or
+  anything is compiled."""
+  given = dict(width=args.width, height=args.height, sampler=args.sampler, motion=args.motion, fps=args.fps,
+               key_frame_guidance_scale=args.key_frame_guidance, guidance_weight_prompt=args.text_guidance,
+               guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
+               noise_augmentation=args.noise_augmentation, seed=args.seed,
+               **({} if args.steps is None else dict(key_frame_steps=args.steps[0], base_frame_steps=args.steps[1],
+                                                     interpolation_steps=args.steps[2])))
+  return GenerationOptions(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
+
 def run(args) -> int:
   from sample.writers import check_output_path, write_videos
   from kvjax.pipeline.config import PIPELINE_PRESETS
@@ -175,15 +189,7 @@ def run(args) -> int:
   defaults = {} if random else _sampling_defaults(weights_dir)
   if random:
     defaults = dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
-  given = dict(width=args.width, height=args.height, sampler=args.sampler, motion=args.motion,
-               **({} if args.steps is None else dict(key_frame_steps=args.steps[0], base_frame_steps=args.steps[1],
-                                                     interpolation_steps=args.steps[2])))
-  # Every option is checked (sizes included) before weights are loaded or anything is compiled.
-  options = GenerationOptions(**{**defaults, **{k: v for k, v in given.items() if v is not None}},
-      fps=args.fps,
-      key_frame_guidance_scale=args.key_frame_guidance, guidance_weight_prompt=args.text_guidance,
-      guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
-      noise_augmentation=args.noise_augmentation, seed=args.seed)
+  options = generation_options(args, defaults)
   options.check_size(PIPELINE_PRESETS["tiny"] if random else None)
   mesh = _mesh(args.mesh)  # before any weights load
   if not random and not os.path.isdir(weights_dir):
@@ -203,7 +209,7 @@ def run(args) -> int:
           file=sys.stderr)
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
     config = PIPELINE_PRESETS["tiny"]
-    config, weights = with_models(config, random_weights(config, args.seed), overrides)
+    config, weights = with_models(config, random_weights(config, options.seed), overrides)
     tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, config.tokens_length)
   else:
     from kvjax.pipeline.weights import load_pipeline_weights
