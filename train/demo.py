@@ -13,6 +13,7 @@ recipe made; stages whose inputs are ready run --parallel at once):
   latents      python -m train.calibrate_latents OUT/weights ...  its latents' map to unit variance
   video_movq   python -m train --config demo-video-movq ...        the temporal decoder, from the image MoVQ
   video_movq_decoder  python -m train --config demo-video-movq-decoder ...  its whole decoder (encoder frozen)
+  video_movq_decoder_more  python -m train --config demo-video-movq-decoder-more ...  more of it, a lower rate
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
   keyframe_motion  python -m train --config demo-keyframe-motion --init ...  more of it, half at high noise
@@ -104,7 +105,9 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
       train("video_movq_decoder", "demo-video-movq-decoder", os.path.join(x, "video_movq"),
             os.path.join(x, "video_movq_decoder"), ("video_movq",)),
-      Stage("assemble", (), ("video_movq_decoder", "keyframe_temporal_more", "interpolation_more")),
+      train("video_movq_decoder_more", "demo-video-movq-decoder-more", os.path.join(x, "video_movq_decoder"),
+            os.path.join(x, "video_movq_decoder_more"), ("video_movq_decoder",)),
+      Stage("assemble", (), ("video_movq_decoder_more", "keyframe_temporal_more", "interpolation_more")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -117,7 +120,7 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq_decoder", "video_movq"), ("keyframe_temporal_more", "keyframe"),
+  for export, folder in (("video_movq_decoder_more", "video_movq"), ("keyframe_temporal_more", "keyframe"),
                          ("interpolation_more", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)

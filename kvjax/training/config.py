@@ -163,6 +163,12 @@ def _demo(model: str, steps: int, learning_rate: float, **fields) -> TrainConfig
 # The temporal layers alone on 12-frame windows (the paper's scope), for demo-keyframe-temporal and its sequel.
 _DEMO_TEMPORAL = dict(global_batch_size=4, num_frames=12, frame_stride=4,
                       keyframe=KeyframeTrainingConfig(motion_scale=300.0, loss_weighting="v", high_noise_fraction=0.5))
+# The temporal decoder's whole decoder (the encoder frozen), reconstruction alone, for demo-video-movq-decoder
+# and its sequel.
+_DEMO_DECODER = dict(global_batch_size=4, num_frames=4, frame_stride=1,
+                     movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.0,
+                                             discriminator="video-discriminator-tiny", lpips="lpips-tiny",
+                                             train_scope="decoder", init_from="video"))
 DEMO_TRAIN_PRESETS = {
     "demo-image-movq": _demo(
         "image_movq", 600, 1e-3, global_batch_size=8, num_frames=1,
@@ -177,10 +183,11 @@ DEMO_TRAIN_PRESETS = {
     # The temporal decoder again, every decoder weight (the encoder frozen: the UNets' latents stay valid),
     # for colours: after demo-video-movq a blue shape's blue channel came back at 126 of 234. Four frames a
     # clip and no GAN term keep it at minutes (9 frames with the discriminator took 7 s a step here).
-    "demo-video-movq-decoder": _demo(
-        "video_movq", 200, 5e-4, global_batch_size=4, num_frames=4, frame_stride=1,
-        movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.0, discriminator="video-discriminator-tiny",
-                                lpips="lpips-tiny", train_scope="decoder", init_from="video")),
+    "demo-video-movq-decoder": _demo("video_movq", 200, 5e-4, **_DEMO_DECODER),
+    # More of it, at a lower rate: the shapes' edges. Through the decoder of demo-video-movq-decoder a
+    # picture's shape came back with an IoU (kvjax.demo.judge.first_frame_match) over 0.5 in only 0.80 of the
+    # bench's 20 pictures (median 0.60), the ceiling of image-to-video's first frame.
+    "demo-video-movq-decoder-more": _demo("video_movq", 1000, 3e-4, **_DEMO_DECODER),
     # Key frames are sampled at twice the video size (the reference's quirk): image mode trains at 128 px.
     "demo-keyframe-image": _demo("keyframe", 6000, 1e-3, global_batch_size=8, num_frames=1, resolution=(128, 128),
                                  keyframe=KeyframeTrainingConfig(mode="image")),

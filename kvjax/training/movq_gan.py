@@ -62,6 +62,11 @@ class MoVQTrainingConfig:
   attention_norm_latent: str = "first_of_clip"
   discriminator_optimizer: OptimizerConfig = OptimizerConfig(ema_decay=0.0)
 
+  @property
+  def adversarial(self) -> bool:
+    """Whether the GAN terms exist: with adversarial_weight 0 neither network runs the discriminator."""
+    return self.adversarial_weight > 0
+
   def __post_init__(self):
     if self.train_scope not in TRAIN_SCOPES:
       raise ValueError(f"MoVQTrainingConfig.train_scope must be one of {', '.join(TRAIN_SCOPES)}")
@@ -158,7 +163,8 @@ def make_gan_losses(config: MoVQTrainingConfig, *, movq, discriminator, lpips, v
     def terms(head_params, f):
       fake = decode_head(head_params, f)
       nll, parts = reconstruction_loss(images, fake, lpips_params)
-      adversarial = gan_losses.hinge_generator_loss(judge(disc_params, _judged(as_clips(fake), video)))
+      adversarial = (gan_losses.hinge_generator_loss(judge(disc_params, _judged(as_clips(fake), video)))
+                     if config.adversarial else jnp.float32(0))
       return nll, adversarial, parts, fake
 
     head_params = params["decoder"]["conv_out"]
@@ -213,12 +219,16 @@ def make_gan_train_step(config: MoVQTrainingConfig, *, generator_loss, discrimin
     g_state, d_state = state.generator, state.discriminator
     (g_loss, (metrics, fake)), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
         g_state.params, d_state.params, frozen.get("lpips"), frames, state.step)
-    (d_loss, (mean_real, mean_fake)), d_grads = jax.value_and_grad(discriminator_loss, has_aux=True)(
-        d_state.params, frames, fake, state.step, state.lecam_ema)
+    if config.adversarial:
+      (d_loss, (mean_real, mean_fake)), d_grads = jax.value_and_grad(discriminator_loss, has_aux=True)(
+          d_state.params, frames, fake, state.step, state.lecam_ema)
+    else:  # no GAN term: the discriminator would learn for nothing (a reconstruction recipe), so it rests
+      d_loss = mean_real = mean_fake = jnp.float32(0)
+      d_grads = None
     lecam_ema = jnp.stack(gan_losses.lecam_ema_update((state.lecam_ema[0], state.lecam_ema[1]),
                                                       (mean_real, mean_fake), config.lecam_decay))
     g_norm = trained_grad_norm(g_grads, trainable)
-    d_norm = trained_grad_norm(d_grads, jax.tree.map(lambda _: True, d_grads))
+    d_norm = jnp.float32(0) if d_grads is None else trained_grad_norm(d_grads, jax.tree.map(lambda _: True, d_grads))
     # One non-finite loss or gradient norm drops the whole step: both networks and the LeCam EMAs stay.
     finite = all_finite(g_loss, d_loss, g_norm, d_norm)
     metrics = {"loss": g_loss, **metrics, "discriminator_loss": d_loss, "logits_real": mean_real,
@@ -226,6 +236,7 @@ def make_gan_train_step(config: MoVQTrainingConfig, *, generator_loss, discrimin
                "learning_rate": g_schedule(state.step // generator_optimizer_config.accumulation_steps),
                "discriminator_learning_rate": d_schedule(state.step), "nonfinite": (~finite).astype(jnp.float32)}
     new_state = GANState(apply_gradients(g_state, g_grads, generator_optimizer, generator_optimizer_config, finite),
+                         d_state.replace(step=d_state.step + 1) if d_grads is None else
                          apply_gradients(d_state, d_grads, discriminator_optimizer, config.discriminator_optimizer,
                                          finite),
                          jnp.where(finite, lecam_ema, state.lecam_ema))

@@ -107,6 +107,17 @@ def test_frozen_parts_never_move(runs):
              for p, v in discriminator.items() if p[-1] == "kernel")
 
 
+def test_without_a_gan_term_the_discriminator_rests():
+  # adversarial_weight 0 (a reconstruction recipe such as demo-video-movq-decoder): neither network runs the
+  # discriminator, which keeps its weights; the generator still learns.
+  config = dataclasses.replace(_config("image-movq-tiny", adversarial_weight=0.0), global_batch_size=2)
+  initial, state, metrics = _run(config, make_mesh("", jax.devices()[:1]), steps=2)  # step 0: warm-up rate 0
+  same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, np.asarray(y)), a, b))
+  assert same(initial["discriminator"], state.discriminator.params)
+  assert not same(initial["generator"], state.generator.params)
+  assert int(state.discriminator.step) == 2 and metrics[-1]["discriminator_loss"] == 0 and np.isfinite(metrics[-1]["loss"])
+
+
 def test_video_decoder_starts_as_the_image_decoder():
   image_config, video_config = configs.IMAGE_MOVQ_TINY, configs.VIDEO_MOVQ_TINY
   image_params = random_params(image_config, 3)
