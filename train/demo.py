@@ -22,6 +22,7 @@ recipe made; stages whose inputs are ready run --parallel at once):
   keyframe_temporal_more  python -m train --config demo-keyframe-temporal-more --init ...  more of it, a lower rate
   interpolation  python -m train --config demo-interpolation ...
   interpolation_more  python -m train --config demo-interpolation-more --init ...  more of it, a lower rate
+  interpolation_spaced  python -m train --config demo-interpolation-spaced --init ...  at the base frames' spacing
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
 
@@ -102,12 +103,14 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
       train("interpolation_more", "demo-interpolation-more", w, os.path.join(x, "interpolation_more"),
             ("interpolation",), "--init", os.path.join(x, "interpolation")),
+      train("interpolation_spaced", "demo-interpolation-spaced", w, os.path.join(x, "interpolation_spaced"),
+            ("interpolation_more",), "--init", os.path.join(x, "interpolation_more")),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
       train("video_movq_decoder", "demo-video-movq-decoder", os.path.join(x, "video_movq"),
             os.path.join(x, "video_movq_decoder"), ("video_movq",)),
       train("video_movq_decoder_more", "demo-video-movq-decoder-more", os.path.join(x, "video_movq_decoder"),
             os.path.join(x, "video_movq_decoder_more"), ("video_movq_decoder",)),
-      Stage("assemble", (), ("video_movq_decoder_more", "keyframe_temporal_more", "interpolation_more")),
+      Stage("assemble", (), ("video_movq_decoder_more", "keyframe_temporal_more", "interpolation_spaced")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -121,7 +124,7 @@ def assemble(out: str) -> None:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
   for export, folder in (("video_movq_decoder_more", "video_movq"), ("keyframe_temporal_more", "keyframe"),
-                         ("interpolation_more", "interpolation")):
+                         ("interpolation_spaced", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)
 

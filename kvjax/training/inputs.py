@@ -61,12 +61,14 @@ class SyntheticClips:
 
 
 def select_interpolation_frames(frames: np.ndarray, config: TrainConfig, step: int, rows):
-  """Per clip, a skip value s from the config's choices and every (s + 1)-th frame from the clip's start:
-  frames (B, F, ...) -> ((B, 4G + 1, ...), skip (B,)). Drawn per global row of the step (`rows`: this host's):
-  resumes exactly, and the same whatever the number of hosts."""
+  """Per clip, a skip value s from the config's choices and every n-th frame from the clip's start, n its
+  source spacing (s + 1 unless the config says otherwise): frames (B, F, ...) -> ((B, 4G + 1, ...), skip (B,)).
+  Drawn per global row of the step (`rows`: this host's): resumes exactly, and the same whatever the number
+  of hosts."""
   choices = np.asarray(config.interpolation.skip_frames, np.int32)
+  spacing = dict(zip(config.interpolation.skip_frames, config.interpolation.spacings))
   skips = np.array([np.random.default_rng([config.seed, step, row, 1]).choice(choices) for row in rows], np.int32)
-  indices = np.arange(config.clip_frames)[None, :] * (skips[:, None] + 1)
+  indices = np.arange(config.clip_frames)[None, :] * np.array([spacing[s] for s in skips])[:, None]
   return np.take_along_axis(frames, indices.reshape(indices.shape + (1,) * (frames.ndim - 2)), axis=1), skips
 
 

@@ -27,6 +27,11 @@ from kvjax.training.augment import batch_pinning, drop_text, noise_augment, wher
 @dataclasses.dataclass(frozen=True)
 class InterpolationTrainingConfig:
   skip_frames: tuple[int, ...] = (3, 1)  # drawn uniformly per clip by the data side
+  # Source frames between consecutive frames of a training clip, one per skip_frames entry; () is s + 1 for
+  # skip s (the reference's data: keys of the medium pass 16 source frames apart). A world whose base
+  # frames are closer sets its own: the demo's keyframe UNet learns from every 4th frame, so the frames the
+  # medium pass fills in are consecutive source frames (spacing 1).
+  source_spacing: tuple[int, ...] = ()
   max_perturbation: int = 25  # key-frame noise level ~ U{0..max}; the model's default when none is given
   augmentation_noise: str = "gaussian"
   unconditional_probability: float = 0.1
@@ -35,6 +40,16 @@ class InterpolationTrainingConfig:
   def __post_init__(self):
     if self.train_scope not in ("temporal", "all"):
       raise ValueError(f"InterpolationTrainingConfig.train_scope must be temporal or all, got {self.train_scope!r}")
+    if len(set(self.skip_frames)) != len(self.skip_frames) or not self.skip_frames:
+      raise ValueError(f"InterpolationTrainingConfig.skip_frames {self.skip_frames} must be distinct values")
+    if self.source_spacing and (len(self.source_spacing) != len(self.skip_frames) or min(self.source_spacing) < 1):
+      raise ValueError(f"InterpolationTrainingConfig.source_spacing {self.source_spacing} must give a spacing >= 1 "
+                       f"for each of skip_frames {self.skip_frames}, or be empty")
+
+  @property
+  def spacings(self) -> tuple[int, ...]:
+    """Source frames between consecutive clip frames, per skip_frames entry."""
+    return self.source_spacing or tuple(s + 1 for s in self.skip_frames)
 
 
 def clip_frames(num_groups: int) -> int:

@@ -38,3 +38,24 @@ def test_interpolation_skips_do_not_depend_on_the_host_count():
   strided = [select_interpolation_frames(frames[k::2], config, 5, range(k, 8, 2))[1] for k in range(2)]
   np.testing.assert_array_equal(whole[0::2], strided[0])
   np.testing.assert_array_equal(whole[1::2], strided[1])
+
+
+def test_interpolation_clips_take_frames_at_the_spacing_of_their_skip():
+  import dataclasses
+  import pytest
+  from kvjax.training.interpolation_loss import InterpolationTrainingConfig
+  config = TRAIN_PRESETS["interpolation-tiny"]
+  frames = np.arange(8 * config.loader_frames).reshape(8, -1, 1)
+  clips, skips = select_interpolation_frames(frames, config, 0, range(8))
+  assert set(skips) == {3, 1} and config.loader_frames == (config.clip_frames - 1) * 4 + 1  # the reference's
+  for clip, skip, source in zip(clips[..., 0], skips, frames[..., 0]):
+    np.testing.assert_array_equal(clip, source[::skip + 1][:config.clip_frames])
+  # A world whose base frames are consecutive-ish (the demo): its own spacing per skip, and a shorter read.
+  spaced = dataclasses.replace(config, interpolation=InterpolationTrainingConfig(skip_frames=(3, 1), source_spacing=(1, 2)))
+  assert spaced.loader_frames == (config.clip_frames - 1) * 2 + 1
+  frames = frames[:, :spaced.loader_frames]
+  clips, skips = select_interpolation_frames(frames, spaced, 0, range(8))
+  for clip, skip, source in zip(clips[..., 0], skips, frames[..., 0]):
+    np.testing.assert_array_equal(clip, source[::1 if skip == 3 else 2][:config.clip_frames])
+  with pytest.raises(ValueError, match="source_spacing"):
+    InterpolationTrainingConfig(skip_frames=(3, 1), source_spacing=(1,))

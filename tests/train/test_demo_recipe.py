@@ -19,7 +19,7 @@ def test_the_plan_runs_every_stage_after_its_inputs():
   names = [s.name for s in plan]
   assert set(names) == {"videos", "prepared", "init", "image_movq", "latents", "keyframe_image", "keyframe",
                         "keyframe_motion", "keyframe_first", "keyframe_temporal", "keyframe_temporal_more",
-                        "interpolation", "interpolation_more", "video_movq", "video_movq_decoder", "video_movq_decoder_more",
+                        "interpolation", "interpolation_more", "interpolation_spaced", "video_movq", "video_movq_decoder", "video_movq_decoder_more",
                         "assemble", "check"}
   for stage in plan:
     assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
