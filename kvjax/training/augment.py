@@ -45,3 +45,12 @@ def drop_text(context: jax.Array, mask: jax.Array, null_embedding, dropped: jax.
   """Replaces the context of the `dropped` samples by the unconditional one (the null embedding)."""
   null_context, null_mask = unconditional_context(null_embedding, context.shape[0], context.shape[1], context.dtype)
   return where_sample(dropped, null_context, context), where_sample(dropped, null_mask, mask.astype(bool))
+
+
+def draw_timesteps(high_noise_fraction: float, high_noise_start: int, rng, n: int, steps: int) -> jax.Array:
+  """(n,) training timesteps: uniform over [0, steps), `high_noise_fraction` of them over [high_noise_start,
+  steps). (The high draws fold in their own keys: with the fraction 0 the draws are the uniform ones.)"""
+  k_high, k_which = jax.random.split(jax.random.fold_in(rng, 1))
+  high = jax.random.bernoulli(k_which, high_noise_fraction, (n,))
+  return jnp.where(high, jax.random.randint(k_high, (n,), high_noise_start, steps),
+                   jax.random.randint(rng, (n,), 0, steps))

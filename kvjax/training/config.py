@@ -226,10 +226,12 @@ DEMO_TRAIN_PRESETS = {
     # fills in are consecutive. On rendered clips with keys 4 apart, its interpolated latents were off by
     # 0.55 RMS (a linear blend of the keys: 0.09), shapes faded out of 11% of the frames and 45-frame videos
     # stepped evenly in 0.45. So: more of it at the sampler's spacing (the high pass's skip 1 gets the same,
-    # the finest the 24 fps clips have).
-    "demo-interpolation-spaced": _demo("interpolation", 2000, 3e-4, global_batch_size=4, num_groups=2,
+    # the finest the 24 fps clips have), a quarter of it at t >= 900. (2000 steps at 3e-4, uniform t:
+    # 0.55 -> 0.49.)
+    "demo-interpolation-spaced": _demo("interpolation", 4000, 6e-4, global_batch_size=4, num_groups=2,
                                        interpolation=InterpolationTrainingConfig(train_scope="all",
-                                                                                 source_spacing=(1, 1))),
+                                                                                 source_spacing=(1, 1),
+                                                                                 high_noise_fraction=0.25)),
 }
 TRAIN_PRESETS.update(DEMO_TRAIN_PRESETS)
 # keyframe-tiny on the two-level UNet (kvjax.pipeline.config): what the CLI's kill-and-resume test trains.

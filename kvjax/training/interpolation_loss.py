@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from kvjax.diffusion.ddpm import add_noise, velocity
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, make_schedule
 from kvjax.models.interpolation_unet import FRAMES_PER_GROUP
-from kvjax.training.augment import batch_pinning, drop_text, noise_augment, where_sample
+from kvjax.training.augment import batch_pinning, draw_timesteps, drop_text, noise_augment, where_sample
 
 
 
@@ -32,6 +32,11 @@ class InterpolationTrainingConfig:
   # frames are closer sets its own: the demo's keyframe UNet learns from every 4th frame, so the frames the
   # medium pass fills in are consecutive source frames (spacing 1).
   source_spacing: tuple[int, ...] = ()
+  # This fraction of the clips draws its timestep from [high_noise_start, T), not [0, T): the v loss weighs
+  # low noise most (its x0 error times SNR + 1), where the noisy frames show the answer, and the keys
+  # matter most where they do not.
+  high_noise_fraction: float = 0.0
+  high_noise_start: int = 900
   max_perturbation: int = 25  # key-frame noise level ~ U{0..max}; the model's default when none is given
   augmentation_noise: str = "gaussian"
   unconditional_probability: float = 0.1
@@ -42,6 +47,9 @@ class InterpolationTrainingConfig:
       raise ValueError(f"InterpolationTrainingConfig.train_scope must be temporal or all, got {self.train_scope!r}")
     if len(set(self.skip_frames)) != len(self.skip_frames) or not self.skip_frames:
       raise ValueError(f"InterpolationTrainingConfig.skip_frames {self.skip_frames} must be distinct values")
+    if not 0 <= self.high_noise_fraction <= 1 or not 0 <= self.high_noise_start < INTERPOLATION_SCHEDULER.num_train_timesteps:
+      raise ValueError(f"InterpolationTrainingConfig: high_noise_fraction must be in [0, 1] (got {self.high_noise_fraction}) "
+                       f"and high_noise_start in [0, {INTERPOLATION_SCHEDULER.num_train_timesteps}) (got {self.high_noise_start})")
     if self.source_spacing and (len(self.source_spacing) != len(self.skip_frames) or min(self.source_spacing) < 1):
       raise ValueError(f"InterpolationTrainingConfig.source_spacing {self.source_spacing} must give a spacing >= 1 "
                        f"for each of skip_frames {self.skip_frames}, or be empty")
@@ -74,7 +82,8 @@ def interpolation_loss(params, batch, rng, *, model, config: InterpolationTraini
   # (B, G, h, w, 3c), frame-major channels as the UNet's output (spec §4.8)
   targets = groups[:, :, 1:].transpose(0, 1, 3, 4, 2, 5).reshape(b, g, h, w, FRAMES_PER_GROUP * c)
 
-  time = pin(jax.random.randint(k_time, (b,), 0, schedule.alphas_cumprod.shape[0]))
+  time = pin(draw_timesteps(config.high_noise_fraction, config.high_noise_start, k_time, b,
+                            schedule.alphas_cumprod.shape[0]))
   noise = pin(jax.random.normal(k_noise, targets.shape))
   per_clip = lambda x: jnp.repeat(x, g, axis=0)  # (B, ...) -> (B G, ...), group index minor
   noisy = add_noise(schedule, targets, noise, time)

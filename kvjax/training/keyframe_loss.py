@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from kvjax.diffusion.ddpm import add_noise
 from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, make_schedule
-from kvjax.training.augment import batch_pinning, drop_text, noise_augment, where_sample
+from kvjax.training.augment import batch_pinning, draw_timesteps, drop_text, noise_augment, where_sample
 
 
 MODES = ("video", "image")
@@ -78,15 +78,6 @@ def loss_weights(config: KeyframeTrainingConfig, alphas_cumprod: jax.Array) -> j
   return weights / jnp.mean(weights)
 
 
-def draw_timesteps(config: KeyframeTrainingConfig, rng, n: int, steps: int) -> jax.Array:
-  """(n,) training timesteps: uniform over [0, steps), `high_noise_fraction` of them over [high_noise_start,
-  steps). (The high draws fold in their own keys: with the fraction 0 the draws are the uniform ones.)"""
-  k_high, k_which = jax.random.split(jax.random.fold_in(rng, 1))
-  high = jax.random.bernoulli(k_which, config.high_noise_fraction, (n,))
-  return jnp.where(high, jax.random.randint(k_high, (n,), config.high_noise_start, steps),
-                   jax.random.randint(rng, (n,), 0, steps))
-
-
 def video_input_from_image(params, latent_channels: int):
   """Keyframe UNet params with `in_layer` := `image_in_layer`, the kernel's inputs past the noisy latent's
   `latent_channels` (condition latent and mask) zero."""
@@ -106,7 +97,8 @@ def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, 
   b, t, h, w, c = latents.shape
   schedule = make_schedule(KEYFRAME_SCHEDULER)
   k_time, k_noise, k_level, k_aug, k_blank, k_text = jax.random.split(rng, 6)
-  time = pin(draw_timesteps(config, k_time, b, schedule.alphas_cumprod.shape[0]))
+  time = pin(draw_timesteps(config.high_noise_fraction, config.high_noise_start, k_time, b,
+                            schedule.alphas_cumprod.shape[0]))
   noise = pin(jax.random.normal(k_noise, latents.shape))
   noisy = add_noise(schedule, latents, noise, time)
 
@@ -142,7 +134,8 @@ def keyframe_image_loss(params, batch, rng, *, model, config: KeyframeTrainingCo
   images = latents.reshape(b * t, h, w, c)
   schedule = make_schedule(KEYFRAME_SCHEDULER)
   k_time, k_noise, k_text = jax.random.split(rng, 3)
-  time = pin(draw_timesteps(config, k_time, b * t, schedule.alphas_cumprod.shape[0]))
+  time = pin(draw_timesteps(config.high_noise_fraction, config.high_noise_start, k_time, b * t,
+                            schedule.alphas_cumprod.shape[0]))
   noise = pin(jax.random.normal(k_noise, images.shape))
   noisy = add_noise(schedule, images, noise, time)
   dropped = pin(jax.random.bernoulli(k_text, config.text_dropout_probability, (b * t,)))

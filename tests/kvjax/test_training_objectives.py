@@ -87,6 +87,23 @@ def test_interpolation_perturbation_levels_are_drawn_and_given():
   assert len(levels) > 3 and max(levels) <= 25
 
 
+def test_interpolation_high_noise_fraction_draws_that_share_of_clips_from_the_top_timesteps():
+  batch = _interpolation_batch()
+
+  def drawn(config, seed):
+    model = Recorder(lambda seen: jnp.zeros((B * G, H, W, 3 * C)))
+    interpolation_loss({}, batch, jax.random.key(seed), model=model, config=config, null_embedding=NULL)
+    return np.asarray(model.seen["time"])
+
+  top = [drawn(InterpolationTrainingConfig(high_noise_fraction=1.0, high_noise_start=950), seed) for seed in range(5)]
+  assert min(t.min() for t in top) >= 950
+  # Fraction 0 draws exactly the uniform timesteps, whatever the start.
+  np.testing.assert_array_equal(drawn(InterpolationTrainingConfig(), 3),
+                                drawn(InterpolationTrainingConfig(high_noise_start=500), 3))
+  with pytest.raises(ValueError, match="high_noise_fraction"):
+    InterpolationTrainingConfig(high_noise_fraction=-0.1)
+
+
 def _perfect_keyframe_eps(clean):
   """A stand-in UNet's response: the exact noise of its noisy latents (channels :C) given the clean frames."""
   abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
