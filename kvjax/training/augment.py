@@ -54,3 +54,10 @@ def draw_timesteps(high_noise_fraction: float, high_noise_start: int, rng, n: in
   high = jax.random.bernoulli(k_which, high_noise_fraction, (n,))
   return jnp.where(high, jax.random.randint(k_high, (n,), high_noise_start, steps),
                    jax.random.randint(rng, (n,), 0, steps))
+
+
+def check_high_noise(owner: str, high_noise_fraction: float, high_noise_start: int, steps: int) -> None:
+  """The draw_timesteps settings of a config named `owner`: a fraction in [0, 1], a start in [0, steps)."""
+  if not 0 <= high_noise_fraction <= 1 or not 0 <= high_noise_start < steps:
+    raise ValueError(f"{owner}: high_noise_fraction must be in [0, 1] (got {high_noise_fraction}) and "
+                     f"high_noise_start in [0, {steps}) (got {high_noise_start})")

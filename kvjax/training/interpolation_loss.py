@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from kvjax.diffusion.ddpm import add_noise, velocity
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, make_schedule
 from kvjax.models.interpolation_unet import FRAMES_PER_GROUP
-from kvjax.training.augment import batch_pinning, draw_timesteps, drop_text, noise_augment, where_sample
+from kvjax.training.augment import (batch_pinning, check_high_noise, draw_timesteps, drop_text, noise_augment,
+                                    where_sample)
 
 
 
@@ -46,10 +47,9 @@ class InterpolationTrainingConfig:
     if self.train_scope not in ("temporal", "all"):
       raise ValueError(f"InterpolationTrainingConfig.train_scope must be temporal or all, got {self.train_scope!r}")
     if len(set(self.skip_frames)) != len(self.skip_frames) or not self.skip_frames:
-      raise ValueError(f"InterpolationTrainingConfig.skip_frames {self.skip_frames} must be distinct values")
-    if not 0 <= self.high_noise_fraction <= 1 or not 0 <= self.high_noise_start < INTERPOLATION_SCHEDULER.num_train_timesteps:
-      raise ValueError(f"InterpolationTrainingConfig: high_noise_fraction must be in [0, 1] (got {self.high_noise_fraction}) "
-                       f"and high_noise_start in [0, {INTERPOLATION_SCHEDULER.num_train_timesteps}) (got {self.high_noise_start})")
+      raise ValueError(f"InterpolationTrainingConfig.skip_frames {self.skip_frames} must be one or more distinct values")
+    check_high_noise("InterpolationTrainingConfig", self.high_noise_fraction, self.high_noise_start,
+                     INTERPOLATION_SCHEDULER.num_train_timesteps)
     if self.source_spacing and (len(self.source_spacing) != len(self.skip_frames) or min(self.source_spacing) < 1):
       raise ValueError(f"InterpolationTrainingConfig.source_spacing {self.source_spacing} must give a spacing >= 1 "
                        f"for each of skip_frames {self.skip_frames}, or be empty")

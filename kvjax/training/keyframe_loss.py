@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from kvjax.diffusion.ddpm import add_noise
 from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, make_schedule
-from kvjax.training.augment import batch_pinning, draw_timesteps, drop_text, noise_augment, where_sample
+from kvjax.training.augment import (batch_pinning, check_high_noise, draw_timesteps, drop_text, noise_augment,
+                                    where_sample)
 
 
 MODES = ("video", "image")
@@ -65,9 +66,8 @@ class KeyframeTrainingConfig:
     if self.loss_weighting not in LOSS_WEIGHTINGS or not self.max_loss_weight >= 1:
       raise ValueError(f"KeyframeTrainingConfig: loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)} (got "
                        f"{self.loss_weighting!r}) and max_loss_weight at least 1 (got {self.max_loss_weight})")
-    if not 0 <= self.high_noise_fraction <= 1 or not 0 <= self.high_noise_start < KEYFRAME_SCHEDULER.num_train_timesteps:
-      raise ValueError(f"KeyframeTrainingConfig: high_noise_fraction must be in [0, 1] (got {self.high_noise_fraction}) "
-                       f"and high_noise_start in [0, {KEYFRAME_SCHEDULER.num_train_timesteps}) (got {self.high_noise_start})")
+    check_high_noise("KeyframeTrainingConfig", self.high_noise_fraction, self.high_noise_start,
+                     KEYFRAME_SCHEDULER.num_train_timesteps)
 
 
 def loss_weights(config: KeyframeTrainingConfig, alphas_cumprod: jax.Array) -> jax.Array:

@@ -171,7 +171,7 @@ def make_gan_losses(config: MoVQTrainingConfig, *, movq, discriminator, lpips, v
     nll, adversarial, parts, fake = terms(head_params, features)
     factor = gan_losses.discriminator_factor(step, config.discriminator_start)
     d_weight = jnp.float32(config.adversarial_weight)
-    if config.adaptive_weight and config.adversarial_weight > 0:
+    if config.adaptive_weight and config.adversarial:
       fixed = jax.lax.stop_gradient(features)  # gradients of the output layer alone
       nll_grad = jax.grad(lambda p: terms(p, fixed)[0])(head_params)["kernel"]
       adversarial_grad = jax.grad(lambda p: terms(p, fixed)[1])(head_params)["kernel"]
@@ -222,13 +222,12 @@ def make_gan_train_step(config: MoVQTrainingConfig, *, generator_loss, discrimin
     if config.adversarial:
       (d_loss, (mean_real, mean_fake)), d_grads = jax.value_and_grad(discriminator_loss, has_aux=True)(
           d_state.params, frames, fake, state.step, state.lecam_ema)
+      d_norm = trained_grad_norm(d_grads, jax.tree.map(lambda _: True, d_grads))
     else:  # no GAN term: the discriminator would learn for nothing (a reconstruction recipe), so it rests
-      d_loss = mean_real = mean_fake = jnp.float32(0)
-      d_grads = None
+      d_loss = mean_real = mean_fake = d_norm = jnp.float32(0)
     lecam_ema = jnp.stack(gan_losses.lecam_ema_update((state.lecam_ema[0], state.lecam_ema[1]),
                                                       (mean_real, mean_fake), config.lecam_decay))
     g_norm = trained_grad_norm(g_grads, trainable)
-    d_norm = jnp.float32(0) if d_grads is None else trained_grad_norm(d_grads, jax.tree.map(lambda _: True, d_grads))
     # One non-finite loss or gradient norm drops the whole step: both networks and the LeCam EMAs stay.
     finite = all_finite(g_loss, d_loss, g_norm, d_norm)
     metrics = {"loss": g_loss, **metrics, "discriminator_loss": d_loss, "logits_real": mean_real,
@@ -236,9 +235,8 @@ def make_gan_train_step(config: MoVQTrainingConfig, *, generator_loss, discrimin
                "learning_rate": g_schedule(state.step // generator_optimizer_config.accumulation_steps),
                "discriminator_learning_rate": d_schedule(state.step), "nonfinite": (~finite).astype(jnp.float32)}
     new_state = GANState(apply_gradients(g_state, g_grads, generator_optimizer, generator_optimizer_config, finite),
-                         d_state.replace(step=d_state.step + 1) if d_grads is None else
                          apply_gradients(d_state, d_grads, discriminator_optimizer, config.discriminator_optimizer,
-                                         finite),
+                                         finite) if config.adversarial else d_state.replace(step=d_state.step + 1),
                          jnp.where(finite, lecam_ema, state.lecam_ema))
     return new_state, metrics
 
