@@ -20,9 +20,12 @@ recipe made; stages whose inputs are ready run --parallel at once):
   keyframe_first   python -m train --config demo-keyframe-first --init ...   image mode on clips' first frames
   keyframe_temporal  python -m train --config demo-keyframe-temporal --init ...  video mode, temporal layers only
   keyframe_temporal_more  python -m train --config demo-keyframe-temporal-more --init ...  more of it, a lower rate
+  keyframe_place  python -m train --config demo-keyframe-place --init ...  first frames in image mode, longer
+  keyframe_settle  python -m train --config demo-keyframe-temporal --init ...  the temporal layers again
   interpolation  python -m train --config demo-interpolation ...
   interpolation_more  python -m train --config demo-interpolation-more --init ...  more of it, a lower rate
   interpolation_spaced  python -m train --config demo-interpolation-spaced --init ...  at the base frames' spacing
+  interpolation_spaced_more  python -m train --config demo-interpolation-spaced-more --init ...  more of it
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
 
@@ -100,17 +103,26 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
             ("keyframe_first",), "--init", os.path.join(x, "keyframe_first")),
       train("keyframe_temporal_more", "demo-keyframe-temporal-more", w, os.path.join(x, "keyframe_temporal_more"),
             ("keyframe_temporal",), "--init", os.path.join(x, "keyframe_temporal")),
+      # Image mode on first frames again, longer (key frames on the start side 0.83 -> 1.00), then the
+      # temporal layers once more, so that the base frames follow those key frames again.
+      train("keyframe_place", "demo-keyframe-place", w, os.path.join(x, "keyframe_place"),
+            ("keyframe_temporal_more",), "--init", os.path.join(x, "keyframe_temporal_more")),
+      train("keyframe_settle", "demo-keyframe-temporal", w, os.path.join(x, "keyframe_settle"),
+            ("keyframe_place",), "--init", os.path.join(x, "keyframe_place")),
       train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
       train("interpolation_more", "demo-interpolation-more", w, os.path.join(x, "interpolation_more"),
             ("interpolation",), "--init", os.path.join(x, "interpolation")),
       train("interpolation_spaced", "demo-interpolation-spaced", w, os.path.join(x, "interpolation_spaced"),
             ("interpolation_more",), "--init", os.path.join(x, "interpolation_more")),
+      train("interpolation_spaced_more", "demo-interpolation-spaced-more", w,
+            os.path.join(x, "interpolation_spaced_more"), ("interpolation_spaced",),
+            "--init", os.path.join(x, "interpolation_spaced")),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
       train("video_movq_decoder", "demo-video-movq-decoder", os.path.join(x, "video_movq"),
             os.path.join(x, "video_movq_decoder"), ("video_movq",)),
       train("video_movq_decoder_more", "demo-video-movq-decoder-more", os.path.join(x, "video_movq_decoder"),
             os.path.join(x, "video_movq_decoder_more"), ("video_movq_decoder",)),
-      Stage("assemble", (), ("video_movq_decoder_more", "keyframe_temporal_more", "interpolation_spaced")),
+      Stage("assemble", (), ("video_movq_decoder_more", "keyframe_settle", "interpolation_spaced_more")),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -123,8 +135,8 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq_decoder_more", "video_movq"), ("keyframe_temporal_more", "keyframe"),
-                         ("interpolation_spaced", "interpolation")):
+  for export, folder in (("video_movq_decoder_more", "video_movq"), ("keyframe_settle", "keyframe"),
+                         ("interpolation_spaced_more", "interpolation")):
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)
 

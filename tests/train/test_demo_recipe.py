@@ -19,7 +19,9 @@ def test_the_plan_runs_every_stage_after_its_inputs():
   names = [s.name for s in plan]
   assert set(names) == {"videos", "prepared", "init", "image_movq", "latents", "keyframe_image", "keyframe",
                         "keyframe_motion", "keyframe_first", "keyframe_temporal", "keyframe_temporal_more",
-                        "interpolation", "interpolation_more", "interpolation_spaced", "video_movq", "video_movq_decoder", "video_movq_decoder_more",
+                        "keyframe_place", "keyframe_settle", "interpolation", "interpolation_more",
+                        "interpolation_spaced", "interpolation_spaced_more", "video_movq", "video_movq_decoder",
+                        "video_movq_decoder_more",
                         "assemble", "check"}
   for stage in plan:
     assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
@@ -61,7 +63,7 @@ def test_a_stage_new_to_the_recipe_runs_again_every_stage_after_it(tmp_path):
     os.utime(path, (1000 + i, 1000 + i))
   assert finished_stages(plan, out) == ({s.name for s in plan}, [])
   os.remove(os.path.join(out, "keyframe_temporal.done"))  # as after an update that added the stage
-  after = {"keyframe_temporal_more", "assemble", "check"}
+  after = {"keyframe_temporal_more", "keyframe_place", "keyframe_settle", "assemble", "check"}
   assert finished_stages(plan, out)[0] == {s.name for s in plan} - {"keyframe_temporal"} - after
   open(os.path.join(out, "keyframe_temporal.done"), "w").close()  # finished now: later than the markers after it
   assert finished_stages(plan, out)[0] == {s.name for s in plan} - after
