@@ -55,6 +55,9 @@ from kvjax.demo import DEMO_OPTIONS, DEMO_WEIGHTS, SAMPLING_DEFAULTS
 # Videos of 2 s at 24 fps, 256 px, prepared at 128 px (the default size filter keeps them): a 12-frame window 4 frames apart (45 source frames) fits in every clip.
 VIDEO_SECONDS, VIDEO_SIZE, FRAME_SIZE = 2.0, 256, 128
 RECIPE = "recipe.json"  # in a --keep folder: the commands that made the output beside it
+# The exports that ship: (stage, its folder in the weights), the models `assemble` gathers.
+SHIPPED = (("video_movq_decoder_more", "video_movq"), ("keyframe_settle", "keyframe"),
+           ("interpolation_spaced_more", "interpolation"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +125,7 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
             os.path.join(x, "video_movq_decoder"), ("video_movq",)),
       train("video_movq_decoder_more", "demo-video-movq-decoder-more", os.path.join(x, "video_movq_decoder"),
             os.path.join(x, "video_movq_decoder_more"), ("video_movq_decoder",)),
-      Stage("assemble", (), ("video_movq_decoder_more", "keyframe_settle", "interpolation_spaced_more")),
+      Stage("assemble", (), tuple(stage for stage, _ in SHIPPED)),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
   ]
@@ -135,8 +138,7 @@ def assemble(out: str) -> None:
   with staged(os.path.join(out, "weights", SAMPLING_DEFAULTS), overwrite=True, folder=False) as staging:
     with open(staging, "w") as f:
       json.dump(DEMO_OPTIONS, f, indent=1)
-  for export, folder in (("video_movq_decoder_more", "video_movq"), ("keyframe_settle", "keyframe"),
-                         ("interpolation_spaced_more", "interpolation")):
+  for export, folder in SHIPPED:
     with staged(os.path.join(out, "weights", folder), overwrite=True, folder=False) as staging:
       shutil.copytree(os.path.join(out, "exports", export), staging)
 

@@ -169,6 +169,14 @@ _DEMO_DECODER = dict(global_batch_size=4, num_frames=4, frame_stride=1,
                      movq=MoVQTrainingConfig(l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.0,
                                              discriminator="video-discriminator-tiny", lpips="lpips-tiny",
                                              train_scope="decoder", init_from="video"))
+# Image mode on each clip's first frame, half at t >= 900, for demo-keyframe-first and demo-keyframe-place.
+_DEMO_FIRST_FRAMES = dict(global_batch_size=8, num_frames=1, resolution=(128, 128), clip_start="first",
+                          keyframe=KeyframeTrainingConfig(mode="image", loss_weighting="v", max_loss_weight=5000.0,
+                                                          high_noise_fraction=0.5))
+# The interpolation UNet at the base frames' spacing, for demo-interpolation-spaced and its sequel.
+_DEMO_SPACED = dict(global_batch_size=4, num_groups=2,
+                    interpolation=InterpolationTrainingConfig(train_scope="all", source_spacing=(1, 1),
+                                                              high_noise_fraction=0.25))
 DEMO_TRAIN_PRESETS = {
     "demo-image-movq": _demo(
         "image_movq", 600, 1e-3, global_batch_size=8, num_frames=1,
@@ -204,19 +212,13 @@ DEMO_TRAIN_PRESETS = {
     # on the left), half of it at t >= 900 with the v loss uncapped there: 72% of key frames on the start side
     # (50% before). It moves the weights that video mode shares, so the base frames left the key frame after
     # a few frames (direction 0.28 -> 0.17) until demo-keyframe-temporal re-learnt the temporal layers.
-    "demo-keyframe-first": _demo("keyframe", 1000, 2e-4, global_batch_size=8, num_frames=1, resolution=(128, 128),
-                                 clip_start="first",
-                                 keyframe=KeyframeTrainingConfig(mode="image", loss_weighting="v", max_loss_weight=5000.0,
-                                                                 high_noise_fraction=0.5)),
+    "demo-keyframe-first": _demo("keyframe", 1000, 2e-4, **_DEMO_FIRST_FRAMES),
     # Image mode on first frames again, from demo-keyframe-temporal-more, twice as long at a higher rate: key
     # frames with the named colour on its start side (a tenth of the frame or more behind the centre) 0.83 ->
     # 1.00 of 60; direction had passed in 0.97 of the videos whose key frame was there and in none of the
     # others. Video mode drifted again (direction 0.78 -> 0.70 of 40 videos) until demo-keyframe-temporal
     # re-learnt the temporal layers from it (train.demo's stage keyframe_settle): direction 1.00 of 40.
-    "demo-keyframe-place": _demo("keyframe", 2000, 3e-4, global_batch_size=8, num_frames=1, resolution=(128, 128),
-                                 clip_start="first",
-                                 keyframe=KeyframeTrainingConfig(mode="image", loss_weighting="v", max_loss_weight=5000.0,
-                                                                 high_noise_fraction=0.5)),
+    "demo-keyframe-place": _demo("keyframe", 2000, 3e-4, **_DEMO_FIRST_FRAMES),
     # After keyframe_first, the paper's own scope: the image weights (now the first-frame key frames) frozen,
     # the temporal layers re-learning to carry that first frame (measured, bench/demo_quality.py: direction
     # 0.25 -> 0.43, image-to-video direction 0.70 -> 0.85, travel at motion high 0.05 -> 0.21 of the frame,
@@ -237,16 +239,10 @@ DEMO_TRAIN_PRESETS = {
     # stepped evenly in 0.45. So: more of it at the sampler's spacing (the high pass's skip 1 gets the same,
     # the finest the 24 fps clips have), a quarter of it at t >= 900. (2000 steps at 3e-4, uniform t:
     # 0.55 -> 0.49.)
-    "demo-interpolation-spaced": _demo("interpolation", 4000, 6e-4, global_batch_size=4, num_groups=2,
-                                       interpolation=InterpolationTrainingConfig(train_scope="all",
-                                                                                 source_spacing=(1, 1),
-                                                                                 high_noise_fraction=0.25)),
+    "demo-interpolation-spaced": _demo("interpolation", 4000, 6e-4, **_DEMO_SPACED),
     # More of it at a lower rate (its v loss was still falling). On generated base frames (seeds 3 and 4, 40
     # videos) frames missing the named colour 0.048 -> 0.036 (blue 0.22 -> 0.16); 45-frame evenness 0.60 either way.
-    "demo-interpolation-spaced-more": _demo("interpolation", 5000, 4e-4, global_batch_size=4, num_groups=2,
-                                            interpolation=InterpolationTrainingConfig(train_scope="all",
-                                                                                      source_spacing=(1, 1),
-                                                                                      high_noise_fraction=0.25)),
+    "demo-interpolation-spaced-more": _demo("interpolation", 5000, 4e-4, **_DEMO_SPACED),
 }
 TRAIN_PRESETS.update(DEMO_TRAIN_PRESETS)
 # keyframe-tiny on the two-level UNet (kvjax.pipeline.config): what the CLI's kill-and-resume test trains.
