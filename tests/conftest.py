@@ -10,6 +10,21 @@ import pytest
 
 from testing_utils import KEYFRAME_FIXTURE
 
+# The longest files (minutes each on 2 cores), longest first. xdist's --dist loadfile hands files to its
+# workers in collection order, and collection is alphabetical: the longest file (tests/train/test_multihost.py)
+# came last and ran alone while the other worker had finished. Starting the long ones first packs the two
+# workers evenly (longest-first scheduling); the rest keep their order.
+LONGEST_FILES = ("train/test_multihost.py", "train/test_train_cli.py", "sample/test_demo.py",
+                 "kvjax/test_movq_training.py", "kvjax/test_keyframe_unet.py", "kvjax/test_training.py",
+                 "train/test_train_movq_cli.py", "train/test_prepare_data.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  position = lambda item: rank.get(os.path.relpath(str(item.path), tests_dir).replace(os.sep, "/"), len(rank))
+  items.sort(key=position)  # stable: a file's tests keep their order
+
 
 @pytest.fixture
 def keyframe_fixture(tmp_path):
