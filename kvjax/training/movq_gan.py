@@ -60,6 +60,11 @@ class MoVQTrainingConfig:
   init_from: str = "image"
   # Decoder attention norms: the reference's quirk ("first_of_clip", what the pipeline decodes with) or "own".
   attention_norm_latent: str = "first_of_clip"
+  # With the encoder frozen: the decoder learns from latents as a diffusion model's come out, not only
+  # the encoder's. Each frame's latent keeps 1 - U[0, latent_contrast] of its deviation from its spatial
+  # mean (a shape fainter against its background) and gains Gaussian noise of std U[0, latent_noise].
+  latent_contrast: float = 0.0
+  latent_noise: float = 0.0
   discriminator_optimizer: OptimizerConfig = OptimizerConfig(ema_decay=0.0)
 
   @property
@@ -77,6 +82,16 @@ class MoVQTrainingConfig:
     if any(w < 0 for w in weights.values()) or not 0 <= self.lecam_decay < 1 or self.discriminator_start < 0:
       raise ValueError(f"MoVQTrainingConfig: loss weights and discriminator_start must be >= 0, lecam_decay in "
                        f"[0, 1): {weights}")
+    if not (0 <= self.latent_contrast < 1 and self.latent_noise >= 0):
+      raise ValueError(f"MoVQTrainingConfig: latent_contrast must be in [0, 1) (got {self.latent_contrast}) and "
+                       f"latent_noise >= 0 (got {self.latent_noise})")
+    if (self.latent_contrast or self.latent_noise) and self.train_scope != "decoder":
+      raise ValueError("MoVQTrainingConfig: latent_contrast and latent_noise perturb a frozen encoder's latents: "
+                       f"they need train_scope 'decoder', got {self.train_scope!r}")
+
+  @property
+  def perturbs_latents(self) -> bool:
+    return self.latent_contrast > 0 or self.latent_noise > 0
 
 
 @flax.struct.dataclass
@@ -123,6 +138,17 @@ def identity_temporal_layers(image_params, video_abstract, seed: int = 0):
   return flax.traverse_util.unflatten_dict(out)
 
 
+def perturb_latents(latents: jax.Array, step, config: MoVQTrainingConfig) -> jax.Array:
+  """Frames' latents (N, h, w, C) with config's contrast loss and noise, drawn per frame from the step
+  number (the same at a resumed step)."""
+  k_contrast, k_sigma, k_noise = jax.random.split(jax.random.fold_in(jax.random.key(0), step), 3)
+  per_frame = (latents.shape[0],) + (1,) * (latents.ndim - 1)
+  contrast = 1 - config.latent_contrast * jax.random.uniform(k_contrast, per_frame)
+  sigma = config.latent_noise * jax.random.uniform(k_sigma, per_frame)
+  mean = jnp.mean(latents, axis=(1, 2), keepdims=True)
+  return mean + contrast * (latents - mean) + sigma * jax.random.normal(k_noise, latents.shape, latents.dtype)
+
+
 def _judged(x: jax.Array, video: bool) -> jax.Array:
   """Frames (B, T, H, W, C) as the discriminator takes them: clips, or (B T) single images."""
   return x if video else x.reshape(-1, *x.shape[2:])
@@ -155,7 +181,8 @@ def make_gan_losses(config: MoVQTrainingConfig, *, movq, discriminator, lpips, v
     latents = movq.apply({"params": params}, images, method="encode")
     if video:  # the encoder is frozen: no backward pass through it
       latents = jax.lax.stop_gradient(latents)
-    features = movq.apply({"params": params}, latents, t if video else 1, config.attention_norm_latent,
+    decoded = perturb_latents(latents, step, config) if config.perturbs_latents else latents
+    features = movq.apply({"params": params}, decoded, t if video else 1, config.attention_norm_latent,
                           features_only=True, method="decode")
     decode_head = lambda head_params, f: head.apply({"params": head_params}, f).astype(jnp.float32)
     as_clips = lambda x: x.reshape(frames.shape)
@@ -207,7 +234,7 @@ def frames_to_unit_range(frames: jax.Array) -> jax.Array:
 def make_gan_train_step(config: MoVQTrainingConfig, *, generator_loss, discriminator_loss, generator_optimizer,
                         discriminator_optimizer, generator_optimizer_config: OptimizerConfig, trainable) -> Any:
   """`step(state, batch, frozen) -> (state, metrics)`: batch {"frames": uint8 (B, T, H, W, 3)}, frozen
-  {"lpips": params or None}. Deterministic: nothing is drawn at random. A step with a non-finite loss or
+  {"lpips": params or None}. Deterministic: what is drawn (perturb_latents) comes from the step number. A step with a non-finite loss or
   gradient norm (either network's) updates neither and says so in `metrics["nonfinite"]`, as
   `train_state.make_train_step` does."""
 

@@ -17,7 +17,7 @@ from kvjax.params import abstract_params, build_model, random_params
 from kvjax.training import gan_losses
 from kvjax.training.config import TRAIN_PRESETS
 from kvjax.sharding import make_mesh
-from kvjax.training.movq_gan import identity_temporal_layers, make_gan_losses
+from kvjax.training.movq_gan import MoVQTrainingConfig, identity_temporal_layers, make_gan_losses, perturb_latents
 from kvjax.training.trainer import MoVQTrainer, abstract_batch, discriminator_config
 from kvjax.training.weights import lpips_weights, movq_start
 
@@ -116,6 +116,28 @@ def test_without_a_gan_term_the_discriminator_rests():
   assert same(initial["discriminator"], state.discriminator.params)
   assert not same(initial["generator"], state.generator.params)
   assert int(state.discriminator.step) == 2 and metrics[-1]["discriminator_loss"] == 0 and np.isfinite(metrics[-1]["loss"])
+
+
+def test_decoder_robustness_perturbs_each_frames_latents_within_its_bounds():
+  # demo-video-movq-decoder-robust: a frame's latent keeps 1 - U[0, contrast] of its deviation from its
+  # spatial mean and gains noise of std U[0, noise]; the draws follow the step (a resumed step repeats them).
+  latents = jnp.asarray(np.random.default_rng(0).normal(size=(64, 4, 4, 4)), jnp.float32)
+  deviation = lambda z: z - jnp.mean(z, axis=(1, 2), keepdims=True)
+  faint = MoVQTrainingConfig(train_scope="decoder", latent_contrast=0.4)
+  out = perturb_latents(latents, 7, faint)
+  kept = np.asarray(jnp.sum(deviation(out) * deviation(latents), axis=(1, 2, 3)) /
+                    jnp.sum(deviation(latents) ** 2, axis=(1, 2, 3)))
+  assert 0.6 <= kept.min() < kept.max() <= 1.0 and kept.max() - kept.min() > 0.2  # per frame, spread over the range
+  np.testing.assert_allclose(np.asarray(jnp.mean(out, axis=(1, 2))), np.asarray(jnp.mean(latents, axis=(1, 2))), atol=1e-5)
+  noisy = MoVQTrainingConfig(train_scope="decoder", latent_noise=0.3)
+  error = np.asarray(jnp.std(perturb_latents(latents, 7, noisy) - latents, axis=(1, 2, 3)))
+  assert error.max() < 0.45 and error.max() - error.min() > 0.1
+  np.testing.assert_array_equal(np.asarray(perturb_latents(latents, 7, noisy)), np.asarray(perturb_latents(latents, 7, noisy)))
+  assert not np.array_equal(np.asarray(perturb_latents(latents, 8, noisy)), np.asarray(perturb_latents(latents, 7, noisy)))
+  with pytest.raises(ValueError, match="train_scope 'decoder'"):
+    MoVQTrainingConfig(latent_noise=0.1)
+  with pytest.raises(ValueError, match="latent_contrast"):
+    MoVQTrainingConfig(train_scope="decoder", latent_contrast=1.0)
 
 
 def test_video_decoder_starts_as_the_image_decoder():
