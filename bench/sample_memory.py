@@ -113,7 +113,8 @@ def stage_calls(programs: StagePrograms, weights: PipelineWeights, options: Gene
   calls.append(("encode", ("image_movq",), programs.encode(), (None, s((prompts, options.height, options.width, 3),
                                                                        jnp.uint8))))
   base = programs.base_frames(sampler("base frames", options.base_frame_steps))
-  base_args = (s((prompts, h, w, 4)), pair, pair, scalar, scalar, s((), jnp.int32), s((), jnp.int32), rng, length)
+  base_args = (s((prompts, h, w, 4)), pair, pair, scalar, scalar, s((), jnp.int32), s((), jnp.int32), rng, length,
+               s((), jnp.bool_))
   calls.append(("base frames", ("keyframe",), base, base_args))
   frames = s((prompts, 12, h, w, 4))
   for i, skip in enumerate(FPS_PASSES[options.fps]):

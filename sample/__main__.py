@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--image-guidance", type=float, help=f"default {d.guidance_weight_image} (the demo: its own)")
   p.add_argument("--interpolation-guidance", type=float, help=f"default {d.interpolation_guidance_scale}")
   p.add_argument("--noise-augmentation", type=int, help=f"default {d.noise_augmentation}")
+  p.add_argument("--keep-image", action=argparse.BooleanOptionalAction, help="with --image: the video starts "
+                 "with the picture itself; the reference (--no-keep-image) generates its first frame anew from it "
+                 "(default: off; the demo: on)")
   p.add_argument("--steps", type=int, nargs=3, metavar=("KEY", "BASE", "INTERP"),
                  help=f"denoising steps per stage (default {d.key_frame_steps} {d.base_frame_steps} "
                  f"{d.interpolation_steps}; the demo's own; 4 4 2 with random weights)")
@@ -163,7 +166,7 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
   given = dict(width=args.width, height=args.height, sampler=args.sampler, motion=args.motion, fps=args.fps,
                key_frame_guidance_scale=args.key_frame_guidance, guidance_weight_prompt=args.text_guidance,
                guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
-               noise_augmentation=args.noise_augmentation, seed=args.seed,
+               noise_augmentation=args.noise_augmentation, seed=args.seed, keep_image=args.keep_image,
                **({} if args.steps is None else dict(key_frame_steps=args.steps[0], base_frame_steps=args.steps[1],
                                                      interpolation_steps=args.steps[2])))
   return GenerationOptions(**{**defaults, **{k: v for k, v in given.items() if v is not None}})

@@ -93,6 +93,9 @@ class GenerationOptions:
   interpolation_steps: int = 10
   sampler: str = "ddpm"  # the reference; "ddim" and "dpm_solver_pp" are faster and not the reference
   seed: int = 0
+  # Image-to-video: the video starts with the given picture itself (its latent held as base frame 0, the
+  # other frames denoised around it). The reference (False) generates frame 0 anew, conditioned on it.
+  keep_image: bool = False
 
   def __post_init__(self):
     for name, kind in (("width", numbers.Integral), ("height", numbers.Integral),
@@ -104,6 +107,8 @@ class GenerationOptions:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, kind):
         raise ValueError(f"{name} must be {'a number' if kind is numbers.Real else 'an integer'}, got {value!r}")
+    if not isinstance(self.keep_image, bool):
+      raise ValueError(f"keep_image (--keep-image) must be true or false, got {self.keep_image!r}")
     if self.fps not in FPS_PASSES:
       raise ValueError(f"fps must be one of {', '.join(FPS_PASSES)}, got {self.fps!r}")
     if self.motion not in MOTION_SCORES:

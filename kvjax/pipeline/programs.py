@@ -76,9 +76,9 @@ class StagePrograms:
 
   def base_frames(self, sampler: samplers.SamplerOptions) -> Callable:
     """(keyframe params, key latents, text, null, text weight, image weight, motion score, noise level, rng,
-    context length) -> base-frame latents (P, 12, h, w, 4)."""
-    return lambda unet, *inputs: samplers.base_frames(self.keyframe_unet, unet, *inputs[:-1], sampler,
-                                                       context_length=inputs[-1])
+    context length, keep key frame) -> base-frame latents (P, 12, h, w, 4)."""
+    return lambda unet, *inputs: samplers.base_frames(self.keyframe_unet, unet, *inputs[:-2], sampler,
+                                                       context_length=inputs[-2], keep_key_frame=inputs[-1])
 
   def interpolation(self, sampler: samplers.SamplerOptions, skip_frames: int) -> Callable:
     """(interpolation params, frames (P, T, h, w, 4), text, null, guidance scale, rng, context length) ->

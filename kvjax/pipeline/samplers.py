@@ -91,13 +91,18 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
 
 def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_scale, motion_score,
                 noise_level, rng, options: SamplerOptions = SamplerOptions(), noise=None,
-                context_length=None) -> jax.Array:
+                context_length=None, keep_key_frame=False) -> jax.Array:
   """12 frames conditioned on the key frame, keyframe UNet in video mode; three-way guidance.
 
   `key_frame_latent` (P, h, w, 4) is noise-augmented at timestep `noise_level` with uniform noise (the
   reference's quirk, spec §7.5) and placed on frame 0's condition channels with a mask of 1; the other
   frames get zeros. Batch: [A text + condition; B null + condition; C null, no condition] x P x 12.
   `motion_score` and `noise_level` are traced (changing them does not recompile). Returns (P, 12, h, w, 4).
+
+  The reference generates frame 0 anew (near the key frame, not it). `keep_key_frame` (traced bool) holds
+  it at the key frame instead: at every step frame 0's epsilon is the one whose x0 is the key frame, so
+  the sampler walks frame 0 down the key frame's own noising path and the UNet's temporal layers denoise
+  the other frames around it.
   """
   p, h, w, _ = key_frame_latent.shape
   n = NUM_BASE_FRAMES
@@ -118,6 +123,8 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
   motion = jnp.full((batch,), motion_score, jnp.int32)
   x = _noise(noise, "initial_noise",
              lambda: jax.random.normal(start_rng, (p * n, h, w, LATENT_CHANNELS), jnp.float32))
+  key_frames = jnp.repeat(key_frame_latent.astype(jnp.float32), n, axis=0)  # (P 12, ...), as x
+  kept = jnp.logical_and(keep_key_frame, jnp.arange(p * n) % n == 0)[:, None, None, None]
 
   def predict(x, t):
     unet_in = jnp.concatenate([jnp.concatenate([x, x, x]), conditions], axis=-1)
@@ -127,7 +134,10 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
                      context_length=context_length)
     eps, = _on_batch(options, eps)
     full, image_only, unconditional = jnp.split(eps, 3)
-    return guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
+    guided = guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
+    alpha_bar = schedule.alpha_bar(t)
+    to_key_frame = (x - jnp.sqrt(alpha_bar) * key_frames) / jnp.sqrt(1 - alpha_bar)
+    return jnp.where(kept, to_key_frame, guided)
 
   x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
               None if noise is None else noise.get("step_noise"), options.on_step)

@@ -165,12 +165,13 @@ class TextToVideo:
     return encode(w.image_movq, self._latents, pixels)
 
   def base_frames(self, key_latents, text, null, length, options: GenerationOptions, rng,
-                  step_progress=None) -> jax.Array:
+                  step_progress=None, keep_key_frame: bool = False) -> jax.Array:
+    """`keep_key_frame`: frame 0 is the key frame itself (samplers.base_frames); traced, no recompile."""
     w = self._weights("base frames")
     sampler = self._sampler("base frames", options.base_frame_steps, options, step_progress)
     run = self._jit(("base frames", sampler), lambda: self.programs.base_frames(sampler))
     return run(w.keyframe, key_latents, text, null, options.guidance_weight_prompt, options.guidance_weight_image,
-               options.motion_score, options.noise_augmentation, rng, length)
+               options.motion_score, options.noise_augmentation, rng, length, jnp.bool_(keep_key_frame))
 
   def interpolate(self, frames, text, null, length, options: GenerationOptions, skip_frames: int, rng,
                   step_progress=None, name: str = "interpolation") -> jax.Array:
@@ -214,12 +215,13 @@ class TextToVideo:
 
     steps = dict(step_progress=step_progress)
     text, keyframe_null, interpolation_null, length = stage("text", self.encode_text, prompts)
+    keep_key_frame = images is not None and options.keep_image  # a given picture, not a generated key frame
     if images is None:
       key_images = stage("key frame", self.key_frames, text, keyframe_null, length, options, key_rng, **steps)
       images = [Image.fromarray(image) for image in key_images]
     key_latents = stage("encode key frame", self.encode_images, images, options)
     frames = stage("base frames", self.base_frames, key_latents, text, keyframe_null, length, options, base_rng,
-                   **steps)
+                   keep_key_frame=keep_key_frame, **steps)
     for i, skip in enumerate(FPS_PASSES[options.fps]):
       name = f"interpolation {i + 1}"
       frames = stage(name, self.interpolate, frames, text, interpolation_null, length, options, skip,

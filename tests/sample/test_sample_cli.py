@@ -70,10 +70,13 @@ def test_options_given_win_over_the_weights_folders_sampling_json_which_wins_ove
   """Any GenerationOptions field in sampling.json (the demo's image guidance among them) is a default that an
   option given on the command line overrides."""
   from sample.__main__ import _parser, generation_options
-  recommended = {"sampler": "ddpm", "guidance_weight_image": 5.0, "seed": 3, "key_frame_steps": 50}
+  recommended = {"sampler": "ddpm", "guidance_weight_image": 5.0, "seed": 3, "key_frame_steps": 50, "keep_image": True}
   options = generation_options(_parser().parse_args(["x", "--out", "v.gif"]), recommended)
   assert (options.sampler, options.guidance_weight_image, options.seed, options.key_frame_steps) == ("ddpm", 5.0, 3, 50)
   assert options.guidance_weight_prompt == 5.0 and options.fps == "low"  # GenerationOptions' own
-  given = _parser().parse_args(["x", "--out", "v.gif", "--image-guidance", "2", "--seed", "0", "--fps", "medium"])
+  assert options.keep_image and not generation_options(_parser().parse_args(["x", "--out", "v.gif"]), {}).keep_image
+  given = _parser().parse_args(["x", "--out", "v.gif", "--image-guidance", "2", "--seed", "0", "--fps", "medium",
+                                "--no-keep-image"])
   options = generation_options(given, recommended)
   assert (options.guidance_weight_image, options.seed, options.fps, options.sampler) == (2.0, 0, "medium", "ddpm")
+  assert not options.keep_image
