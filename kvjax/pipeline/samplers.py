@@ -123,7 +123,7 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
   motion = jnp.full((batch,), motion_score, jnp.int32)
   x = _noise(noise, "initial_noise",
              lambda: jax.random.normal(start_rng, (p * n, h, w, LATENT_CHANNELS), jnp.float32))
-  key_frames = jnp.repeat(key_frame_latent.astype(jnp.float32), n, axis=0)  # (P 12, ...), as x
+  key_frames, = _on_batch(options, jnp.repeat(key_frame_latent.astype(jnp.float32), n, axis=0))  # (P 12, ...)
   kept = jnp.logical_and(keep_key_frame, jnp.arange(p * n) % n == 0)[:, None, None, None]
 
   def predict(x, t):
@@ -137,7 +137,10 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
     guided = guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
     alpha_bar = schedule.alpha_bar(t)
     to_key_frame = (x - jnp.sqrt(alpha_bar) * key_frames) / jnp.sqrt(1 - alpha_bar)
-    return jnp.where(kept, to_key_frame, guided)
+    # Both on the batch sharding: left to propagation on a mesh, this select gave other values than one
+    # device even when nothing is kept (tests/kvjax/test_text_to_video_mesh.py), as the guidance slices did
+    # (see _on_batch).
+    return jnp.where(kept, *_on_batch(options, to_key_frame, guided))
 
   x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
               None if noise is None else noise.get("step_noise"), options.on_step)
