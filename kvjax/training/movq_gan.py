@@ -234,9 +234,9 @@ def frames_to_unit_range(frames: jax.Array) -> jax.Array:
 def make_gan_train_step(config: MoVQTrainingConfig, *, generator_loss, discriminator_loss, generator_optimizer,
                         discriminator_optimizer, generator_optimizer_config: OptimizerConfig, trainable) -> Any:
   """`step(state, batch, frozen) -> (state, metrics)`: batch {"frames": uint8 (B, T, H, W, 3)}, frozen
-  {"lpips": params or None}. Deterministic: what is drawn (perturb_latents) comes from the step number. A step with a non-finite loss or
-  gradient norm (either network's) updates neither and says so in `metrics["nonfinite"]`, as
-  `train_state.make_train_step` does."""
+  {"lpips": params or None}. Deterministic: what is drawn (perturb_latents) comes from the step number. A
+  step with a non-finite loss or gradient norm (either network's) updates neither and says so in
+  `metrics["nonfinite"]`, as `train_state.make_train_step` does."""
 
   g_schedule = learning_rate_schedule(generator_optimizer_config)
   d_schedule = learning_rate_schedule(config.discriminator_optimizer)
