@@ -26,6 +26,11 @@ def predict_original(config: SchedulerConfig, alpha_bar: jax.Array, sample: jax.
   return a * sample - b * model_output
 
 
+def epsilon_of(alpha_bar: jax.Array, sample: jax.Array, x0: jax.Array) -> jax.Array:
+  """The epsilon whose x0 (predict_original) is `x0`: (x - sqrt(abar) x0) / sqrt(1 - abar)."""
+  return (sample - jnp.sqrt(alpha_bar) * x0) / jnp.sqrt(1 - alpha_bar)
+
+
 def dynamic_threshold(config: SchedulerConfig, x0: jax.Array) -> jax.Array:
   """Per sample: s = clamp(quantile(|x0|, ratio), 1, sample_max_value); x0 <- clamp(x0, -s, s) / s."""
   if config.sample_max_value <= 1.0:  # s is then exactly 1: skip the quantile's sort

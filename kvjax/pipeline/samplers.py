@@ -135,8 +135,7 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
     eps, = _on_batch(options, eps)
     full, image_only, unconditional = jnp.split(eps, 3)
     guided = guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
-    alpha_bar = schedule.alpha_bar(t)
-    to_key_frame = (x - jnp.sqrt(alpha_bar) * key_frames) / jnp.sqrt(1 - alpha_bar)
+    to_key_frame = ddpm.epsilon_of(schedule.alpha_bar(t), x, key_frames)
     # Both on the batch sharding: left to propagation on a mesh, this select gave other values than one
     # device even when nothing is kept (tests/kvjax/test_text_to_video_mesh.py), as the guidance slices did
     # (see _on_batch).

@@ -85,7 +85,7 @@ class MoVQTrainingConfig:
     if not (0 <= self.latent_contrast < 1 and self.latent_noise >= 0):
       raise ValueError(f"MoVQTrainingConfig: latent_contrast must be in [0, 1) (got {self.latent_contrast}) and "
                        f"latent_noise >= 0 (got {self.latent_noise})")
-    if (self.latent_contrast or self.latent_noise) and self.train_scope != "decoder":
+    if self.perturbs_latents and self.train_scope != "decoder":
       raise ValueError("MoVQTrainingConfig: latent_contrast and latent_noise perturb a frozen encoder's latents: "
                        f"they need train_scope 'decoder', got {self.train_scope!r}")
 
