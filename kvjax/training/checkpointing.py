@@ -14,8 +14,6 @@ disk) raise CheckpointError naming the step and the last complete checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import sys
@@ -67,24 +65,23 @@ def _raised_in_orbax_or_asyncio(exc: BaseException | None) -> bool:
   return False
 
 
-@contextlib.contextmanager
-def _quiet_abandoned_reads():
+def _quiet_abandoned_reads() -> None:
   """Silences what a failed sharded restore leaves behind. orbax reads the shards of an array concurrently in an
   event loop that closes at the first failure; the other reads then finish into the closed loop ("Event loop is
   closed") or are collected unfinished, and Python prints each as an "Exception ignored" traceback of dozens of
-  lines. The failure itself is reported by `restore_latest` in one line; other unraisable errors pass through."""
+  lines. The failure itself is reported by `restore_latest` in one line; other unraisable errors pass through.
+  The filter stays installed (once per process): the abandoned reads finish in orbax's threads, possibly long
+  after the restore has returned, so a filter removed on return races them."""
   previous = sys.unraisablehook
+  if getattr(previous, "_drops_abandoned_reads", False):
+    return
 
   def hook(unraisable):
     if not _raised_in_orbax_or_asyncio(unraisable.exc_value):
       previous(unraisable)
 
+  hook._drops_abandoned_reads = True
   sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    gc.collect()  # the abandoned coroutines are collected here, while the hook still filters them
-    sys.unraisablehook = previous
 
 
 class _OrbaxSaveTracebacks(logging.Filter):
@@ -149,9 +146,9 @@ class TrainCheckpoints:
       raise CheckpointError(f"{self.step_folder(step)}: {error_reason(e)}") from e
 
   def _restore(self, step: int, abstract_state):
-    with _quiet_abandoned_reads():
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    _quiet_abandoned_reads()
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored.state, restored.data
 
   def step_folder(self, step: int) -> str:
