@@ -77,7 +77,9 @@ def _quiet_abandoned_reads() -> None:
     return
 
   def hook(unraisable):
-    if not _raised_in_orbax_or_asyncio(unraisable.exc_value):
+    code = getattr(unraisable.object, "cr_code", None)  # a read coroutine collected with its error pending
+    in_orbax = code is not None and "/orbax/" in code.co_filename.replace(os.sep, "/")
+    if not (in_orbax or _raised_in_orbax_or_asyncio(unraisable.exc_value)):
       previous(unraisable)
 
   hook._drops_abandoned_reads = True
