@@ -55,14 +55,16 @@ def _hosts_agree(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
-def _raised_in_orbax_or_asyncio(exc: BaseException | None) -> bool:
-  tb = exc.__traceback__ if exc is not None else None
+def _from_orbax_or_asyncio(unraisable) -> bool:
+  """Whether an unraisable error comes from orbax's reads: raised in orbax or asyncio code, or pending in an
+  orbax coroutine collected unfinished (whose traceback may hold no orbax frame)."""
+  codes = [getattr(unraisable.object, "cr_code", None)]
+  tb = unraisable.exc_value.__traceback__ if unraisable.exc_value is not None else None
   while tb is not None:
-    name = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
-    if "/orbax/" in name or "/asyncio/" in name:
-      return True
+    codes.append(tb.tb_frame.f_code)
     tb = tb.tb_next
-  return False
+  names = [code.co_filename.replace(os.sep, "/") for code in codes if code is not None]
+  return any("/orbax/" in name or "/asyncio/" in name for name in names)
 
 
 def _quiet_abandoned_reads() -> None:
@@ -77,9 +79,7 @@ def _quiet_abandoned_reads() -> None:
     return
 
   def hook(unraisable):
-    code = getattr(unraisable.object, "cr_code", None)  # a read coroutine collected with its error pending
-    in_orbax = code is not None and "/orbax/" in code.co_filename.replace(os.sep, "/")
-    if not (in_orbax or _raised_in_orbax_or_asyncio(unraisable.exc_value)):
+    if not _from_orbax_or_asyncio(unraisable):
       previous(unraisable)
 
   hook._drops_abandoned_reads = True
