@@ -56,7 +56,7 @@ from kvjax.demo import DEMO_OPTIONS, DEMO_WEIGHTS, SAMPLING_DEFAULTS
 VIDEO_SECONDS, VIDEO_SIZE, FRAME_SIZE = 2.0, 256, 128
 RECIPE = "recipe.json"  # in a --keep folder: the commands that made the output beside it
 # The exports that ship: (stage, its folder in the weights), the models `assemble` gathers.
-SHIPPED = (("video_movq_decoder_more", "video_movq"), ("keyframe_settle", "keyframe"),
+SHIPPED = (("video_movq_decoder_long", "video_movq"), ("keyframe_settle", "keyframe"),
            ("interpolation_spaced_more", "interpolation"))
 
 
@@ -125,6 +125,8 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
             os.path.join(x, "video_movq_decoder"), ("video_movq",)),
       train("video_movq_decoder_more", "demo-video-movq-decoder-more", os.path.join(x, "video_movq_decoder"),
             os.path.join(x, "video_movq_decoder_more"), ("video_movq_decoder",)),
+      train("video_movq_decoder_long", "demo-video-movq-decoder-long", os.path.join(x, "video_movq_decoder_more"),
+            os.path.join(x, "video_movq_decoder_long"), ("video_movq_decoder_more",)),
       Stage("assemble", (), tuple(stage for stage, _ in SHIPPED)),
       Stage("check", (("sample", "a red circle moving right", "--weights", w, "--out", os.path.join(out, "check.gif"),
                        "--overwrite"),), ("assemble",)),
