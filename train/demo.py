@@ -22,10 +22,8 @@ recipe made; stages whose inputs are ready run --parallel at once):
   keyframe_temporal_more  python -m train --config demo-keyframe-temporal-more --init ...  more of it, a lower rate
   keyframe_place  python -m train --config demo-keyframe-place --init ...  first frames in image mode, longer
   keyframe_settle  python -m train --config demo-keyframe-temporal --init ...  the temporal layers again
-  interpolation  python -m train --config demo-interpolation ...
-  interpolation_more  python -m train --config demo-interpolation-more --init ...  more of it, a lower rate
-  interpolation_spaced  python -m train --config demo-interpolation-spaced --init ...  at the base frames' spacing
-  interpolation_spaced_more  python -m train --config demo-interpolation-spaced-more --init ...  more of it
+  interpolation_inputs  python -m train.precompute --config demo-interpolation ...  its windows' latents and text
+  interpolation  python -m train --config demo-interpolation --data OUT/inputs/interpolation ...
   assemble     the exports (OUT/exports) join OUT/weights
   check        python -m sample ... --weights OUT/weights           one video, to look at
 
@@ -57,7 +55,7 @@ VIDEO_SECONDS, VIDEO_SIZE, FRAME_SIZE = 2.0, 256, 128
 RECIPE = "recipe.json"  # in a --keep folder: the commands that made the output beside it
 # The exports that ship: (stage, its folder in the weights), the models `assemble` gathers.
 SHIPPED = (("video_movq_decoder_long", "video_movq"), ("keyframe_settle", "keyframe"),
-           ("interpolation_spaced_more", "interpolation"))
+           ("interpolation", "interpolation"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +72,15 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
   v, p, w, x = (os.path.join(out, name) for name in ("videos", "prepared", "weights", "exports"))
   run = lambda name: os.path.join(out, "runs", name)
 
-  def train(name, preset, weights, export_to, after, *extra) -> Stage:
+  def train(name, preset, weights, export_to, after, *extra, data=p) -> Stage:
     cap = () if max_steps is None else ("--steps", str(max_steps))
     # Exports in float16, the shipped form: every later stage starts from what a --keep folder holds.
-    return Stage(name, (("train", "--config", preset, "--data", p, "--weights", weights, "--workdir", run(name),
+    return Stage(name, (("train", "--config", preset, "--data", data, "--weights", weights, "--workdir", run(name),
                          *cap, *extra), ("train.export", run(name), export_to, "--overwrite", "--dtype", "float16")),
                  after, export_to)
 
   captions = os.path.join(v, "captions.jsonl")
+  interpolation_inputs = os.path.join(out, "inputs", "interpolation")
   return [
       Stage("videos", (("train.make_shapes", v, "--videos", str(videos), "--seconds", str(VIDEO_SECONDS),
                         "--size", str(VIDEO_SIZE), "--seed", str(seed), "--overwrite"),)),
@@ -112,14 +111,12 @@ def stages(out: str, videos: int, seed: int, max_steps: int | None = None) -> li
             ("keyframe_temporal_more",), "--init", os.path.join(x, "keyframe_temporal_more")),
       train("keyframe_settle", "demo-keyframe-temporal", w, os.path.join(x, "keyframe_settle"),
             ("keyframe_place",), "--init", os.path.join(x, "keyframe_place")),
-      train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("latents",)),
-      train("interpolation_more", "demo-interpolation-more", w, os.path.join(x, "interpolation_more"),
-            ("interpolation",), "--init", os.path.join(x, "interpolation")),
-      train("interpolation_spaced", "demo-interpolation-spaced", w, os.path.join(x, "interpolation_spaced"),
-            ("interpolation_more",), "--init", os.path.join(x, "interpolation_more")),
-      train("interpolation_spaced_more", "demo-interpolation-spaced-more", w,
-            os.path.join(x, "interpolation_spaced_more"), ("interpolation_spaced",),
-            "--init", os.path.join(x, "interpolation_spaced")),
+      # The interpolation UNet reads its windows' latents and text once encoded: 4000 steps at batch 16
+      # take half an hour that way, against hours encoding every batch.
+      Stage("interpolation_inputs", (("train.precompute", "--config", "demo-interpolation", "--data", p,
+                                      "--out", interpolation_inputs, "--weights", w, "--overwrite"),), ("latents",)),
+      train("interpolation", "demo-interpolation", w, os.path.join(x, "interpolation"), ("interpolation_inputs",),
+            data=interpolation_inputs),
       train("video_movq", "demo-video-movq", os.path.join(w, "movq"), os.path.join(x, "video_movq"), ("image_movq",)),
       train("video_movq_decoder", "demo-video-movq-decoder", os.path.join(x, "video_movq"),
             os.path.join(x, "video_movq_decoder"), ("video_movq",)),
@@ -198,6 +195,18 @@ def _set_fields(config) -> dict:
   return values
 
 
+# The pipeline's UNets that a run of each model does not read: a change to one of them leaves the others'
+# kept outputs valid (the MoVQ and text models are read by every UNet run, or trained).
+_UNREAD_UNETS = {"keyframe": ("interpolation",), "interpolation": ("keyframe",),
+                 "image_movq": ("keyframe", "interpolation"), "video_movq": ("keyframe", "interpolation")}
+
+
+def _models_read(config, pipelines) -> dict:
+  """The model configurations (as _set_fields) of a training preset's pipeline that its run reads."""
+  models = _set_fields(pipelines[config.pipeline])
+  return {name: value for name, value in models.items() if name not in _UNREAD_UNETS[config.model]}
+
+
 def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:
   """What a kept output was made by: the stage's commands (OUT written as "OUT"), the training presets they
   name with their models' configurations, and the same of every stage before it (the videos' count and
@@ -207,7 +216,7 @@ def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:
   from kvjax.pipeline.config import PIPELINE_PRESETS
   names = [c[i + 1] for c in stage.commands for i, arg in enumerate(c[:-1]) if c[0] == "train" and arg == "--config"]
   presets = {name: {"training": _set_fields(TRAIN_PRESETS[name]),
-                    "models": _set_fields(PIPELINE_PRESETS[TRAIN_PRESETS[name].pipeline])} for name in names}
+                    "models": _models_read(TRAIN_PRESETS[name], PIPELINE_PRESETS)} for name in names}
   after = {name: _recipe(next(s for s in plan if s.name == name), out, plan) for name in stage.after}
   return json.loads(json.dumps({"commands": commands, "presets": presets, "after": after}))
 

@@ -152,8 +152,8 @@ TRAIN_PRESETS = {
 
 def _demo(model: str, steps: int, learning_rate: float, **fields) -> TrainConfig:
   """A stage of `python -m train.demo`: the demo pipeline on 64x64 shape videos prepared at 24 fps."""
-  return TrainConfig(model=model, pipeline="demo", total_steps=steps, log_every=25, checkpoint_every=200,
-                     keep_checkpoints=2,
+  fields = dict(log_every=25, checkpoint_every=200, keep_checkpoints=2) | fields
+  return TrainConfig(model=model, pipeline="demo", total_steps=steps,
                      optimizer=OptimizerConfig(learning_rate=learning_rate, warmup_steps=100, decay_steps=steps,
                                                ema_decay=0.999), **fields)
 
@@ -173,10 +173,6 @@ _DEMO_DECODER = dict(global_batch_size=4, num_frames=4, frame_stride=1,
 _DEMO_FIRST_FRAMES = dict(global_batch_size=8, num_frames=1, resolution=(128, 128), clip_start="first",
                           keyframe=KeyframeTrainingConfig(mode="image", loss_weighting="v", max_loss_weight=5000.0,
                                                           high_noise_fraction=0.5))
-# The interpolation UNet at the base frames' spacing, for demo-interpolation-spaced and its sequel.
-_DEMO_SPACED = dict(global_batch_size=4, num_groups=2,
-                    interpolation=InterpolationTrainingConfig(train_scope="all", source_spacing=(1, 1),
-                                                              high_noise_fraction=0.25))
 DEMO_TRAIN_PRESETS = {
     "demo-image-movq": _demo(
         "image_movq", 600, 1e-3, global_batch_size=8, num_frames=1,
@@ -245,21 +241,19 @@ DEMO_TRAIN_PRESETS = {
     # bench/demo_quality.py: direction 0.58 -> 0.63 of 60 videos (within its noise, +-0.06), travel at motion
     # high 0.26 -> 0.27; image-to-video and 45-frame evenness unchanged; its loss flat over the 2000 steps.
     "demo-keyframe-temporal-more": _demo("keyframe", 2000, 3e-4, **_DEMO_TEMPORAL),
-    "demo-interpolation": _demo("interpolation", 1200, 1e-3, global_batch_size=4, num_groups=2,
-                                interpolation=InterpolationTrainingConfig(train_scope="all")),
-    "demo-interpolation-more": _demo("interpolation", 2400, 3e-4, global_batch_size=4, num_groups=2,
-                                     interpolation=InterpolationTrainingConfig(train_scope="all")),
-    # The two stages above read the reference's spacing (keys of the medium pass 16 source frames apart),
-    # but the demo's base frames are 4 apart (its keyframe UNet's frame_stride): the frames the medium pass
-    # fills in are consecutive. On rendered clips with keys 4 apart, its interpolated latents were off by
-    # 0.55 RMS (a linear blend of the keys: 0.09), shapes faded out of 11% of the frames and 45-frame videos
-    # stepped evenly in 0.45. So: more of it at the sampler's spacing (the high pass's skip 1 gets the same,
-    # the finest the 24 fps clips have), a quarter of it at t >= 900. (2000 steps at 3e-4, uniform t:
-    # 0.55 -> 0.49.)
-    "demo-interpolation-spaced": _demo("interpolation", 4000, 6e-4, **_DEMO_SPACED),
-    # More of it at a lower rate (its v loss was still falling). On generated base frames (seeds 3 and 4, 40
-    # videos) frames missing the named colour 0.048 -> 0.036 (blue 0.22 -> 0.16); 45-frame evenness 0.60 either way.
-    "demo-interpolation-spaced-more": _demo("interpolation", 5000, 4e-4, **_DEMO_SPACED),
+    # The interpolation UNet, every weight (there is no image model to start from), on windows whose frames
+    # are consecutive source frames: the demo's base frames are 4 apart (the keyframe UNet's frame_stride),
+    # so the frames the medium pass fills in are consecutive (source_spacing 1; the reference's data has
+    # the medium pass's keys 16 apart), and the high pass's skip 1 gets the same, the finest the 24 fps clips
+    # have. A quarter of each batch at t >= 900, where only the key frames tell where the shape is. Trained
+    # from pre-computed latents (`python -m train.precompute`, 0.46 s a step here against about 10 s
+    # encoding each batch of 16). On 40 videos of seeds 3 and 4 (the same base frames), after the four
+    # stages of 3.2M weights that shipped before it (12,600 steps at batch 4): interpolated frames missing
+    # the named colour 0.030 -> 0.002, 45 frames stepping evenly 0.70 -> 0.82 (interpolation steps 10).
+    "demo-interpolation": _demo("interpolation", 4000, 1e-3, global_batch_size=16, num_groups=2,
+                                checkpoint_every=500, keep_checkpoints=3,
+                                interpolation=InterpolationTrainingConfig(train_scope="all", source_spacing=(1, 1),
+                                                                          high_noise_fraction=0.25)),
 }
 TRAIN_PRESETS.update(DEMO_TRAIN_PRESETS)
 # keyframe-tiny on the two-level UNet (kvjax.pipeline.config): what the CLI's kill-and-resume test trains.

@@ -7,7 +7,7 @@ order and that kept outputs are taken only for the same recipe.
 import json
 import os
 
-from train.demo import RECIPE, _keep, _take_kept, finished_stages, stages
+from train.demo import RECIPE, _keep, _recipe, _take_kept, finished_stages, stages
 
 
 def _model_stage(plan, name):
@@ -19,9 +19,9 @@ def test_the_plan_runs_every_stage_after_its_inputs():
   names = [s.name for s in plan]
   assert set(names) == {"videos", "prepared", "init", "image_movq", "latents", "keyframe_image", "keyframe",
                         "keyframe_motion", "keyframe_first", "keyframe_temporal", "keyframe_temporal_more",
-                        "keyframe_place", "keyframe_settle", "interpolation", "interpolation_more",
-                        "interpolation_spaced", "interpolation_spaced_more", "video_movq", "video_movq_decoder",
-                        "video_movq_decoder_more", "video_movq_decoder_long", "assemble", "check"}
+                        "keyframe_place", "keyframe_settle", "interpolation_inputs", "interpolation",
+                        "video_movq", "video_movq_decoder", "video_movq_decoder_more", "video_movq_decoder_long",
+                        "assemble", "check"}
   for stage in plan:
     assert all(names.index(a) < names.index(stage.name) for a in stage.after), stage.name
   # Every model stage exports float16, the shipped form, which later stages and --keep folders hold.
@@ -91,3 +91,17 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
   assert not (tmp_path / "out").exists()
+
+
+def test_a_kept_output_names_only_the_models_its_run_reads(monkeypatch):
+  """A new interpolation UNet leaves the keyframe and MoVQ stages' kept outputs valid, and the other way."""
+  import dataclasses
+
+  from kvjax.pipeline import config as pipeline_config
+  plan = stages("/out", 600, 0)
+  before = {s.name: _recipe(s, "/out", plan) for s in plan if s.output is not None}
+  demo = pipeline_config.PIPELINE_PRESETS["demo"]
+  wider = dataclasses.replace(demo, interpolation=dataclasses.replace(demo.interpolation, model_channels=96))
+  monkeypatch.setitem(pipeline_config.PIPELINE_PRESETS, "demo", wider)
+  after = {s.name: _recipe(s, "/out", plan) for s in plan if s.output is not None}
+  assert [name for name in before if before[name] != after[name]] == ["interpolation"]
