@@ -14,6 +14,7 @@ recipe made; stages whose inputs are ready run --parallel at once):
   video_movq   python -m train --config demo-video-movq ...        the temporal decoder, from the image MoVQ
   video_movq_decoder  python -m train --config demo-video-movq-decoder ...  its whole decoder (encoder frozen)
   video_movq_decoder_more  python -m train --config demo-video-movq-decoder-more ...  more of it, a lower rate
+  video_movq_decoder_long  python -m train --config demo-video-movq-decoder-long ...  longer still
   keyframe_image  python -m train --config demo-keyframe-image ... the keyframe UNet in image mode
   keyframe     python -m train --config demo-keyframe --init ...   the same UNet in video mode (the paper's recipe)
   keyframe_motion  python -m train --config demo-keyframe-motion --init ...  more of it, half at high noise
