@@ -5,8 +5,8 @@ on rendered clips whose middle frames are known, against a linear blend of the t
 
 Clips of 9 consecutive frames (keys 0, 4, 8: the spacing of the demo's medium pass), one per colour x
 direction, encoded by the folder's image MoVQ. Per weights folder and timestep: the RMS error of the x0 that
-the predicted v implies (x0 = sqrt(a) x_t - sqrt(1 - a) v), and how far that x0 moves between two noise draws
-(its spread: x_t's noise leaking into the answer). A model that learned the keys is at most as far off as the
+the predicted v implies (kvjax.diffusion.ddpm.predict_original), and how far that x0 moves between two noise
+draws (its spread: x_t's noise leaking into the answer). A model that learned the keys is at most as far off as the
 blend at every timestep, and its spread is small where the noise hides the frames.
 """
 
@@ -41,12 +41,13 @@ def measure(weights: str, speed: str) -> tuple[float, dict[int, tuple[float, flo
   import jax
   import jax.numpy as jnp
   from PIL import Image
-  from kvjax.diffusion.ddpm import add_noise
+  from kvjax.diffusion.ddpm import add_noise, predict_original
   from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, make_schedule
   from kvjax.pipeline.config import GenerationOptions
   from kvjax.pipeline.text_to_video import TextToVideo
   from kvjax.pipeline.weights import load_pipeline_weights
   from kvjax.text.tokenizer import T5Tokenizer
+  from kvjax.training.interpolation_loss import keys_and_targets
 
   config, w = load_pipeline_weights(weights, tokens_length=16)
   pipe = TextToVideo(config, w, T5Tokenizer(os.path.join(weights, "spiece.model"), 16))
@@ -54,12 +55,11 @@ def measure(weights: str, speed: str) -> tuple[float, dict[int, tuple[float, flo
   (context, mask), _, _, length = pipe.encode_text([judge.prompt(*c) for c in cases])
   options = GenerationOptions(**{**demo.DEMO_OPTIONS, "fps": "medium"})
   latents = jnp.stack([pipe.encode_images([Image.fromarray(f) for f in clip], options) for clip in clips])
-  p, _, h, wd, c = latents.shape
+  keys, targets = keys_and_targets(latents)  # as training reads a clip
+  p, _, h, wd, c = keys.shape
   n = p * GROUPS
-  keys = latents[:, ::4]
   left, right = keys[:, :-1].reshape(n, h, wd, c), keys[:, 1:].reshape(n, h, wd, c)
-  middles = jnp.stack([latents[:, 4 * g + 1:4 * g + 4] for g in range(GROUPS)], 1)  # (P, G, 3, h, w, c)
-  targets = middles.transpose(0, 1, 3, 4, 2, 5).reshape(n, h, wd, 3 * c)  # frame-major channels
+  targets = targets.reshape(n, h, wd, 3 * c)
   blend = jnp.concatenate([(1 - k / 4) * left + k / 4 * right for k in (1, 2, 3)], axis=-1)
   rms = lambda a: float(jnp.sqrt(jnp.mean(jnp.square(a))))
 
@@ -75,8 +75,7 @@ def measure(weights: str, speed: str) -> tuple[float, dict[int, tuple[float, flo
                    per_group(context), per_group(mask), num_groups=GROUPS,
                    perturbation_time=jnp.zeros((n,), jnp.int32), skip_frames=jnp.full((n,), 3, jnp.int32),
                    temporal_mask=jnp.ones((n,)), context_length=length)
-    alpha = schedule.alphas_cumprod[t]
-    return jnp.sqrt(alpha) * noisy - jnp.sqrt(1 - alpha) * v
+    return predict_original(INTERPOLATION_SCHEDULER, schedule.alpha_bar(t), noisy, v)
 
   rows = {}
   for t in TIMESTEPS:

@@ -196,16 +196,13 @@ def _set_fields(config) -> dict:
   return values
 
 
-# The pipeline's UNets that a run of each model does not read: a change to one of them leaves the others'
-# kept outputs valid (the MoVQ and text models are read by every UNet run, or trained).
-_UNREAD_UNETS = {"keyframe": ("interpolation",), "interpolation": ("keyframe",),
-                 "image_movq": ("keyframe", "interpolation"), "video_movq": ("keyframe", "interpolation")}
-
-
 def _models_read(config, pipelines) -> dict:
-  """The model configurations (as _set_fields) of a training preset's pipeline that its run reads."""
+  """The model configurations (as _set_fields) of a training preset's pipeline that its run reads: every
+  one but the UNets it does not train (a UNet run reads the MoVQ and text models, a MoVQ run no UNet), so a
+  change to one UNet leaves the other models' kept outputs valid."""
+  from kvjax.training.config import UNET_MODELS
   models = _set_fields(pipelines[config.pipeline])
-  return {name: value for name, value in models.items() if name not in _UNREAD_UNETS[config.model]}
+  return {name: value for name, value in models.items() if name not in UNET_MODELS or name == config.model}
 
 
 def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:

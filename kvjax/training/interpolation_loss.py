@@ -64,23 +64,27 @@ def clip_frames(num_groups: int) -> int:
   return FRAMES_PER_GROUP * num_groups + num_groups + 1
 
 
+def keys_and_targets(latents: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A clip of 4G + 1 latent frames (B, 4G + 1, h, w, c) -> its key frames (B, G + 1, h, w, c) and each
+  group's three middle frames as the UNet outputs them (B, G, h, w, 3c), frame-major channels (spec §4.8)."""
+  b, frames, h, w, c = latents.shape
+  g = (frames - 1) // (FRAMES_PER_GROUP + 1)
+  if frames != clip_frames(g) or g < 1:
+    raise ValueError(f"interpolation clips have 4G + 1 latent frames (G >= 1 groups), got {frames}")
+  groups = latents[:, :-1].reshape(b, g, FRAMES_PER_GROUP + 1, h, w, c)
+  targets = groups[:, :, 1:].transpose(0, 1, 3, 4, 2, 5).reshape(b, g, h, w, FRAMES_PER_GROUP * c)
+  return latents[:, ::FRAMES_PER_GROUP + 1], targets
+
+
 def interpolation_loss(params, batch, rng, *, model, config: InterpolationTrainingConfig, null_embedding,
                        activation_sharding=None) -> jax.Array:
   """Mean squared v error. `batch`: latents (B, 4G + 1, h, w, 4), context (B, L, D), context_mask (B, L),
   skip_frames (B,) int."""
   pin = batch_pinning(activation_sharding)
-  latents = batch["latents"].astype(jnp.float32)
-  b, frames, h, w, c = latents.shape
-  g = (frames - 1) // (FRAMES_PER_GROUP + 1)
-  if frames != clip_frames(g) or g < 1:
-    raise ValueError(f"interpolation clips have 4G + 1 latent frames (G >= 1 groups), got {frames}")
+  keys, targets = keys_and_targets(batch["latents"].astype(jnp.float32))
+  b, g, h, w = targets.shape[:4]
   schedule = make_schedule(INTERPOLATION_SCHEDULER)
   k_time, k_noise, k_level, k_aug, k_uncond = jax.random.split(rng, 5)
-
-  groups = latents[:, :-1].reshape(b, g, FRAMES_PER_GROUP + 1, h, w, c)
-  keys = latents[:, ::FRAMES_PER_GROUP + 1]  # (B, G + 1, ...)
-  # (B, G, h, w, 3c), frame-major channels as the UNet's output (spec §4.8)
-  targets = groups[:, :, 1:].transpose(0, 1, 3, 4, 2, 5).reshape(b, g, h, w, FRAMES_PER_GROUP * c)
 
   time = pin(draw_timesteps(config.high_noise_fraction, config.high_noise_start, k_time, b,
                             schedule.alphas_cumprod.shape[0]))
