@@ -246,10 +246,10 @@ DEMO_TRAIN_PRESETS = {
     # so the frames the medium pass fills in are consecutive (source_spacing 1; the reference's data has
     # the medium pass's keys 16 apart), and the high pass's skip 1 gets the same, the finest the 24 fps clips
     # have. A quarter of each batch at t >= 900, where only the key frames tell where the shape is. Trained
-    # from pre-computed latents (`python -m train.precompute`, 0.46 s a step here against about 10 s
-    # encoding each batch of 16). On 40 videos of seeds 3 and 4 (the same base frames), after the four
-    # stages of 3.2M weights that shipped before it (12,600 steps at batch 4): interpolated frames missing
-    # the named colour 0.030 -> 0.002, 45 frames stepping evenly 0.70 -> 0.82 (interpolation steps 10).
+    # from pre-computed latents (`python -m train.precompute`: 0.46 s a step here; encoding every batch took
+    # 2.6 s a step at batch 4). On 40 videos of seeds 3 and 4 (the same base frames), after the four stages
+    # of 3.2M weights that shipped before it (12,600 steps at batch 4): interpolated frames missing the named
+    # colour 0.030 -> 0.002, 45 frames stepping evenly 0.70 -> 0.80 (interpolation steps 10; 0.82 at step 1500).
     "demo-interpolation": _demo("interpolation", 4000, 1e-3, global_batch_size=16, num_groups=2,
                                 checkpoint_every=500, keep_checkpoints=3,
                                 interpolation=InterpolationTrainingConfig(train_scope="all", source_spacing=(1, 1),
