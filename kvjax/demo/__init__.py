@@ -15,8 +15,8 @@ DEMO_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights
 
 # How the demo samples (what it was judged with): its size; the reference's sampler (DDPM) and 50 steps for
 # the key and base frames, its 10 interpolation steps (5 before, below); motion "high", the sampler's score
-# closest to its training clips' typical motion (the demo's recipe scales measured motion so that slow / medium / fast shapes score
-# about 10 / 30 / 45). Measured by bench/demo_quality.py against DDIM's 25 steps: direction 0.63 -> 0.72 of
+# closest to its training clips' typical motion (the demo's recipe scales measured motion so that slow /
+# medium / fast shapes score about 10 / 30 / 45). Measured by bench/demo_quality.py against DDIM's 25 steps: direction 0.63 -> 0.72 of
 # 60 videos, 45 frames moving evenly (largest step < 4x the median) 0.30 -> 0.55, image-to-video direction
 # 0.85 -> 0.90, its first-frame IoU median 0.44 -> 0.37; 28 s for `python -m sample` without a compile cache.
 # The first frame's guidance weight 5 (the reference's 2) keeps an image-to-video picture: first frames with
