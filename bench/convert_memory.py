@@ -23,7 +23,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.checkpoints.torch_zip_writer import TensorSource, write_torch_zip
 from kvjax.conversion.unet import TRANSPOSED_CONVS
 from kvjax.conversion.naming import from_flax_layout, torch_key
@@ -56,7 +56,7 @@ def main():
   parser.add_argument("--dtypes", default="bf16,fp32")
   parser.add_argument("--preset", default="keyframe-1.1")
   args = parser.parse_args()
-  config = configs.get_preset(args.preset)
+  config = model_configs.get_preset(args.preset)
   workdir = args.workdir or tempfile.mkdtemp(prefix="kvjax-bench-")
   os.makedirs(workdir, exist_ok=True)
   src = os.path.join(workdir, "t2v.pt")

@@ -23,9 +23,9 @@ from kvjax.diffusion.ddpm import add_noise
 from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, make_schedule
 from kvjax.models.latent_normalization import denormalize
 from kvjax.pipeline import samplers
-from kvjax.pipeline.config import GenerationOptions
+from kvjax.pipeline.pipeline_config import GenerationOptions
 from kvjax.pipeline.text_to_video import TextToVideo
-from kvjax.pipeline.weights import load_pipeline_weights
+from kvjax.pipeline.pipeline_weights import load_pipeline_weights
 from kvjax.text.tokenizer import T5Tokenizer
 
 PROMPTS = {"a red circle moving right": "red", "a blue square moving left": "blue",

@@ -43,9 +43,9 @@ def measure(weights: str, speed: str) -> tuple[float, dict[int, tuple[float, flo
   from PIL import Image
   from kvjax.diffusion.ddpm import add_noise, predict_original
   from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, make_schedule
-  from kvjax.pipeline.config import GenerationOptions
+  from kvjax.pipeline.pipeline_config import GenerationOptions
   from kvjax.pipeline.text_to_video import TextToVideo
-  from kvjax.pipeline.weights import load_pipeline_weights
+  from kvjax.pipeline.pipeline_weights import load_pipeline_weights
   from kvjax.text.tokenizer import T5Tokenizer
   from kvjax.training.interpolation_loss import keys_and_targets
 

@@ -34,9 +34,9 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   from PIL import Image
-  from kvjax.pipeline.config import GenerationOptions
+  from kvjax.pipeline.pipeline_config import GenerationOptions
   from kvjax.pipeline.text_to_video import TextToVideo
-  from kvjax.pipeline.weights import load_pipeline_weights
+  from kvjax.pipeline.pipeline_weights import load_pipeline_weights
   from kvjax.text.tokenizer import T5Tokenizer
 
   config, weights = load_pipeline_weights(args.weights, tokens_length=16)

@@ -21,9 +21,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kvjax.pipeline import samplers  # noqa: E402
-from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions  # noqa: E402
+from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions  # noqa: E402
 from kvjax.pipeline.text_to_video import TextToVideo  # noqa: E402
-from kvjax.pipeline.weights import random_weights  # noqa: E402
+from kvjax.pipeline.pipeline_weights import random_weights  # noqa: E402
 from kvjax.sharding import make_mesh  # noqa: E402
 from kvjax.text.hashed_tokenizer import HashedWordTokenizer  # noqa: E402
 

@@ -18,9 +18,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions
+from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions
 from kvjax.pipeline.text_to_video import TextToVideo
-from kvjax.pipeline.weights import random_weights
+from kvjax.pipeline.pipeline_weights import random_weights
 
 
 def peak_memory_gib() -> float:
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
   start = time.perf_counter()
   if args.weights:
-    from kvjax.pipeline.weights import load_pipeline_weights
+    from kvjax.pipeline.pipeline_weights import load_pipeline_weights
     from kvjax.text.tokenizer import T5Tokenizer
     config, weights = load_pipeline_weights(args.weights)
     tokenizer = T5Tokenizer(args.tokenizer, config.tokens_length)

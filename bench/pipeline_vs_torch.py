@@ -160,7 +160,7 @@ def _install_stand_ins() -> list[str]:
 
 def bench_config():
   """The tiny preset with 8x MoVQs (the official pipeline's latent sizes assume 8x)."""
-  from kvjax.pipeline.config import PIPELINE_PRESETS
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
   tiny = PIPELINE_PRESETS["tiny"]
   deeper = dict(ch_mult=(1, 2, 2, 2), attn_resolutions=(2,))
   return dataclasses.replace(tiny, image_movq=dataclasses.replace(tiny.image_movq, **deeper),
@@ -199,7 +199,7 @@ def build_both(reference: str, config, scratch: str, seed: int):
   from kvjax.conversion.movq import convert_movq
   from kvjax.conversion.t5 import convert_t5_encoder, convert_text_projections
   from kvjax.conversion.unet import convert_unet
-  from kvjax.pipeline.weights import PipelineWeights
+  from kvjax.pipeline.pipeline_weights import PipelineWeights
   from kvjax.text.tokenizer import T5Tokenizer
 
   folder = os.path.abspath(reference)
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
 
   jax.config.update("jax_enable_compilation_cache", False)  # "first call" includes the compile
   import torch
-  from kvjax.pipeline.config import GenerationOptions
+  from kvjax.pipeline.pipeline_config import GenerationOptions
   from kvjax.pipeline.text_to_video import TextToVideo
 
   # Both sides on the same cores: the process's CPU affinity (set before the XLA backend starts, on the first

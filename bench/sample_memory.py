@@ -63,10 +63,10 @@ from jax.extend import core as jax_core  # noqa: E402
 from kvjax.models.movq import reference_chunk_sizes  # noqa: E402
 from kvjax.models.t5_encoder import scan_layout  # noqa: E402
 from kvjax.params import abstract_params  # noqa: E402
-from kvjax.pipeline.config import FPS_PASSES, PIPELINE_PRESETS, GenerationOptions  # noqa: E402
+from kvjax.pipeline.pipeline_config import FPS_PASSES, PIPELINE_PRESETS, GenerationOptions  # noqa: E402
 from kvjax.pipeline.programs import StagePrograms  # noqa: E402
 from kvjax.pipeline.text_to_video import weight_shardings  # noqa: E402
-from kvjax.pipeline.weights import PipelineWeights  # noqa: E402
+from kvjax.pipeline.pipeline_weights import PipelineWeights  # noqa: E402
 from kvjax.sharding import make_mesh, replicated  # noqa: E402
 from train_memory import GIB, per_device_bytes as sharded_bytes  # noqa: E402  (bench/ is the script's path)
 

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kvjax import configs  # noqa: E402
+from kvjax import model_configs  # noqa: E402
 from kvjax.models.t5_encoder import T5Encoder, scan_layout  # noqa: E402
 from kvjax.params import random_params  # noqa: E402
 
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
   mask = np.ones_like(ids, bool)
   print(f"{'layers':>6} {'layout':>9} {'compile s':>10} {'max |scanned - unrolled|':>25}")
   for layers in args.layers:
-    cfg = dataclasses.replace(configs.FLAN_UL2_ENCODER, vocab_size=512, d_model=d, d_kv=d // 8, d_ff=2 * d,
+    cfg = dataclasses.replace(model_configs.FLAN_UL2_ENCODER, vocab_size=512, d_model=d, d_kv=d // 8, d_ff=2 * d,
                               num_layers=layers, num_heads=8)
     params = random_params(cfg, 0)
     outputs = {}

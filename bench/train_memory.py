@@ -83,11 +83,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kvjax.params import random_params  # noqa: E402
-from kvjax.training.config import TRAIN_PRESETS, TrainConfig  # noqa: E402
+from kvjax.training.train_config import TRAIN_PRESETS, TrainConfig  # noqa: E402
 from kvjax.sharding import make_mesh, parse_mesh  # noqa: E402
 from kvjax.training.movq_gan import GANState  # noqa: E402
 from kvjax.training.trainer import abstract_batch, make_trainer  # noqa: E402
-from kvjax.training.weights import lpips_weights, movq_start  # noqa: E402
+from kvjax.training.starting_weights import lpips_weights, movq_start  # noqa: E402
 
 GIB = 2 ** 30
 

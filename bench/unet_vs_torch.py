@@ -56,7 +56,7 @@ def main(argv=None) -> int:
 
   import dataclasses
   import torch
-  from kvjax import configs
+  from kvjax import model_configs
   from kvjax.conversion.unet import convert_unet
   from kvjax.params import build_model
 
@@ -64,10 +64,10 @@ def main(argv=None) -> int:
   sys.path.insert(0, os.path.dirname(folder))
   reference_unet = importlib.import_module(f"{os.path.basename(folder)}.unet").UNet
   if args.config == "keyframe-bench":  # the production layout at a quarter of the width, 16 groups, heads of 32
-    config = dataclasses.replace(configs.KEYFRAME_1_1, model_channels=96, init_channels=48, time_embed_dim=384,
+    config = dataclasses.replace(model_configs.KEYFRAME_1_1, model_channels=96, init_channels=48, time_embed_dim=384,
                                  context_dim=256, groups=16, head_dim=32)
   else:
-    config = configs.get_preset(args.config)
+    config = model_configs.get_preset(args.config)
 
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count())

@@ -7,13 +7,13 @@ import sys
 
 
 def info() -> int:
-  from kvjax import configs
+  from kvjax import model_configs
   from kvjax.params import abstract_params, count_params
   print(f"{'preset':<26} {'model':<20} {'parameters':>15} {'published':>15}")
   mismatches = 0
-  for name, config in {**configs.PRODUCTION_PRESETS, **configs.TINY_PRESETS}.items():
+  for name, config in {**model_configs.PRODUCTION_PRESETS, **model_configs.TINY_PRESETS}.items():
     count = count_params(abstract_params(config))
-    published = configs.PUBLISHED_PARAMETER_COUNTS.get(name)
+    published = model_configs.PUBLISHED_PARAMETER_COUNTS.get(name)
     mismatches += published is not None and published != count
     print(f"{name:<26} {config.kind:<20} {count:>15} {'' if published is None else published:>15}")
   return 1 if mismatches else 0

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.models.interpolation_unet import InterpolationUNet
 from kvjax.models.keyframe_unet import KeyframeUNet
 
@@ -23,25 +23,25 @@ def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32, remat: str =
   attention implementation of the models that attend (kvjax.layers.attention.ATTENTION_IMPLEMENTATIONS)."""
   from kvjax.layers.attention import check_attention_implementation
   attending = dict(dtype=dtype, param_dtype=param_dtype, attention_implementation=check_attention_implementation(attention))
-  if isinstance(config, configs.KeyframeUNetConfig):
+  if isinstance(config, model_configs.KeyframeUNetConfig):
     return KeyframeUNet(config, remat=remat, **attending)
-  if isinstance(config, configs.InterpolationUNetConfig):
+  if isinstance(config, model_configs.InterpolationUNetConfig):
     return InterpolationUNet(config, remat=remat, **attending)
-  if isinstance(config, configs.MoVQConfig):
+  if isinstance(config, model_configs.MoVQConfig):
     from kvjax.models.movq import MoVQ
     return MoVQ(config, remat=remat, **attending)
   if remat != "none":
     raise ValueError(f"remat applies to the UNets and MoVQs, not to {type(config).__name__}")
-  if isinstance(config, configs.T5EncoderConfig):
+  if isinstance(config, model_configs.T5EncoderConfig):
     from kvjax.models.t5_encoder import T5Encoder
     return T5Encoder(config, **attending)
-  if isinstance(config, configs.TextProjectionConfig):
+  if isinstance(config, model_configs.TextProjectionConfig):
     from kvjax.models.text_projection import TextProjections
     return TextProjections(config, dtype=dtype, param_dtype=param_dtype)
-  if isinstance(config, configs.DiscriminatorConfig):
+  if isinstance(config, model_configs.DiscriminatorConfig):
     from kvjax.models.discriminators import build_discriminator
     return build_discriminator(config, dtype=dtype, param_dtype=param_dtype)
-  if isinstance(config, configs.LPIPSConfig):
+  if isinstance(config, model_configs.LPIPSConfig):
     from kvjax.models.lpips import LPIPS
     return LPIPS(config, dtype=dtype, param_dtype=param_dtype)
   raise TypeError(f"no model for config type {type(config).__name__}")
@@ -49,7 +49,7 @@ def build_model(config, dtype=jnp.float32, param_dtype=jnp.float32, remat: str =
 
 def example_inputs(config, batch: int = 3, size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
   """Abstract inputs that reach every parameter of the model (used for init and eval_shape)."""
-  if isinstance(config, configs.UNetConfig):
+  if isinstance(config, model_configs.UNetConfig):
     size = size or 2 ** (config.num_levels - 1)
     f32 = jnp.float32
     return dict(
@@ -57,20 +57,20 @@ def example_inputs(config, batch: int = 3, size: int | None = None) -> dict[str,
         time=jax.ShapeDtypeStruct((batch,), f32),
         context=jax.ShapeDtypeStruct((batch, 2, config.context_dim), f32),
         context_mask=jax.ShapeDtypeStruct((batch, 2), jnp.bool_))
-  if isinstance(config, configs.MoVQConfig):
+  if isinstance(config, model_configs.MoVQConfig):
     size = size or 2 * config.downsampling_factor
     return dict(images=jax.ShapeDtypeStruct((batch, size, size, config.in_channels), jnp.float32))
-  if isinstance(config, configs.T5EncoderConfig):
+  if isinstance(config, model_configs.T5EncoderConfig):
     return dict(input_ids=jax.ShapeDtypeStruct((batch, 2), jnp.int32),
                 attention_mask=jax.ShapeDtypeStruct((batch, 2), jnp.int32))
-  if isinstance(config, configs.TextProjectionConfig):
+  if isinstance(config, model_configs.TextProjectionConfig):
     return dict(hidden_states=jax.ShapeDtypeStruct((batch, 2, config.in_dim), jnp.float32))
-  if isinstance(config, configs.DiscriminatorConfig):
+  if isinstance(config, model_configs.DiscriminatorConfig):
     size = size or config.min_spatial_size
     if config.architecture == "video":
       return dict(x=jax.ShapeDtypeStruct((batch, 2, size, size, config.in_channels), jnp.float32))
     return dict(x=jax.ShapeDtypeStruct((batch, size, size, config.in_channels), jnp.float32))
-  if isinstance(config, configs.LPIPSConfig):
+  if isinstance(config, model_configs.LPIPSConfig):
     image = jax.ShapeDtypeStruct((batch, 16, 16, 3), jnp.float32)
     return dict(x=image, y=image)
   raise TypeError(f"no example inputs for config type {type(config).__name__}")

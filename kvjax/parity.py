@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.conversion.registry import CONVERTERS
 from kvjax.conversion.store import ConvertedModel, load_converted, save_converted
 from kvjax.models.movq import reference_chunk_sizes
@@ -199,7 +199,7 @@ def verify_fixture(manifest_path: str, compute_dtype=None) -> list[CaseResult]:
   if kind not in CASE_RUNNERS:
     return [CaseResult(prefix, 0, 0, 0, f"no verifier for model kind {kind!r}")]
   try:
-    config = configs.CONFIG_TYPES[kind].from_dict(manifest["config"])
+    config = model_configs.CONFIG_TYPES[kind].from_dict(manifest["config"])
     converted = convert_round_trip(kind, os.path.join(folder, manifest["checkpoint"]), config)
   except Exception as e:  # report and go on to the next fixture
     return [CaseResult(prefix, 0, 0, 0, f"conversion failed: {type(e).__name__}: {e}")]

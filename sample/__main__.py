@@ -21,7 +21,7 @@ import time
 
 from kvjax.diffusion.loop import SAMPLERS
 from kvjax.layers.attention import ATTENTION_IMPLEMENTATIONS
-from kvjax.pipeline.config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MOTION_SCORES, GenerationOptions
+from kvjax.pipeline.pipeline_config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MOTION_SCORES, GenerationOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,7 +174,7 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
 
 def run(args) -> int:
   from sample.writers import check_output_path, write_videos
-  from kvjax.pipeline.config import PIPELINE_PRESETS
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
 
   outputs = _outputs(args.out, len(args.prompts))
   for out in outputs:  # fail before any work on a bad, taken or unwritable output path
@@ -202,7 +202,7 @@ def run(args) -> int:
 
   import jax.numpy as jnp
   from kvjax.pipeline.text_to_video import TextToVideo
-  from kvjax.pipeline.weights import random_weights, with_models
+  from kvjax.pipeline.pipeline_weights import random_weights, with_models
   if weights_dir == demo.DEMO_WEIGHTS:
     print(f"weights: the embedded demo ({weights_dir}): a small model kvjax trained on moving shapes, "
           f"{defaults.get('width')}x{defaults.get('height')}; pass --weights for others", file=sys.stderr)
@@ -215,7 +215,7 @@ def run(args) -> int:
     config, weights = with_models(config, random_weights(config, options.seed), overrides)
     tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, config.tokens_length)
   else:
-    from kvjax.pipeline.weights import load_pipeline_weights
+    from kvjax.pipeline.pipeline_weights import load_pipeline_weights
     from kvjax.text.tokenizer import T5Tokenizer
     tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
     if not os.path.isfile(tokenizer_path):

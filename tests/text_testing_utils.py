@@ -2,10 +2,10 @@
 
 import torch
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.models.text_projection import HEADS
 
-PROJECTIONS_CFG = configs.TEXT_PROJECTIONS_TINY
+PROJECTIONS_CFG = model_configs.TEXT_PROJECTIONS_TINY
 
 
 def torch_heads(seed=0, config=PROJECTIONS_CFG):

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from kvjax.training.config import COMPUTE_DTYPES, REMAT_POLICIES, TRAIN_PRESETS
+from kvjax.training.train_config import COMPUTE_DTYPES, REMAT_POLICIES, TRAIN_PRESETS
 from kvjax.training.inputs import GENERATED_SOURCES
 from kvjax.training.movq_gan import INIT_FROM, TRAIN_SCOPES
 from kvjax.training.optimizer import NONFINITE_POLICIES
@@ -111,7 +111,7 @@ def _train_config(args):
 def _check_same_run(workdir: str, config) -> None:
   """A workdir belongs to one run: resuming with other settings (the length and the non-finite policy aside)
   is refused. Settings a run saved before a field existed read as that field's default."""
-  from kvjax.training.config import TrainConfig, config_from_dict
+  from kvjax.training.train_config import TrainConfig, config_from_dict
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     return
@@ -323,7 +323,7 @@ def _train(args) -> int:
   from kvjax.training.inputs import step_inputs
   from kvjax.sharding import make_mesh
   from kvjax.training.trainer import make_trainer
-  from kvjax.training.weights import lpips_weights, movq_start, training_weights, unet_start
+  from kvjax.training.starting_weights import lpips_weights, movq_start, training_weights, unet_start
 
   try:
     config = _train_config(args)

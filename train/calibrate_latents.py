@@ -16,7 +16,7 @@ import dataclasses
 import os
 import sys
 
-from kvjax.training.config import TRAIN_PRESETS
+from kvjax.training.train_config import TRAIN_PRESETS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def _calibrate(args) -> int:
   from kvjax.conversion.store import load_converted
   from kvjax.models import latent_normalization
   from kvjax.params import build_model
-  from kvjax.pipeline.weights import FOLDERS
+  from kvjax.pipeline.pipeline_weights import FOLDERS
   from kvjax.training.inputs import clip_reader
   from kvjax.training.movq_gan import frames_to_unit_range
 

@@ -167,7 +167,7 @@ def install(weights: str, target: str = DEMO_WEIGHTS) -> None:
   from kvjax.atomic import staged
   from kvjax.conversion.store import ConvertedModel, load_converted, save_converted
   from kvjax.models.latent_normalization import LATENTS_FILE
-  from kvjax.pipeline.weights import FOLDERS
+  from kvjax.pipeline.pipeline_weights import FOLDERS
   with staged(target, overwrite=True) as staging:
     for folder in FOLDERS.values():
       model = load_converted(os.path.join(weights, folder))
@@ -200,7 +200,7 @@ def _models_read(config, pipelines) -> dict:
   """The model configurations (as _set_fields) of a training preset's pipeline that its run reads: every
   one but the UNets it does not train (a UNet run reads the MoVQ and text models, a MoVQ run no UNet), so a
   change to one UNet leaves the other models' kept outputs valid."""
-  from kvjax.training.config import UNET_MODELS
+  from kvjax.training.train_config import UNET_MODELS
   models = _set_fields(pipelines[config.pipeline])
   return {name: value for name, value in models.items() if name not in UNET_MODELS or name == config.model}
 
@@ -209,9 +209,9 @@ def _recipe(stage: Stage, out: str, plan: list[Stage]) -> dict:
   """What a kept output was made by: the stage's commands (OUT written as "OUT"), the training presets they
   name with their models' configurations, and the same of every stage before it (the videos' count and
   seed among them)."""
-  from kvjax.training.config import TRAIN_PRESETS
+  from kvjax.training.train_config import TRAIN_PRESETS
   commands = [[arg.replace(out, "OUT") for arg in command] for command in stage.commands]
-  from kvjax.pipeline.config import PIPELINE_PRESETS
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
   names = [c[i + 1] for c in stage.commands for i, arg in enumerate(c[:-1]) if c[0] == "train" and arg == "--config"]
   presets = {name: {"training": _set_fields(TRAIN_PRESETS[name]),
                     "models": _models_read(TRAIN_PRESETS[name], PIPELINE_PRESETS)} for name in names}

@@ -41,7 +41,7 @@ def export(workdir: str, out: str, step: int | None = None, ema: bool = True, ov
 
   from kvjax.conversion.store import ConvertedModel, save_converted
   from kvjax.training.checkpointing import NULL_EMBEDDING, TrainCheckpoints, abstract_with_shardings
-  from kvjax.training.config import TrainConfig, config_from_dict
+  from kvjax.training.train_config import TrainConfig, config_from_dict
   from kvjax.sharding import make_mesh
   from kvjax.training.trainer import make_trainer
 

@@ -21,7 +21,7 @@ MAX_CAPTION_LINE = 1 << 16  # bytes: a caption file line longer than this is not
 
 
 def _parser() -> argparse.ArgumentParser:
-  from kvjax.pipeline.config import PIPELINE_PRESETS
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
   p = argparse.ArgumentParser(prog="python -m train.init_weights", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("out", help="new weights folder")
@@ -59,8 +59,8 @@ def init_weights(out: str, pipeline: str, captions: list[str], seed: int = 0, ov
 
   from kvjax.atomic import staged
   from kvjax.conversion.store import ConvertedModel, save_converted
-  from kvjax.pipeline.config import PIPELINE_PRESETS
-  from kvjax.pipeline.weights import FOLDERS, random_weights
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
+  from kvjax.pipeline.pipeline_weights import FOLDERS, random_weights
   from kvjax.text.tokenizer import T5Tokenizer
   from kvjax.text.tokenizer_training import train_tokenizer
 

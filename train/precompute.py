@@ -16,7 +16,7 @@ import dataclasses
 import os
 import sys
 
-from kvjax.training.config import TRAIN_PRESETS
+from kvjax.training.train_config import TRAIN_PRESETS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def _precompute(args) -> int:
   from kvjax.training.inputs import ClipEncoder, clip_reader
   from kvjax.sharding import make_mesh
   from kvjax.training.precomputed import write_precomputed
-  from kvjax.training.weights import training_weights
+  from kvjax.training.starting_weights import training_weights
 
   if not 1 <= args.batch_size <= 4096:
     raise ValueError(f"--batch-size {args.batch_size}: give 1 to 4096 clips")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kvjax.checkpoints import CheckpointError, LazyTensor, flatten_state_dict, read_checkpoint
-from kvjax.configs import LPIPSConfig
+from kvjax.model_configs import LPIPSConfig
 from kvjax.conversion.state_dict import ConversionError, WeightPolicy, convert_state_dict
 from kvjax.conversion.store import ConvertedModel
 from kvjax.models.lpips import SCALE, SHIFT, vgg_feature_indices

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from kvjax.checkpoints import CheckpointError, flatten_state_dict, read_checkpoint
-from kvjax.configs import MoVQConfig
+from kvjax.model_configs import MoVQConfig
 from kvjax.conversion.state_dict import WeightPolicy, convert_state_dict
 from kvjax.conversion.store import ConvertedModel
 

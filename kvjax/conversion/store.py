@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.atomic import staged
 
 FORMAT = "kvjax-converted"
@@ -66,7 +66,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     raise FileNotFoundError(f"{path}: not a converted kvjax checkpoint (no config.json)")
   with open(config_path) as f:
     meta = json.load(f)
-  if meta.get("format") != FORMAT or meta.get("kind") not in configs.CONFIG_TYPES:
+  if meta.get("format") != FORMAT or meta.get("kind") not in model_configs.CONFIG_TYPES:
     raise ValueError(f"{config_path}: not a kvjax converted-checkpoint description")
   return meta
 
@@ -74,7 +74,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def load_converted(path: str | os.PathLike) -> ConvertedModel:
   """Restores a converted folder as numpy arrays (place them on devices with `jax.device_put`)."""
   meta = read_metadata(path)
-  config = configs.CONFIG_TYPES[meta["kind"]].from_dict(meta["config"])
+  config = model_configs.CONFIG_TYPES[meta["kind"]].from_dict(meta["config"])
   with _checkpointer() as checkpointer:
     state_path = os.path.join(os.path.abspath(os.fspath(path)), "state")
     metadata = checkpointer.metadata(state_path)

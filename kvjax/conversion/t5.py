@@ -19,7 +19,7 @@ import numpy as np
 
 from kvjax import params as kv_params
 from kvjax.checkpoints import CheckpointError, LazyTensor, flatten_state_dict, read_checkpoint
-from kvjax.configs import T5EncoderConfig, TextProjectionConfig
+from kvjax.model_configs import T5EncoderConfig, TextProjectionConfig
 from kvjax.conversion.naming import FlaxPath, to_flax_layout
 from kvjax.conversion.state_dict import (ConversionError, WeightPolicy, WeightReader, convert_state_dict,
                                         match_state_dict, read_weights)

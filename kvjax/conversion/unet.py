@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from kvjax.checkpoints import CheckpointError, LazyTensor, flatten_state_dict, read_checkpoint
-from kvjax.configs import UNetConfig
+from kvjax.model_configs import UNetConfig
 from kvjax.conversion.state_dict import (ConversionError, WeightPolicy, WeightReader, convert_state_dict,
                                         read_weights)
 from kvjax.conversion.store import ConvertedModel

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kvjax.configs import DiscriminatorConfig
+from kvjax.model_configs import DiscriminatorConfig
 from kvjax.layers.basic import conv
 from kvjax.layers.norms import GroupNorm
 

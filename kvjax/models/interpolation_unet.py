@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kvjax.configs import InterpolationUNetConfig
+from kvjax.model_configs import InterpolationUNetConfig
 from kvjax.layers.attention import Attention
 from kvjax.layers.basic import conv
 from kvjax.layers.embeddings import scalar_embedding_mlp

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kvjax.configs import KeyframeUNetConfig
+from kvjax.model_configs import KeyframeUNetConfig
 from kvjax.layers.attention import TemporalAttention
 from kvjax.layers.basic import conv
 from kvjax.layers.embeddings import scalar_embedding_mlp

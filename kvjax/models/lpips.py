@@ -10,7 +10,7 @@ averaged over the pixels and summed over the stages.
 
 Parameter names follow the package's state dict (`net.slice{s}.{i}` with i the index in VGG16's
 `features`, `lin{k}.model.1`), so `kvjax.conversion.lpips` converts it with the generic strict matcher.
-The configuration, `kvjax.configs.LPIPSConfig`, lives with the other model configurations so that
+The configuration, `kvjax.model_configs.LPIPSConfig`, lives with the other model configurations so that
 converted folders name it; its presets are re-exported here.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kvjax.configs import LPIPS_TINY, LPIPS_VGG, LPIPSConfig
+from kvjax.model_configs import LPIPS_TINY, LPIPS_VGG, LPIPSConfig
 from kvjax.layers.basic import conv
 
 __all__ = ["LPIPS", "LPIPSConfig", "LPIPS_PRESETS", "SCALE", "SHIFT", "unit_normalize", "vgg_feature_indices"]

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kvjax.configs import MoVQConfig
+from kvjax.model_configs import MoVQConfig
 from kvjax.layers.attention import dot_product_attention, implementation_of
 from kvjax.layers.basic import conv
 from kvjax.layers.norms import GroupNorm

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvjax.configs import T5EncoderConfig
+from kvjax.model_configs import T5EncoderConfig
 from kvjax.layers.attention import dot_product_attention, implementation_of
 from kvjax.layers.basic import dense
 from kvjax.sharding import logical_init

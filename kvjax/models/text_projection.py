@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kvjax.configs import TextProjectionConfig
+from kvjax.model_configs import TextProjectionConfig
 from kvjax.layers.basic import dense
 from kvjax.sharding import logical_init
 

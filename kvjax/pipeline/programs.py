@@ -18,7 +18,7 @@ from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER
 from kvjax.models.latent_normalization import LatentNormalization, denormalize, normalize
 from kvjax.params import build_model
 from kvjax.pipeline import samplers
-from kvjax.pipeline.config import GenerationOptions, PipelineConfig
+from kvjax.pipeline.pipeline_config import GenerationOptions, PipelineConfig
 from kvjax.sharding import batch_sharding, constrain_batch
 from kvjax.text.conditioning import project_context
 

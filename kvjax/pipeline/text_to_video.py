@@ -29,10 +29,10 @@ from PIL import Image
 from kvjax.models.movq import reference_chunk_sizes
 from kvjax.models.t5_encoder import scan_layout
 from kvjax.params import abstract_params
-from kvjax.pipeline.config import FPS_PASSES, GenerationOptions, PipelineConfig
+from kvjax.pipeline.pipeline_config import FPS_PASSES, GenerationOptions, PipelineConfig
 from kvjax.pipeline.images import fit_and_crop, to_uint8
 from kvjax.pipeline.programs import StagePrograms
-from kvjax.pipeline.weights import PipelineWeights
+from kvjax.pipeline.pipeline_weights import PipelineWeights
 from kvjax.sharding import param_shardings, replicated
 from kvjax.text.conditioning import context_length, unconditional_context
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvjax.configs import TextProjectionConfig
+from kvjax.model_configs import TextProjectionConfig
 from kvjax.models.text_projection import TextProjections
 
 

@@ -19,9 +19,9 @@ from jax.sharding import Mesh
 
 from kvjax.models.latent_normalization import normalize
 from kvjax.params import abstract_params, build_model
-from kvjax.pipeline.weights import PipelineWeights
+from kvjax.pipeline.pipeline_weights import PipelineWeights
 from kvjax.text.conditioning import project_context
-from kvjax.training.config import TrainConfig
+from kvjax.training.train_config import TrainConfig
 from kvjax.training.movq_gan import frames_to_unit_range
 from kvjax.sharding import batch_sharding, host_batch_rows, param_shardings, replicated
 

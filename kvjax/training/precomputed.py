@@ -21,7 +21,7 @@ import numpy as np
 from kvjax.atomic import staged
 from kvjax.data.loader import sharded_batches
 from kvjax.models.latent_normalization import LatentNormalization, as_json
-from kvjax.training.config import TrainConfig
+from kvjax.training.train_config import TrainConfig
 
 META = "meta.json"
 RECORD_KEYS = ("latents", "context", "context_mask", "motion_score")

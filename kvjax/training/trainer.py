@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.params import abstract_params, build_model
 from kvjax.training.checkpointing import abstract_with_shardings
-from kvjax.training.config import COMPUTE_DTYPES, TrainConfig
+from kvjax.training.train_config import COMPUTE_DTYPES, TrainConfig
 from kvjax.training.inputs import global_array
 from kvjax.training.interpolation_loss import interpolation_loss
 from kvjax.training.keyframe_loss import keyframe_image_loss, keyframe_loss
@@ -121,8 +121,8 @@ class UNetTrainer(_Trainer):
     self._finish(make_train_step(loss_fn, self.optimizer, config.optimizer, self.trainable, seed=config.seed))
 
 
-def discriminator_config(config: TrainConfig) -> configs.DiscriminatorConfig:
-  return configs.PRESETS[config.movq.discriminator]
+def discriminator_config(config: TrainConfig) -> model_configs.DiscriminatorConfig:
+  return model_configs.PRESETS[config.movq.discriminator]
 
 
 class MoVQTrainer(_Trainer):

@@ -9,7 +9,7 @@ import pytest
 
 from testing_utils import KEYFRAME_FIXTURE, write_raw
 from convert.__main__ import main
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.checkpoints import flatten_state_dict, read_checkpoint
 from kvjax.conversion.unet import TRANSPOSED_CONVS
 from kvjax.conversion.naming import torch_key, torch_module_path
@@ -18,7 +18,7 @@ from kvjax.conversion.store import load_converted
 from kvjax.parity import find_manifests
 
 T2V = os.path.join(KEYFRAME_FIXTURE, "t2v.pt")
-CFG = configs.KEYFRAME_TINY
+CFG = model_configs.KEYFRAME_TINY
 
 
 def test_naming_rule_round_trips():
@@ -67,9 +67,9 @@ def test_convert_casts(tmp_path, flag, dtype):
 
 
 def test_configs_json_beside_the_checkpoint_is_used(tmp_path, keyframe_fixture, capsys):
-  (keyframe_fixture / "configs.json").write_text(json.dumps({"t2v": {"configs": CFG.to_dict()}}))
+  (keyframe_fixture / "model_configs.json").write_text(json.dumps({"t2v": {"configs": CFG.to_dict()}}))
   assert main(["keyframe", str(keyframe_fixture / "t2v.pt"), str(tmp_path / "out")]) == 0
-  assert "configs.json" in capsys.readouterr().out
+  assert "model_configs.json" in capsys.readouterr().out
 
 
 def _assert_nothing_written(parent, before):
@@ -122,7 +122,7 @@ def test_interpolation_converts_and_round_trips(tmp_path):
   out = tmp_path / "interpolation"
   assert main(["interpolation", src, str(out), "--config", "interpolation-tiny"]) == 0
   loaded = load_converted(out)
-  assert loaded.config == configs.INTERPOLATION_TINY and loaded.kind == "interpolation_unet"
+  assert loaded.config == model_configs.INTERPOLATION_TINY and loaded.kind == "interpolation_unet"
   flat = flax.traverse_util.flatten_dict(loaded.params)
   assert flat[("skip_embeddings", "embedding")].shape == (20, 24)
   assert flat[("time_embed_merge",)].shape == (1,)
@@ -183,5 +183,5 @@ def test_info_prints_exact_production_counts(capsys):
   from kvjax.__main__ import main as kvjax_main
   assert kvjax_main(["info"]) == 0
   out = capsys.readouterr().out
-  for name, published in configs.PUBLISHED_PARAMETER_COUNTS.items():
+  for name, published in model_configs.PUBLISHED_PARAMETER_COUNTS.items():
     assert f"{published:>15} {published:>15}" in out.split(name, 1)[1].splitlines()[0], name

@@ -16,12 +16,12 @@ import pytest
 
 from testing_utils import KEYFRAME_FIXTURE
 from convert.__main__ import _parser, main
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.checkpoints import CheckpointError, flatten_state_dict, read_checkpoint
 from kvjax.checkpoints.torch_zip_writer import _PickleWriter, write_torch_zip
 from kvjax.conversion.store import load_converted
 
-CFG = configs.TEXT_PROJECTIONS_TINY
+CFG = model_configs.TEXT_PROJECTIONS_TINY
 GB = 2**30
 
 
@@ -354,7 +354,7 @@ def test_release_with_a_nan_leaves_nothing(tmp_path, capsys, monkeypatch):
   heads = _projections()
   heads["projection_base"]["1.weight"][0] = np.nan
   write_torch_zip(release / "t5_projections.pt", heads)
-  (release / "configs.json").write_text(json.dumps({"text_encoder": {"context_dim": CFG.context_dim}}))
+  (release / "model_configs.json").write_text(json.dumps({"text_encoder": {"context_dim": CFG.context_dim}}))
   monkeypatch.setattr(release_module, "release_sources",
                       lambda src_dir, t5_dir=None: {"projections": str(release / "t5_projections.pt")})
   _assert_refused(["all", str(release), str(tmp_path / "converted")], capsys, "projection_base.1.weight (NaN)")
@@ -497,6 +497,6 @@ def test_a_file_cut_after_reading_names_the_tensor(tmp_path):
 def test_a_container_of_the_wrong_structure_is_an_error_not_a_crash(tmp_path, capsys):
   src = tmp_path / "t5_projections.pt"
   torch_zip_with_pickle(src, pickle.dumps({"projection_base": [1], "projection_interpolation": [2]}, 2))
-  (tmp_path / "configs.json").write_text(json.dumps({"text_encoder": {"context_dim": CFG.context_dim}}))
+  (tmp_path / "model_configs.json").write_text(json.dumps({"text_encoder": {"context_dim": CFG.context_dim}}))
   _assert_refused(["projections", str(src), str(tmp_path / "out")], capsys, str(src),
                   "projection_base holds a list")

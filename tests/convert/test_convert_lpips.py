@@ -6,14 +6,14 @@ import flax.traverse_util
 import numpy as np
 
 from convert.__main__ import main
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.checkpoints.torch_zip_writer import write_torch_zip
 from kvjax.conversion.lpips import IGNORED_COUNT
 from kvjax.conversion.naming import from_flax_layout, torch_key
 from kvjax.conversion.store import load_converted
 from kvjax.params import random_params
 
-TINY = configs.LPIPS_TINY
+TINY = model_configs.LPIPS_TINY
 
 
 def _sources(tmp_path):

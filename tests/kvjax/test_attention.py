@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.layers.attention import TemporalAttention, dot_product_attention
 from kvjax.params import build_model, random_params
 
@@ -49,10 +49,10 @@ def test_temporal_attention_takes_the_switch_from_its_model():
   np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [configs.T5_ENCODER_TINY, configs.IMAGE_MOVQ_TINY], ids=["t5", "movq"])
+@pytest.mark.parametrize("config", [model_configs.T5_ENCODER_TINY, model_configs.IMAGE_MOVQ_TINY], ids=["t5", "movq"])
 def test_models_give_the_same_outputs_with_either_implementation(config):
   params = random_params(config, 0)
-  if isinstance(config, configs.T5EncoderConfig):
+  if isinstance(config, model_configs.T5EncoderConfig):
     ids = jnp.array([[5, 9, 3, 1, 0, 0], [7, 1, 0, 0, 0, 0]])
     run = lambda model: model.apply({"params": params}, ids, ids > 0)
   else:
@@ -65,4 +65,4 @@ def test_models_give_the_same_outputs_with_either_implementation(config):
 
 def test_an_unknown_implementation_is_named():
   with pytest.raises(ValueError, match="attention implementation must be one of xla, jax, cudnn"):
-    build_model(configs.T5_ENCODER_TINY, attention="flash")
+    build_model(model_configs.T5_ENCODER_TINY, attention="flash")

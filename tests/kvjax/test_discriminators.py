@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.models.discriminators import PatchDiscriminator, VideoDiscriminator, build_discriminator, logit_shape
 from kvjax.params import abstract_params, build_model, count_params, random_params
 
-PATCH = configs.PATCH_DISCRIMINATOR_TINY
-VIDEO = configs.VIDEO_DISCRIMINATOR_TINY
+PATCH = model_configs.PATCH_DISCRIMINATOR_TINY
+VIDEO = model_configs.VIDEO_DISCRIMINATOR_TINY
 PRESETS = ["patch-discriminator", "video-discriminator", "patch-discriminator-tiny", "video-discriminator-tiny"]
 
 
@@ -28,15 +28,15 @@ def _inputs(shape, seed=0):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_are_registered_and_round_trip(name):
-  config = configs.get_preset(name)
-  assert configs.CONFIG_TYPES[config.kind] is configs.DiscriminatorConfig
-  assert configs.DiscriminatorConfig.from_dict(config.to_dict()) == config
-  assert name not in configs.PUBLISHED_PARAMETER_COUNTS
+  config = model_configs.get_preset(name)
+  assert model_configs.CONFIG_TYPES[config.kind] is model_configs.DiscriminatorConfig
+  assert model_configs.DiscriminatorConfig.from_dict(config.to_dict()) == config
+  assert name not in model_configs.PUBLISHED_PARAMETER_COUNTS
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_parameter_has_logical_axes(name):
-  tree = flax.traverse_util.flatten_dict(abstract_params(configs.get_preset(name)))
+  tree = flax.traverse_util.flatten_dict(abstract_params(model_configs.get_preset(name)))
   assert tree
   for path, leaf in tree.items():
     assert isinstance(leaf, nn.Partitioned), path
@@ -48,10 +48,10 @@ def test_parameter_counts():
   widths = [3, 64, 128, 256, 512, 1]
   convs = sum(16 * a * b + b for a, b in zip(widths, widths[1:]))
   norms = 2 * (128 + 256 + 512)
-  assert count_params(abstract_params(configs.PATCH_DISCRIMINATOR)) == convs + norms == 2_766_529
+  assert count_params(abstract_params(model_configs.PATCH_DISCRIMINATOR)) == convs + norms == 2_766_529
   video_convs = sum(48 * a * b + b for a, b in zip(widths, widths[1:]))
-  assert count_params(abstract_params(configs.VIDEO_DISCRIMINATOR)) == video_convs + norms
-  no_norm = dataclasses.replace(configs.PATCH_DISCRIMINATOR, norm="none")
+  assert count_params(abstract_params(model_configs.VIDEO_DISCRIMINATOR)) == video_convs + norms
+  no_norm = dataclasses.replace(model_configs.PATCH_DISCRIMINATOR, norm="none")
   assert count_params(abstract_params(no_norm)) == convs
 
 
@@ -81,13 +81,13 @@ def test_video_shapes(shape, expected):
 
 
 def test_full_size_video_shapes_abstractly():
-  model = build_discriminator(configs.VIDEO_DISCRIMINATOR)
-  params = abstract_params(configs.VIDEO_DISCRIMINATOR)
+  model = build_discriminator(model_configs.VIDEO_DISCRIMINATOR)
+  params = abstract_params(model_configs.VIDEO_DISCRIMINATOR)
   for t, expected_t in ((2, 1), (4, 1), (12, 3)):
     x = jax.ShapeDtypeStruct((1, t, 64, 48, 3), jnp.float32)
     out = jax.eval_shape(lambda p, x: model.apply({"params": nn.unbox(p)}, x), params, x)
     assert out.shape == (1, expected_t, 6, 4, 1)
-    assert out.shape == logit_shape(configs.VIDEO_DISCRIMINATOR, x.shape)
+    assert out.shape == logit_shape(model_configs.VIDEO_DISCRIMINATOR, x.shape)
 
 
 def test_build_model_picks_the_architecture():
@@ -151,12 +151,12 @@ def test_inputs_are_checked():
 ])
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    configs.DiscriminatorConfig(**kwargs)
+    model_configs.DiscriminatorConfig(**kwargs)
   with pytest.raises(ValueError, match="unknown"):
-    configs.DiscriminatorConfig.from_dict({"groups": 4})
+    model_configs.DiscriminatorConfig.from_dict({"groups": 4})
 
 
 def test_widths_cap_at_eight_times():
-  config = configs.DiscriminatorConfig(channels=64, num_layers=5)
+  config = model_configs.DiscriminatorConfig(channels=64, num_layers=5)
   assert config.widths == (64, 128, 256, 512, 512, 512)
   assert config.norm_groups == 32 and config.min_spatial_size == 96

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from testing_utils import FIXTURES
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.conversion.unet import convert_unet
 from kvjax.models.interpolation_unet import InterpolationUNet
 from kvjax.params import abstract_params, count_params
 from kvjax.parity import verify_fixture
 
 FIXTURE = os.path.join(FIXTURES, "interpolation_unet")
-CFG = configs.INTERPOLATION_TINY
+CFG = model_configs.INTERPOLATION_TINY
 
 
 def test_matches_the_reference():
@@ -24,12 +24,12 @@ def test_matches_the_reference():
 
 def test_parameter_counts():
   assert count_params(abstract_params(CFG)) == 260_306  # the reference's count at this config
-  assert count_params(abstract_params(configs.INTERPOLATION_1_1)) == 3_979_941_530
+  assert count_params(abstract_params(model_configs.INTERPOLATION_1_1)) == 3_979_941_530
 
 
 def test_unsupported_reference_variants_are_refused():
   with pytest.raises(ValueError, match="time_downsample"):
-    configs.InterpolationUNetConfig(model_channels=8, time_embed_dim=8, context_dim=8,
+    model_configs.InterpolationUNetConfig(model_channels=8, time_embed_dim=8, context_dim=8,
                                     time_downsample=(True, False, False, False))
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from testing_utils import FIXTURES, KEYFRAME_FIXTURE
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.models.keyframe_unet import KeyframeUNet, reference_input_layer
 from kvjax.conversion.unet import convert_unet
 from kvjax.parity import verify_fixture
 from kvjax.params import abstract_params, count_params
 
-CFG = configs.KEYFRAME_TINY
+CFG = model_configs.KEYFRAME_TINY
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_tiny_parameter_count_matches_the_reference_manifest():
 
 
 def test_production_parameter_count_is_exact():
-  assert count_params(abstract_params(configs.KEYFRAME_1_1)) == 4_149_077_956
+  assert count_params(abstract_params(model_configs.KEYFRAME_1_1)) == 4_149_077_956
 
 
 def test_every_parameter_has_logical_axes():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from kvjax.models import latent_normalization as ln
-from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions
+from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions
 from kvjax.pipeline.programs import StagePrograms
-from kvjax.pipeline.weights import random_weights
+from kvjax.pipeline.pipeline_weights import random_weights
 
 CONFIG = PIPELINE_PRESETS["tiny"]
 
@@ -74,7 +74,7 @@ def test_a_weights_folders_file_is_read_strictly(tmp_path):
 def test_the_pipeline_programs_and_the_clip_encoder_apply_it():
   from kvjax.sharding import make_mesh
   from kvjax.text.hashed_tokenizer import HashedWordTokenizer
-  from kvjax.training.config import TRAIN_PRESETS
+  from kvjax.training.train_config import TRAIN_PRESETS
   from kvjax.training.inputs import ClipEncoder
   weights = random_weights(CONFIG)
   normalization = ln.LatentNormalization(jnp.float32([0.5, -0.25, 0, 1]), jnp.float32([2, 0.5, 1, 4]))
@@ -98,7 +98,7 @@ def test_the_pipeline_programs_and_the_clip_encoder_apply_it():
 
 
 def test_precomputed_latents_are_refused_under_another_normalization(tmp_path):
-  from kvjax.training.config import TRAIN_PRESETS
+  from kvjax.training.train_config import TRAIN_PRESETS
   from kvjax.training.precomputed import check_precomputed, write_precomputed
   config = TRAIN_PRESETS["keyframe-tiny"]
   normalization = ln.LatentNormalization(np.float32([0, 0, 0, 1]), np.float32([1, 1, 1, 2]))

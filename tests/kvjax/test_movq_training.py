@@ -11,15 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.models.movq import MoVQ
 from kvjax.params import abstract_params, build_model, random_params
 from kvjax.training import gan_losses
-from kvjax.training.config import TRAIN_PRESETS
+from kvjax.training.train_config import TRAIN_PRESETS
 from kvjax.sharding import make_mesh
 from kvjax.training.movq_gan import MoVQTrainingConfig, identity_temporal_layers, make_gan_losses, perturb_latents
 from kvjax.training.trainer import MoVQTrainer, abstract_batch, discriminator_config
-from kvjax.training.weights import lpips_weights, movq_start
+from kvjax.training.starting_weights import lpips_weights, movq_start
 
 SHARDED_MESH = "data=2,fsdp=2,tensor=2"
 
@@ -141,7 +141,7 @@ def test_decoder_robustness_perturbs_each_frames_latents_within_its_bounds():
 
 
 def test_video_decoder_starts_as_the_image_decoder():
-  image_config, video_config = configs.IMAGE_MOVQ_TINY, configs.VIDEO_MOVQ_TINY
+  image_config, video_config = model_configs.IMAGE_MOVQ_TINY, model_configs.VIDEO_MOVQ_TINY
   image_params = random_params(image_config, 3)
   video_params = identity_temporal_layers(image_params, abstract_params(video_config))
   latents = jnp.asarray(np.random.default_rng(1).normal(size=(6, 4, 4, 4)), jnp.float32)
@@ -154,9 +154,9 @@ def test_video_decoder_starts_as_the_image_decoder():
 
 def test_adaptive_weight_is_the_ratio_of_output_layer_gradient_norms():
   config = _config("image-movq-tiny").movq
-  movq, disc_config = build_model(configs.IMAGE_MOVQ_TINY), discriminator_config(_config("image-movq-tiny"))
+  movq, disc_config = build_model(model_configs.IMAGE_MOVQ_TINY), discriminator_config(_config("image-movq-tiny"))
   discriminator = build_model(disc_config)
-  params, disc_params = random_params(configs.IMAGE_MOVQ_TINY, 0), random_params(disc_config, 1)
+  params, disc_params = random_params(model_configs.IMAGE_MOVQ_TINY, 0), random_params(disc_config, 1)
   frames = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 1, 16, 16, 3)), jnp.float32)
   generator_loss, _ = make_gan_losses(config, movq=movq, discriminator=discriminator, lpips=None, video=False)
   _, (metrics, fake) = generator_loss(params, disc_params, None, frames, 0)
@@ -177,7 +177,7 @@ def test_adaptive_weight_is_the_ratio_of_output_layer_gradient_norms():
 
 def test_trainable_counts_of_the_production_recipes():
   from kvjax.training.trainable import count_trainable, trainable_mask, training_recipe
-  params = nn.unbox(abstract_params(configs.VIDEO_MOVQ_1_1))
+  params = nn.unbox(abstract_params(model_configs.VIDEO_MOVQ_1_1))
   count = lambda preset, **kw: count_trainable(params, trainable_mask(params, training_recipe(
       dataclasses.replace(TRAIN_PRESETS[preset], movq=dataclasses.replace(TRAIN_PRESETS[preset].movq, **kw)))))
   decoder = sum(leaf.size for path, leaf in flax.traverse_util.flatten_dict(params).items()
@@ -196,7 +196,7 @@ def test_the_image_recipe_learns_to_reconstruct_moving_shapes():
   trainer = MoVQTrainer(config, make_mesh("", jax.devices()[:1]))
   state = trainer.init_state(start)
   held_out = next(ShapeClips(8, 1, (16, 16), seed=99))["frames"]
-  movq = build_model(configs.IMAGE_MOVQ_TINY)
+  movq = build_model(model_configs.IMAGE_MOVQ_TINY)
 
   def error(params):
     x = jnp.asarray(held_out[:, 0], jnp.float32) / 255 * 2 - 1

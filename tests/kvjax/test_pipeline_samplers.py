@@ -13,7 +13,7 @@ from kvjax.diffusion import guidance
 from kvjax.diffusion.schedule import SchedulerConfig
 from kvjax.params import build_model, init_params
 from kvjax.parity import verify_fixture
-from kvjax.pipeline.config import PIPELINE_PRESETS
+from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
 from kvjax.pipeline import samplers
 from kvjax.text.conditioning import unconditional_context
 

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file
 
 from testing_utils import FIXTURES
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.checkpoints import CheckpointError
 from kvjax.conversion.state_dict import ConversionError
 from kvjax.conversion.t5 import IGNORED_COUNT, convert_t5_encoder, hf_key
@@ -24,7 +24,7 @@ from kvjax.models.t5_encoder import T5Encoder, relative_position_buckets
 from kvjax.params import abstract_params, count_params
 from kvjax.parity import verify_fixture
 
-CFG = configs.T5_ENCODER_TINY
+CFG = model_configs.T5_ENCODER_TINY
 FIXTURE = os.path.join(FIXTURES, "t5_encoder")
 SAVE_MODES = {
     "safetensors": {},
@@ -166,12 +166,12 @@ def test_relative_position_buckets_match_transformers():
 
 def test_parameter_counts_and_logical_axes(saved):
   assert count_params(abstract_params(CFG)) == sum(p.numel() for p in saved["T5EncoderModel"].parameters())
-  production = abstract_params(configs.FLAN_UL2_ENCODER)
+  production = abstract_params(model_configs.FLAN_UL2_ENCODER)
   assert count_params(production) == 8_721_797_632
   assert count_params(production["shared"]) == 131_596_288
   assert count_params(production["encoder"]) == 8_590_201_344
   ids = jax.ShapeDtypeStruct((1, 128), np.int32)
-  out = jax.eval_shape(T5Encoder(configs.FLAN_UL2_ENCODER).apply, {"params": production}, ids, ids)
+  out = jax.eval_shape(T5Encoder(model_configs.FLAN_UL2_ENCODER).apply, {"params": production}, ids, ids)
   assert out.shape == (1, 128, 4096) and out.dtype == np.float32
   for path, leaf in flax.traverse_util.flatten_dict(abstract_params(CFG)).items():
     assert isinstance(leaf, nn.Partitioned) and len(leaf.names) == len(leaf.value.shape), path
@@ -183,18 +183,18 @@ def test_hf_config_reading():
                   relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
                   feed_forward_proj="gated-silu", is_gated_act=True, dense_act_fn="silu",
                   tie_word_embeddings=False)
-  assert configs.T5EncoderConfig.from_hf_config(flan_ul2) == configs.FLAN_UL2_ENCODER
+  assert model_configs.T5EncoderConfig.from_hf_config(flan_ul2) == model_configs.FLAN_UL2_ENCODER
   older = {k: v for k, v in flan_ul2.items() if k != "relative_attention_max_distance"}
-  assert configs.T5EncoderConfig.from_hf_config(older) == configs.FLAN_UL2_ENCODER
+  assert model_configs.T5EncoderConfig.from_hf_config(older) == model_configs.FLAN_UL2_ENCODER
   refused = [({"feed_forward_proj": "relu"}, "relu"), ({"feed_forward_proj": "gated-relu"}, "gated-relu"),
              ({"is_gated_act": False}, "is_gated_act"), ({"model_type": "umt5"}, "umt5"),
              ({"d_ff": None}, "d_ff")]
   for change, match in refused:
     values = {k: v for k, v in {**flan_ul2, **change}.items() if v is not None}
     with pytest.raises(ValueError, match=match):
-      configs.T5EncoderConfig.from_hf_config(values)
+      model_configs.T5EncoderConfig.from_hf_config(values)
   with pytest.raises(ValueError, match="feed_forward_proj"):
-    configs.T5EncoderConfig(feed_forward_proj="relu")
+    model_configs.T5EncoderConfig(feed_forward_proj="relu")
 
 
 def _copy_folder(saved, tmp_path, mode="safetensors"):

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from text_testing_utils import PROJECTIONS_CFG, save_projections, torch_heads
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.conversion.state_dict import ConversionError
 from kvjax.conversion.t5 import convert_text_projections
 from kvjax.models.text_projection import HEADS, TextProjections
@@ -48,18 +48,18 @@ def test_strict_conversion(tmp_path):
   torch.save(state, path)
   with pytest.raises(ConversionError,
                      match=r"projection_interpolation.0.weight: checkpoint \(48, 32\), model expects \(40, 32\)"):
-    convert_text_projections(path, configs.TextProjectionConfig(in_dim=32, context_dim=40))
+    convert_text_projections(path, model_configs.TextProjectionConfig(in_dim=32, context_dim=40))
 
 
 def test_parameter_counts_and_logical_axes():
-  assert count_params(abstract_params(configs.TEXT_PROJECTIONS_1_1)) == 33_570_816
+  assert count_params(abstract_params(model_configs.TEXT_PROJECTIONS_1_1)) == 33_570_816
   for path, leaf in flax.traverse_util.flatten_dict(abstract_params(CFG)).items():
     assert isinstance(leaf, nn.Partitioned) and len(leaf.names) == len(leaf.value.shape), path
 
 
 def test_config_from_the_official_text_encoder_section():
   section = {"tokens_length": 128, "context_dim": 4096, "weights_path": "google/flan-ul2"}
-  assert configs.TextProjectionConfig.from_text_encoder_section(section) == configs.TEXT_PROJECTIONS_1_1
+  assert model_configs.TextProjectionConfig.from_text_encoder_section(section) == model_configs.TEXT_PROJECTIONS_1_1
 
 
 def test_matches_the_reference_condition_encoder():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions
+from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions
 from kvjax.pipeline.images import fit_and_crop, to_uint8
 from kvjax.pipeline.text_to_video import TextToVideo
-from kvjax.pipeline.weights import random_weights
+from kvjax.pipeline.pipeline_weights import random_weights
 from kvjax.text.hashed_tokenizer import HashedWordTokenizer
 
 CONFIG = PIPELINE_PRESETS["tiny-two-level"]  # every stage and kind of layer, half the UNet levels to compile

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kvjax.pipeline.config import PIPELINE_PRESETS, GenerationOptions
+from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions
 from kvjax.pipeline.text_to_video import TextToVideo
-from kvjax.pipeline.weights import random_weights
+from kvjax.pipeline.pipeline_weights import random_weights
 from kvjax.sharding import make_mesh
 from kvjax.text.hashed_tokenizer import HashedWordTokenizer
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.params import abstract_params, random_params
-from kvjax.training.config import TRAIN_PRESETS
+from kvjax.training.train_config import TRAIN_PRESETS
 from kvjax.sharding import make_mesh, parse_mesh
 from kvjax.training.optimizer import OptimizerConfig
 from kvjax.training.trainable import count_trainable, trainable_mask
 from kvjax.training.trainer import UNetTrainer, abstract_batch
 
-CFG = configs.KEYFRAME_TINY
+CFG = model_configs.KEYFRAME_TINY
 # The sharded-equivalence runs use the two-level UNets of the "tiny-two-level" pipeline: compiling a train
 # step costs minutes per level on CPU, and two levels have every kind of layer (convolutions, norms, cross-
 # and self-attention, temporal layers).
@@ -34,8 +34,8 @@ def test_mesh_strings():
     make_mesh("data=3")
 
 
-@pytest.mark.parametrize("config,expected", [(configs.KEYFRAME_1_1, 1_110_490_752 + 15_744),
-                                             (configs.INTERPOLATION_1_1, 938_649_228 + 2_688_002 + 34_752 + 20_748)])
+@pytest.mark.parametrize("config,expected", [(model_configs.KEYFRAME_1_1, 1_110_490_752 + 15_744),
+                                             (model_configs.INTERPOLATION_1_1, 938_649_228 + 2_688_002 + 34_752 + 20_748)])
 def test_trainable_parameters_are_the_temporal_parts(config, expected):
   # spec §10: temporal layers incl. their embeddings, plus the new input (and interpolation output) layers
   params = nn.unbox(abstract_params(config))

@@ -4,7 +4,7 @@ generated clips and the interpolation objective's per-clip draws are seeded per 
 import numpy as np
 
 from kvjax.data.shapes import ShapeClips
-from kvjax.training.config import TRAIN_PRESETS
+from kvjax.training.train_config import TRAIN_PRESETS
 from kvjax.training.inputs import SyntheticClips, select_interpolation_frames
 
 

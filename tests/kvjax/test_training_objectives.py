@@ -222,7 +222,7 @@ def test_keyframe_image_mode_sees_frames_alone_as_the_key_frame_sampler_runs_the
 
 
 def test_a_video_run_can_start_its_input_layer_from_the_image_one():
-  from kvjax.configs import KEYFRAME_TINY
+  from kvjax.model_configs import KEYFRAME_TINY
   from kvjax.params import random_params
   from kvjax.training.keyframe_loss import video_input_from_image
   params = random_params(KEYFRAME_TINY, 0)

@@ -16,7 +16,7 @@ import pytest
 
 from kvjax.training import checkpointing
 from kvjax.training.checkpointing import CheckpointError, TrainCheckpoints, abstract_with_shardings
-from kvjax.training.config import TRAIN_PRESETS
+from kvjax.training.train_config import TRAIN_PRESETS
 from kvjax.sharding import make_mesh
 from kvjax.training.movq_gan import GANState, MoVQTrainingConfig, make_gan_train_step
 from kvjax.training.optimizer import OptimizerConfig, make_optimizer

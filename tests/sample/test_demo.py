@@ -30,14 +30,14 @@ def _cases(shift):
 @pytest.fixture(scope="module")
 def pipeline():
   from kvjax.pipeline.text_to_video import TextToVideo
-  from kvjax.pipeline.weights import load_pipeline_weights
+  from kvjax.pipeline.pipeline_weights import load_pipeline_weights
   from kvjax.text.tokenizer import T5Tokenizer
   config, weights = load_pipeline_weights(demo.DEMO_WEIGHTS, tokens_length=16)
   return TextToVideo(config, weights, T5Tokenizer(os.path.join(demo.DEMO_WEIGHTS, "spiece.model"), 16))
 
 
 def _generate(pipeline, cases, seed, images=None, **overrides):
-  from kvjax.pipeline.config import GenerationOptions
+  from kvjax.pipeline.pipeline_config import GenerationOptions
   options = GenerationOptions(**{**demo.DEMO_OPTIONS, "seed": seed, **overrides})
   return pipeline([judge.prompt(*case) for case in cases], options, images)
 

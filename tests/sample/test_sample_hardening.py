@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture
 def no_work(monkeypatch):
   """Fails the test if any weights are made or loaded (the refusals must come before any work)."""
-  from kvjax.pipeline import weights
+  from kvjax.pipeline import pipeline_weights as weights
 
   def work(*args, **kwargs):
     raise AssertionError("work started before the refusal")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from kvjax.models.latent_normalization import LATENTS_FILE
-from kvjax.pipeline.weights import load_pipeline_weights
+from kvjax.pipeline.pipeline_weights import load_pipeline_weights
 from train.calibrate_latents import main as calibrate
 from train.init_weights import main as init_weights
 

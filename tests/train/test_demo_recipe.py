@@ -97,7 +97,7 @@ def test_a_kept_output_names_only_the_models_its_run_reads(monkeypatch):
   """A new interpolation UNet leaves the keyframe and MoVQ stages' kept outputs valid, and the other way."""
   import dataclasses
 
-  from kvjax.pipeline import config as pipeline_config
+  from kvjax.pipeline import pipeline_config
   plan = stages("/out", 600, 0)
   before = {s.name: _recipe(s, "/out", plan) for s in plan if s.output is not None}
   demo = pipeline_config.PIPELINE_PRESETS["demo"]

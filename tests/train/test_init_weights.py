@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from kvjax.pipeline.config import PIPELINE_PRESETS
-from kvjax.pipeline.weights import load_pipeline_weights
+from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
+from kvjax.pipeline.pipeline_weights import load_pipeline_weights
 from kvjax.text.tokenizer import T5Tokenizer
 from train.init_weights import main
 
@@ -41,7 +41,7 @@ def test_bad_captions_are_named_and_nothing_is_written(tmp_path, capsys, content
 
 def test_a_run_saved_before_a_setting_existed_resumes(tmp_path):
   # config.json of an older kvjax lacks newer fields: they read as their defaults, not as a change.
-  from kvjax.training.config import TRAIN_PRESETS
+  from kvjax.training.train_config import TRAIN_PRESETS
   from train.__main__ import RunRefused, _check_same_run
   config = TRAIN_PRESETS["keyframe-tiny"]
   saved = dataclasses.asdict(config)

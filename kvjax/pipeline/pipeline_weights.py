@@ -15,7 +15,7 @@ import numpy as np
 from kvjax.conversion.store import load_converted
 from kvjax.models import latent_normalization
 from kvjax.params import random_params
-from kvjax.pipeline.config import PipelineConfig
+from kvjax.pipeline.pipeline_config import PipelineConfig
 
 # Sub-folders written by `convert all`.
 FOLDERS = {"keyframe": "keyframe", "interpolation": "interpolation", "image_movq": "movq",

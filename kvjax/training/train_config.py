@@ -7,9 +7,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.data.dataset import WINDOW_STARTS
-from kvjax.pipeline.config import PIPELINE_PRESETS, PipelineConfig
+from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, PipelineConfig
 from kvjax.training.interpolation_loss import InterpolationTrainingConfig, clip_frames
 from kvjax.training.keyframe_loss import KeyframeTrainingConfig
 from kvjax.training.movq_gan import MoVQTrainingConfig
@@ -63,11 +63,11 @@ class TrainConfig:
     if any(side % multiple for side in self.resolution):
       raise ValueError(f"TrainConfig.resolution {self.resolution} must be multiples of {multiple}")
     if self.is_movq:
-      disc = configs.PRESETS.get(self.movq.discriminator)
-      if not isinstance(disc, configs.DiscriminatorConfig):
-        names = sorted(k for k, v in configs.PRESETS.items() if isinstance(v, configs.DiscriminatorConfig))
+      disc = model_configs.PRESETS.get(self.movq.discriminator)
+      if not isinstance(disc, model_configs.DiscriminatorConfig):
+        names = sorted(k for k, v in model_configs.PRESETS.items() if isinstance(v, model_configs.DiscriminatorConfig))
         raise ValueError(f"TrainConfig.movq.discriminator {self.movq.discriminator!r} is not one of {', '.join(names)}")
-      if not isinstance(configs.PRESETS.get(self.movq.lpips), configs.LPIPSConfig):
+      if not isinstance(model_configs.PRESETS.get(self.movq.lpips), model_configs.LPIPSConfig):
         raise ValueError(f"TrainConfig.movq.lpips {self.movq.lpips!r} is not an LPIPS preset")
       if min(self.resolution) < disc.min_spatial_size:
         raise ValueError(f"TrainConfig.resolution {self.resolution}: the {self.movq.discriminator} needs at least "
@@ -256,7 +256,7 @@ DEMO_TRAIN_PRESETS = {
                                                                           high_noise_fraction=0.25)),
 }
 TRAIN_PRESETS.update(DEMO_TRAIN_PRESETS)
-# keyframe-tiny on the two-level UNet (kvjax.pipeline.config): what the CLI's kill-and-resume test trains.
+# keyframe-tiny on the two-level UNet (kvjax.pipeline.pipeline_config): what the CLI's kill-and-resume test trains.
 TRAIN_PRESETS["keyframe-tiny-two-level"] = dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], pipeline="tiny-two-level")
 
 

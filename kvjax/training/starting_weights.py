@@ -8,8 +8,8 @@ import os
 
 from kvjax.conversion.store import load_converted
 from kvjax.params import abstract_params, random_params
-from kvjax.pipeline.weights import FOLDERS, random_weights
-from kvjax.training.config import TrainConfig
+from kvjax.pipeline.pipeline_weights import FOLDERS, random_weights
+from kvjax.training.train_config import TrainConfig
 from kvjax.training.movq_gan import identity_temporal_layers
 from kvjax.training.trainer import discriminator_config
 
@@ -22,7 +22,7 @@ def training_weights(config: TrainConfig, weights_dir: str | None, tokenizer_pat
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
     return (random_weights(pipeline, config.seed),
             HashedWordTokenizer(pipeline.text_encoder.vocab_size, pipeline.tokens_length))
-  from kvjax.pipeline.weights import load_pipeline_weights
+  from kvjax.pipeline.pipeline_weights import load_pipeline_weights
   from kvjax.text.tokenizer import T5Tokenizer
   tokenizer_path = tokenizer_path or os.path.join(weights_dir, "spiece.model")
   if not os.path.isfile(tokenizer_path):

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import numbers
 
-from kvjax import configs
+from kvjax import model_configs
 from kvjax.diffusion.loop import SAMPLERS
 
 MOTION_SCORES = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
@@ -24,12 +24,12 @@ MAX_STEPS = 1000  # the schedulers' training timesteps
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  keyframe: configs.KeyframeUNetConfig
-  interpolation: configs.InterpolationUNetConfig
-  image_movq: configs.MoVQConfig
-  video_movq: configs.MoVQConfig
-  text_encoder: configs.T5EncoderConfig
-  projections: configs.TextProjectionConfig
+  keyframe: model_configs.KeyframeUNetConfig
+  interpolation: model_configs.InterpolationUNetConfig
+  image_movq: model_configs.MoVQConfig
+  video_movq: model_configs.MoVQConfig
+  text_encoder: model_configs.T5EncoderConfig
+  projections: model_configs.TextProjectionConfig
   tokens_length: int = 128
 
   def __post_init__(self):
@@ -52,18 +52,18 @@ class PipelineConfig:
 
 PIPELINE_PRESETS = {
     "kandinsky-video-1.1": PipelineConfig(
-        configs.KEYFRAME_1_1, configs.INTERPOLATION_1_1, configs.IMAGE_MOVQ_1_1, configs.VIDEO_MOVQ_1_1,
-        configs.FLAN_UL2_ENCODER, configs.TEXT_PROJECTIONS_1_1),
+        model_configs.KEYFRAME_1_1, model_configs.INTERPOLATION_1_1, model_configs.IMAGE_MOVQ_1_1, model_configs.VIDEO_MOVQ_1_1,
+        model_configs.FLAN_UL2_ENCODER, model_configs.TEXT_PROJECTIONS_1_1),
     # Runs end to end on a CPU in seconds with random weights (the interpolation UNet's context widened to
     # the keyframe UNet's).
     "tiny": PipelineConfig(
-        configs.KEYFRAME_TINY, dataclasses.replace(configs.INTERPOLATION_TINY, context_dim=48),
-        configs.IMAGE_MOVQ_TINY, configs.VIDEO_MOVQ_TINY, configs.T5_ENCODER_TINY,
-        configs.TEXT_PROJECTIONS_TINY, tokens_length=16),
+        model_configs.KEYFRAME_TINY, dataclasses.replace(model_configs.INTERPOLATION_TINY, context_dim=48),
+        model_configs.IMAGE_MOVQ_TINY, model_configs.VIDEO_MOVQ_TINY, model_configs.T5_ENCODER_TINY,
+        model_configs.TEXT_PROJECTIONS_TINY, tokens_length=16),
     # The embedded demo's models (kvjax/demo; `python -m train.demo` trains them): 64x64 videos.
     "demo": PipelineConfig(
-        configs.DEMO_KEYFRAME, configs.DEMO_INTERPOLATION, configs.DEMO_IMAGE_MOVQ, configs.DEMO_VIDEO_MOVQ,
-        configs.DEMO_T5_ENCODER, configs.DEMO_TEXT_PROJECTIONS, tokens_length=16),
+        model_configs.DEMO_KEYFRAME, model_configs.DEMO_INTERPOLATION, model_configs.DEMO_IMAGE_MOVQ, model_configs.DEMO_VIDEO_MOVQ,
+        model_configs.DEMO_T5_ENCODER, model_configs.DEMO_TEXT_PROJECTIONS, tokens_length=16),
 }
 # "tiny" with two-level UNets (every kind of layer, half the levels): XLA on a CPU compiles a UNet train
 # step in minutes per level, so the tests that compile sharded steps and whole training runs use this.
