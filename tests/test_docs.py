@@ -175,8 +175,9 @@ def test_command_parses(command: Command, monkeypatch: pytest.MonkeyPatch, capsy
     pytest.fail(f"{where}\n{command.args[0]}", pytrace=False)
   if "..." in command.args:
     pytest.fail(f"{where}\na placeholder `...` in a command: write it whole, or in prose", pytrace=False)
+  monkeypatch.setattr(sys, "path", list(sys.path))  # scripts may add to it at import
   monkeypatch.syspath_prepend(str(ROOT))  # `python -m sample` from a checkout runs the checkout's programs
-  environ = dict(os.environ)  # scripts may set XLA_FLAGS and such at import
+  environ = dict(os.environ)  # and set XLA_FLAGS and such
   try:
     if command.script is not None:
       path = ROOT / command.script
