@@ -5,9 +5,10 @@ Kandinsky Video trained on it by kvjax (docs/demo.md):
 
 The shipped weights (kvjax/demo/weights) hold the recipe that made them (recipe.json). A stage whose recipe
 (its computation and every stage it reads) is the recorded one takes its shipped output instead of running,
-so with the recipe unchanged the command only assembles OUT/weights from them (seconds). A stage whose
-recipe changed runs, and with it the stages it reads whose outputs do not ship (intermediate models do not:
-those stages train from nothing); stages that do not lead to it are taken. --from-scratch runs every stage.
+so with the recipe unchanged the command assembles OUT/weights from them in seconds (then `check` samples a
+video). A stage whose recipe changed runs, and with it the stages it reads whose outputs do not ship
+(intermediate models do not: those stages train from nothing); stages that do not lead to it are taken.
+--from-scratch runs every stage.
 
 Stages (training settings: train/demo_recipe.py, a library preset plus --set overrides; OUT/<stage>.done
 marks a finished one with its recipe; re-running the command resumes unfinished stages from their
