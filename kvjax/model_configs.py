@@ -391,8 +391,8 @@ LPIPS_VGG = LPIPSConfig()
 LPIPS_TINY = LPIPSConfig(widths=(8, 16, 16, 32, 32), convs_per_stage=(1, 1, 1, 1, 1))
 
 # The embedded demo (kvjax/demo, made by `python -m train.demo`): small models that kvjax trains from scratch
-# on the moving-shapes world, 64x64 videos with key frames at 128x128. The MoVQs are the tiny ones (4x
-# down-sampling, 4 latent channels); the UNets have three levels (latent sizes divisible by 4).
+# on the moving-shapes world, 64x64 videos with key frames at 128x128. The MoVQs have 4 latent channels; the
+# UNets have three levels (latent sizes divisible by 4).
 DEMO_KEYFRAME = KeyframeUNetConfig(
     model_channels=32, init_channels=32, num_channels=9, out_channels=4, time_embed_dim=128,
     context_dim=64, groups=8, head_dim=32, expansion_ratio=2, compression_ratio=2,
@@ -400,10 +400,7 @@ DEMO_KEYFRAME = KeyframeUNetConfig(
     add_cross_attention=(False, True, True), add_self_attention=(False, True, True),
     noise_augmentation=True, motion_score=True)
 # The interpolation UNet is 64 wide at every level: its v prediction must carry the noisy input's noise
-# through to the output (the x0 it implies is x_t's signal only where that noise cancels). At 32, (1, 2, 2)
-# (3.2M weights) it never learned to: on training windows its x0 at t = 600 moved 0.29 RMS with the noise
-# draw (a linear blend of the key frames is off by 0.06), and 9000 more steps did not change that; at 64,
-# (1, 1, 1) (4.2M) the same data gave 0.08 after 1500 steps from scratch.
+# through to the output, which a 32-wide one never learned (docs/demo.md).
 DEMO_INTERPOLATION = InterpolationUNetConfig(
     model_channels=64, init_channels=64, num_channels=20, out_channels=12, time_embed_dim=128,
     context_dim=64, groups=8, head_dim=32, expansion_ratio=2, compression_ratio=2,
@@ -415,7 +412,7 @@ DEMO_T5_ENCODER = T5EncoderConfig(vocab_size=160, d_model=64, d_kv=16, d_ff=128,
                                   relative_attention_num_buckets=8, relative_attention_max_distance=20)
 DEMO_TEXT_PROJECTIONS = TextProjectionConfig(in_dim=64, context_dim=64)
 # Downsampling by 8 as in production: a 64x64 video is 8x8 latents and its 128x128 key frame 16x16, which
-# keeps the UNets' training on two CPU cores to minutes per thousand steps (by 4 they were 4x the cost).
+# keeps the UNets' training on two CPU cores to minutes per thousand steps.
 DEMO_IMAGE_MOVQ = MoVQConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, attn_resolutions=(), resolution=64)
 DEMO_VIDEO_MOVQ = dataclasses.replace(DEMO_IMAGE_MOVQ, temporal=True, temporal_attention_block=True)
 

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True, choices=sorted(TRAIN_PRESETS), help="training preset")
+  p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a field of the preset")
   p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
   p.add_argument("--mesh", default="", help="e.g. data=2,fsdp=2,tensor=2 (default: every device on data)")
   p.add_argument("--data", default="synthetic", help="prepared dataset folder, 'synthetic' (random pixels) or "
@@ -89,7 +90,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _train_config(args):
-  config = TRAIN_PRESETS[args.config]
+  from kvjax.training.overrides import apply_overrides
+  config = apply_overrides(TRAIN_PRESETS[args.config], args.set)
   overrides = {"total_steps": args.steps, "global_batch_size": args.batch_size, "resolution": args.resolution,
                "num_frames": args.num_frames, "compute_dtype": args.compute_dtype,
                "remat": args.remat, "checkpoint_every": args.checkpoint_every,

@@ -3,7 +3,7 @@ normalization (WEIGHTS/latents.json, kvjax.models.latent_normalization), which t
 sampling applies: each channel's latents get zero mean and standard deviation --std, and the samplers clamp
 x0 to the box they then occupy.
 
-  python -m train.calibrate_latents WEIGHTS --config demo-keyframe-image --data prepared/ [--clips 256] [--std 1]
+  python -m train.calibrate_latents WEIGHTS --config keyframe-tiny --set pipeline=demo --data prepared/ [--std 1]
 
 The frames are read as the --config UNet preset reads them (its resolution and frames per clip). Official
 weights need none: their latents fit the reference's samplers as they are.
@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("weights", help="a weights folder (its movq/ is measured, its latents.json written)")
   p.add_argument("--config", required=True, choices=sorted(TRAIN_PRESETS), help="the UNet preset that will train "
                  "on the latents (how frames are read)")
+  p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a field of the preset")
   p.add_argument("--data", required=True, help="folder written by `python -m train.prepare_data`")
   p.add_argument("--clips", type=int, default=256, help="clips to measure (from the start of the dataset)")
   p.add_argument("--std", type=float, default=1.0, help="each channel's standard deviation after the map (1: "
@@ -55,7 +56,8 @@ def _calibrate(args) -> int:
 
   if not 1 <= args.clips <= 1 << 20 or not 1 <= args.batch_size <= 4096:  # before the config sees the batch size
     raise ValueError(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
-  config = dataclasses.replace(TRAIN_PRESETS[args.config], global_batch_size=args.batch_size)
+  from kvjax.training.overrides import apply_overrides
+  config = dataclasses.replace(apply_overrides(TRAIN_PRESETS[args.config], args.set), global_batch_size=args.batch_size)
   if config.is_movq:
     raise ValueError(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
   try:

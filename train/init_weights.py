@@ -3,7 +3,7 @@ and a SentencePiece tokenizer trained on the captions of the data (for models tr
 as the embedded demo's):
 
   python -m train.init_weights OUT --pipeline demo --captions videos/captions.jsonl [--seed 0]
-  python -m train --config demo-keyframe-image --data prepared/ --weights OUT --workdir runs/keyframe_image
+  python -m train --config keyframe-tiny --set pipeline=demo --data prepared/ --weights OUT --workdir runs/keyframe
 
 --captions takes JSON lines with a "caption" field (what `python -m train.make_shapes` writes and
 `python -m train.prepare_data --captions` reads). The null embeddings of the UNets are random too. The

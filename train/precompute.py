@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train.precompute", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True, choices=sorted(TRAIN_PRESETS), help="training preset")
+  p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a field of the preset")
   p.add_argument("--data", required=True, help="folder written by `python -m train.prepare_data`")
   p.add_argument("--out", required=True, help="new folder for the pre-computed inputs")
   p.add_argument("--weights", help="folder written by `python -m convert all` (default: random weights)")
@@ -50,7 +51,8 @@ def _precompute(args) -> int:
 
   if not 1 <= args.batch_size <= 4096:
     raise ValueError(f"--batch-size {args.batch_size}: give 1 to 4096 clips")
-  config = dataclasses.replace(TRAIN_PRESETS[args.config], global_batch_size=args.batch_size)
+  from kvjax.training.overrides import apply_overrides
+  config = dataclasses.replace(apply_overrides(TRAIN_PRESETS[args.config], args.set), global_batch_size=args.batch_size)
   if not os.path.isdir(args.data):
     raise ValueError(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
   check_writable(os.path.dirname(check_free(args.out, args.overwrite)))  # before any encoding

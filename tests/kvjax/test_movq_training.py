@@ -108,7 +108,7 @@ def test_frozen_parts_never_move(runs):
 
 
 def test_without_a_gan_term_the_discriminator_rests():
-  # adversarial_weight 0 (a reconstruction recipe such as demo-video-movq-decoder): neither network runs the
+  # adversarial_weight 0 (a reconstruction recipe such as the demo's decoder stages): neither network runs the
   # discriminator, which keeps its weights; the generator still learns.
   config = dataclasses.replace(_config("image-movq-tiny", adversarial_weight=0.0), global_batch_size=2)
   initial, state, metrics = _run(config, make_mesh("", jax.devices()[:1]), steps=2)  # step 0: warm-up rate 0
@@ -119,8 +119,9 @@ def test_without_a_gan_term_the_discriminator_rests():
 
 
 def test_decoder_robustness_perturbs_each_frames_latents_within_its_bounds():
-  # demo-video-movq-decoder-robust: a frame's latent keeps 1 - U[0, contrast] of its deviation from its
-  # spatial mean and gains noise of std U[0, noise]; the draws follow the step (a resumed step repeats them).
+  # MoVQTrainingConfig.latent_contrast and latent_noise: a frame's latent keeps 1 - U[0, contrast] of its
+  # deviation from its spatial mean and gains noise of std U[0, noise]; the draws follow the step (a resumed
+  # step repeats them).
   latents = jnp.asarray(np.random.default_rng(0).normal(size=(64, 4, 4, 4)), jnp.float32)
   deviation = lambda z: z - jnp.mean(z, axis=(1, 2), keepdims=True)
   faint = MoVQTrainingConfig(train_scope="decoder", latent_contrast=0.4)
