@@ -30,6 +30,7 @@ from kvjax.conversion.naming import from_flax_layout, torch_key
 from kvjax.params import abstract_params
 
 GIB = 2**30
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports `convert` from here
 
 
 def production_shaped_checkpoint(path: str, config) -> int:
@@ -57,7 +58,7 @@ def main():
   parser.add_argument("--preset", default="keyframe-1.1")
   args = parser.parse_args()
   config = model_configs.get_preset(args.preset)
-  workdir = args.workdir or tempfile.mkdtemp(prefix="kvjax-bench-")
+  workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="kvjax-bench-"))
   os.makedirs(workdir, exist_ok=True)
   src = os.path.join(workdir, "t2v.pt")
   start = time.perf_counter()
@@ -77,7 +78,7 @@ def main():
               "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", script, "keyframe", src, out, "--config", args.preset,
-                           "--dtype", dtype], capture_output=True, text=True)
+                           "--dtype", dtype], cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode:
       print(proc.stdout, proc.stderr, file=sys.stderr)

@@ -173,7 +173,7 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
 
 
 def run(args) -> int:
-  from sample.writers import check_output_path, write_videos
+  from .writers import check_output_path, write_videos
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
 
   outputs = _outputs(args.out, len(args.prompts))

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import time
 
+from kvjax.cli import program_module
 from kvjax.demo import DEMO_OPTIONS, DEMO_WEIGHTS, SAMPLING_DEFAULTS
 from train.demo_recipe import TRAINING, train_config  # noqa: F401 (a stage's TrainConfig, for benches)
 
@@ -310,9 +311,11 @@ def _run_stage(stage: Stage, out: str) -> subprocess.Popen | None:
   """Starts a stage's commands in order (one shell-free chain in a child process), logging to its file."""
   if not stage.commands:
     return None
-  chain = " && ".join(shlex.join([sys.executable, "-m", *command]) for command in stage.commands)
+  # Programs run under the name this one was imported by: `train` from a checkout, `kvjax.cli.train` installed.
+  commands = [(program_module(command[0], __package__), *command[1:]) for command in stage.commands]
+  chain = " && ".join(shlex.join([sys.executable, "-m", *command]) for command in commands)
   log = open(os.path.join(out, "logs", f"{stage.name}.log"), "a")
-  for command in stage.commands:
+  for command in commands:
     print(f"[{stage.name}] python -m {shlex.join(command)}", file=sys.stderr, flush=True)
   return subprocess.Popen(["/bin/sh", "-c", chain], stdout=log, stderr=subprocess.STDOUT)
 
