@@ -26,6 +26,7 @@ from kvjax.pipeline import samplers
 from kvjax.pipeline.pipeline_config import GenerationOptions
 from kvjax.pipeline.text_to_video import TextToVideo
 from kvjax.pipeline.pipeline_weights import load_pipeline_weights
+from kvjax.pipeline.stages import KEY_FRAME
 from kvjax.text.tokenizer import T5Tokenizer
 
 PROMPTS = {"a red circle moving right": "red", "a blue square moving left": "blue",
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   config, weights = load_pipeline_weights(args.weights, tokens_length=args.tokens)
   pipe = TextToVideo(config, weights, T5Tokenizer(f"{args.weights}/spiece.model", args.tokens))
-  w, programs = pipe._weights("key frame"), pipe.programs
+  w, programs = pipe._weights(KEY_FRAME), pipe.programs
   f = config.image_movq.downsampling_factor
   size = 2 * 64
 
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
   options = GenerationOptions(width=64, height=64, sampler="ddim")
   print(f"\n{'x0 clamp':<9} {'prompt':<28} {'mean pixel':>11} {'named colour':>13}")
   for clamp in (True, False):
-    sampler = programs.sampler("key frame", args.steps, options, normalization=pipe._latents)
+    sampler = programs.sampler(KEY_FRAME, args.steps, options, normalization=pipe._latents)
     if not clamp:
       sampler = dataclasses.replace(sampler, scheduler=dataclasses.replace(
           sampler.scheduler, thresholding=False, clip_sample=False))

@@ -24,6 +24,7 @@ from kvjax.pipeline import samplers  # noqa: E402
 from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions  # noqa: E402
 from kvjax.pipeline.text_to_video import TextToVideo  # noqa: E402
 from kvjax.pipeline.pipeline_weights import random_weights  # noqa: E402
+from kvjax.pipeline.stages import BASE_FRAMES  # noqa: E402
 from kvjax.sharding import make_mesh  # noqa: E402
 from kvjax.text.hashed_tokenizer import HashedWordTokenizer  # noqa: E402
 
@@ -46,7 +47,7 @@ def main() -> None:
            "augmentation_noise": rng.uniform(size=(p, h, h, 4)).astype(np.float32)}
 
   def base_frames(pipeline, params, constrain=True):
-    sampler = pipeline.programs.sampler("base frames", 1, OPTIONS)
+    sampler = pipeline.programs.sampler(BASE_FRAMES, 1, OPTIONS)
     if not constrain:
       sampler = dataclasses.replace(sampler, batch_sharding=None)
     run = jax.jit(lambda params, latents, text, null, length: samplers.base_frames(
@@ -54,8 +55,8 @@ def main() -> None:
         noise=noise, context_length=length))
     return np.asarray(run(params, key_latents, text, null, length))
 
-  reference = base_frames(one, one._weights("base frames").keyframe)
-  placed = sharded._weights("base frames").keyframe
+  reference = base_frames(one, one._weights(BASE_FRAMES).keyframe)
+  placed = sharded._weights(BASE_FRAMES).keyframe
   rows = [("mesh weights and batch constraint (the pipeline)", base_frames(sharded, placed)),
           ("batch constraint, weights unplaced", base_frames(sharded, weights.keyframe)),
           ("mesh weights, no batch constraint", base_frames(sharded, placed, constrain=False))]

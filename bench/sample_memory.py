@@ -65,6 +65,7 @@ from kvjax.models.t5_encoder import scan_layout  # noqa: E402
 from kvjax.params import abstract_params  # noqa: E402
 from kvjax.pipeline.pipeline_config import FPS_PASSES, PIPELINE_PRESETS, GenerationOptions  # noqa: E402
 from kvjax.pipeline.programs import StagePrograms  # noqa: E402
+from kvjax.pipeline.stages import BASE_FRAMES, DECODE, ENCODE, INTERPOLATION, KEY_FRAME, TEXT  # noqa: E402
 from kvjax.pipeline.text_to_video import weight_shardings  # noqa: E402
 from kvjax.pipeline.pipeline_weights import PipelineWeights  # noqa: E402
 from kvjax.sharding import make_mesh, replicated  # noqa: E402
@@ -104,26 +105,26 @@ def stage_calls(programs: StagePrograms, weights: PipelineWeights, options: Gene
   s = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype)
   pair = (s((prompts, n, d)), s((prompts, n), jnp.bool_))
   rng, scalar, length = jax.eval_shape(lambda: jax.random.key(0)), s(()), s((), jnp.int32)
-  sampler = lambda stage, default: programs.sampler(stage, steps or default, options)
+  sampler = lambda stage: programs.sampler(stage, steps or getattr(options, stage.steps), options)
   # Latent normalizations are None in these calls: the official weights have none (a few numbers if any).
-  calls = [("text", ("text_encoder", "projections"), programs.text(),
-            (s((prompts, n), jnp.int32), s((prompts, n), jnp.int32)))]
-  key_frame = programs.key_frame((2 * h, 2 * w), sampler("key frame", options.key_frame_steps))
-  calls.append(("key frame", ("keyframe", "image_movq"), key_frame, (None, pair, pair, scalar, rng, length)))
-  calls.append(("encode", ("image_movq",), programs.encode(), (None, s((prompts, options.height, options.width, 3),
-                                                                       jnp.uint8))))
-  base = programs.base_frames(sampler("base frames", options.base_frame_steps))
+  calls = [(TEXT.name, TEXT.models, programs.text(), (s((prompts, n), jnp.int32), s((prompts, n), jnp.int32)))]
+  key_frame = programs.key_frame((2 * h, 2 * w), sampler(KEY_FRAME))
+  calls.append((KEY_FRAME.name, KEY_FRAME.models, key_frame, (None, pair, pair, scalar, rng, length)))
+  calls.append((ENCODE.name, ENCODE.models, programs.encode(),
+                (None, s((prompts, options.height, options.width, 3), jnp.uint8))))
+  base = programs.base_frames(sampler(BASE_FRAMES))
   base_args = (s((prompts, h, w, 4)), pair, pair, scalar, scalar, s((), jnp.int32), s((), jnp.int32), rng, length,
                s((), jnp.bool_))
-  calls.append(("base frames", ("keyframe",), base, base_args))
+  calls.append((BASE_FRAMES.name, BASE_FRAMES.models, base, base_args))
   frames = s((prompts, 12, h, w, 4))
   for i, skip in enumerate(FPS_PASSES[options.fps]):
-    run = programs.interpolation(sampler("interpolation", options.interpolation_steps), skip)
-    calls.append((f"interpolation {i + 1}", ("interpolation",), run, (frames, pair, pair, scalar, rng, length)))
+    run = programs.interpolation(sampler(INTERPOLATION), skip)
+    calls.append((f"{INTERPOLATION.name} {i + 1}", INTERPOLATION.models, run,
+                  (frames, pair, pair, scalar, rng, length)))
     frames = jax.eval_shape(run, weights.interpolation, frames, pair, pair, scalar, rng, length)
   for size in sorted(set(reference_chunk_sizes(frames.shape[1]))):
     chunks = reference_chunk_sizes(frames.shape[1]).count(size)
-    calls.append((f"decode {size} x{chunks}", ("video_movq",), programs.decode(size),
+    calls.append((f"{DECODE.name} {size} x{chunks}", DECODE.models, programs.decode(size),
                   (None, s((prompts * size, h, w, 4)))))
   return calls
 
@@ -193,7 +194,7 @@ def flops_rows(config, options, dtype, prompts: int, wanted):
     if wanted and not any(name.startswith(w) for w in wanted):
       continue
     stage_weights = tuple(getattr(weights, f) for f in fields)
-    chunks = int(name.split(" x")[1]) if name.startswith("decode") else 1
+    chunks = int(name.split(" x")[1]) if name.startswith(DECODE.name) else 1
     counted = chunks * dense_flops(jax.make_jaxpr(fn)(*stage_weights, *args))
     fn1, args1 = one_step[name]
     counted_one_step = dense_flops(jax.make_jaxpr(fn1)(*stage_weights, *args1))

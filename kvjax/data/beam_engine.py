@@ -3,7 +3,7 @@
   python -m train.prepare_data SRC OUT --engine beam -- --runner=DirectRunner --direct_num_workers=4 \
       --direct_running_mode=multi_processing
 
-The pipeline is `sources -> reshuffle -> prepare.process_source -> results`: the same function the local
+The pipeline is `sources -> reshuffle -> sources.process_source -> results`: the same function the local
 engine runs, once per source not finished earlier, on Beam's workers. Everything around it is the local
 run's, on the launching machine: the search for sources, the ledger (a source's entry is written when its
 result comes back, so a re-run skips it), the captions, the shuffle and the tfds dataset.
@@ -24,7 +24,7 @@ import shutil
 from typing import Callable, Sequence
 
 from kvjax.atomic import staging_path
-from kvjax.data import prepare
+from kvjax.data import sources
 
 try:
   import apache_beam as beam
@@ -44,25 +44,25 @@ def pipeline_options(args: Sequence[str]) -> PipelineOptions:
 
 
 class PrepareSources(beam.DoFn):
-  """prepare.process_source per source, each result as its JSON line."""
+  """sources.process_source per source, each result as its JSON line."""
 
-  def __init__(self, src_dir: str, clips_dir: str, config: prepare.PrepareConfig):
+  def __init__(self, src_dir: str, clips_dir: str, config: sources.PrepareConfig):
     super().__init__()
     self.src_dir, self.clips_dir, self.config = src_dir, clips_dir, config
 
   def setup(self):
-    prepare._quiet_ffmpeg_logs()
+    sources.quiet_ffmpeg_logs()
     # imageio-ffmpeg starts ffmpeg with a preexec_fn (its own process group, against Ctrl-C), which makes
     # Python fork rather than vfork; in a Beam worker gRPC's fork handlers then break the child's pipes
     # ("Could not load meta information"). A worker gets no Ctrl-C: start ffmpeg without it.
     os.environ["IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"] = "1"
 
   def process(self, source):
-    yield prepare.process_source(self.src_dir, source, self.clips_dir, self.config).to_json()
+    yield sources.process_source(self.src_dir, source, self.clips_dir, self.config).to_json()
 
 
-def run_sources(src_dir: str, todo: list[str], clips_dir: str, config: prepare.PrepareConfig,
-                args: Sequence[str], work_dir: str, on_result: Callable[[prepare.SourceResult], None]) -> None:
+def run_sources(src_dir: str, todo: list[str], clips_dir: str, config: sources.PrepareConfig,
+                args: Sequence[str], work_dir: str, on_result: Callable[[sources.SourceResult], None]) -> None:
   """process_source over `todo` on a Beam pipeline of options `args`; `on_result` gets every result on this
   machine after the pipeline has finished."""
   if not todo:
@@ -85,11 +85,11 @@ def run_sources(src_dir: str, todo: list[str], clips_dir: str, config: prepare.P
       with open(path) as f:
         for line in f:
           if line.strip():
-            result = prepare.SourceResult.from_json(line)
+            result = sources.SourceResult.from_json(line)
             results[result.source] = result
   finally:
     shutil.rmtree(results_dir, ignore_errors=True)
   for source in sorted(todo):
-    on_result(results.get(source) or prepare.SourceResult(source=source, fingerprint="", error=(
-        f"{prepare.source_path(src_dir, source)}: not prepared: the Beam pipeline returned no result for it; "
+    on_result(results.get(source) or sources.SourceResult(source=source, fingerprint="", error=(
+        f"{sources.source_path(src_dir, source)}: not prepared: the Beam pipeline returned no result for it; "
         "re-run")))

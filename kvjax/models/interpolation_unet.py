@@ -16,43 +16,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kvjax.model_configs import InterpolationUNetConfig
-from kvjax.layers.attention import Attention
 from kvjax.layers.basic import conv
 from kvjax.layers.embeddings import scalar_embedding_mlp
-from kvjax.layers.norms import ConditionalGroupNorm
-from kvjax.models.unet_layers import (AttentionPooling, ResNetBlock, UNetLevel, check_unet_input,
-                                      down_up_and_out, feed_forward, merge_scalar, to_video)
+from kvjax.models.unet_layers import (AttentionBlock, AttentionPooling, ResNetBlock, UNetLevel, check_unet_input,
+                                      down_up_and_out, merge_scalar)
 from kvjax.sharding import logical_init
 
 Dtype = Any
 
 # Latent frames predicted between each pair of key frames (the output is FRAMES_PER_GROUP x 4 channels).
 FRAMES_PER_GROUP = 3
-
-
-class TemporalBlendAttentionBlock(nn.Module):
-  """Attention across groups at every position, then a feed-forward, each blended in by a gated scalar."""
-
-  groups: int
-  head_dim: int
-  expansion_ratio: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, cond, num_frames: int, mask):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    n, h, w, c = x.shape
-    gate = lambda name: (merge_scalar(self, name) * mask[:, None, None, None]).astype(x.dtype)
-    a = to_video(ConditionalGroupNorm(self.groups, name="in_norm", **kw)(x, cond), num_frames)
-    a = a.transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)  # (b h w) t c
-    a = Attention(c, self.head_dim, name="attention", **kw)(a)
-    a = a.reshape(n // num_frames, h, w, num_frames, c).transpose(0, 3, 1, 2, 4).reshape(x.shape)
-    g1 = gate("temporal_merge1")
-    x = (1 - g1) * x + g1 * a
-    f = feed_forward(ConditionalGroupNorm(self.groups, name="out_norm", **kw)(x, cond), self.expansion_ratio, **kw)
-    g2 = gate("temporal_merge2")
-    return (1 - g2) * x + g2 * f
 
 
 class _InterpolationLevel(UNetLevel):
@@ -70,8 +43,9 @@ class _InterpolationLevel(UNetLevel):
       return x
     temporal_mask, num_groups = temporal
     cfg = self.config
-    return TemporalBlendAttentionBlock(cfg.groups, cfg.head_dim, cfg.expansion_ratio, name="temporal_attention_block",
-                                       **self._kw())(x, cond, num_groups, temporal_mask)
+    return AttentionBlock(cfg.groups, cfg.head_dim, cfg.expansion_ratio, over="groups", gated=True,
+                          name="temporal_attention_block", **self._kw())(x, cond, num_frames=num_groups,
+                                                                         mask=temporal_mask)
 
 
 class DownLevel(_InterpolationLevel):

@@ -20,12 +20,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kvjax.model_configs import KeyframeUNetConfig
-from kvjax.layers.attention import TemporalAttention
 from kvjax.layers.basic import conv
 from kvjax.layers.embeddings import scalar_embedding_mlp
 from kvjax.layers.norms import ConditionalGroupNorm
-from kvjax.models.unet_layers import (AttentionPooling, ResNetBlock, UNetLevel, check_unet_input,
-                                      down_up_and_out, feed_forward, to_video)
+from kvjax.models.unet_layers import (AttentionBlock, AttentionPooling, ResNetBlock, UNetLevel, check_unet_input,
+                                      down_up_and_out, to_video)
 
 Dtype = Any
 InputLayer = Literal["video", "image"]
@@ -65,27 +64,6 @@ class TemporalResNetBlock(nn.Module):
     return x + out
 
 
-class TemporalAttentionBlock(nn.Module):
-  """Pre-norm attention across frames plus a feed-forward, both residual (spec §3.6)."""
-
-  groups: int
-  head_dim: int
-  expansion_ratio: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, cond, num_frames: int):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    n, h, w, c = x.shape
-    a = ConditionalGroupNorm(self.groups, name="temporal_norm", **kw)(x, cond)
-    a = TemporalAttention(c, self.head_dim, name="temporal_attention", **kw)(
-        a.reshape(n // num_frames, num_frames, h * w, c))
-    x = x + a.reshape(n, h, w, c)
-    f = ConditionalGroupNorm(self.groups, name="ff_norm", **kw)(x, cond)
-    return x + feed_forward(f, self.expansion_ratio, **kw)
-
-
 class _KeyframeLevel(UNetLevel):
   """The shared level with the keyframe UNet's temporal layers, run in video mode only: `TEMPORAL_LAYERS`
   maps hook points to the temporal attention or the suffix of a temporal ResNet's name."""
@@ -103,8 +81,9 @@ class _KeyframeLevel(UNetLevel):
       return x
     cfg = self.config
     if layer == "attention":
-      return TemporalAttentionBlock(cfg.groups, cfg.head_dim, cfg.expansion_ratio, name="temporal_attention_block",
-                                    **self._kw())(x, temporal_cond, num_frames)
+      return AttentionBlock(cfg.groups, cfg.head_dim, cfg.expansion_ratio, over="frames",
+                            names=("temporal_norm", "temporal_attention", "ff_norm"), name="temporal_attention_block",
+                            **self._kw())(x, temporal_cond, num_frames=num_frames)
     return TemporalResNetBlock(cfg.groups, cfg.compression_ratio, name=f"{prefix}_{layer}", **self._kw())(
         x, temporal_cond, num_frames)
 

@@ -7,13 +7,13 @@ as an image. Module names mirror the reference attribute paths, with list indice
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kvjax.layers.attention import Attention
+from kvjax.layers.attention import Attention, TemporalAttention
 from kvjax.layers.basic import ConvTranspose2x2, conv
 from kvjax.layers.norms import ConditionalGroupNorm, GroupNorm
 
@@ -132,24 +132,58 @@ def feed_forward(x, expansion_ratio: int, *, dtype: Dtype, param_dtype: Dtype):
 
 
 class AttentionBlock(nn.Module):
-  """Pre-norm attention (cross-attention to the text, or self-attention) plus a 1x1-conv feed-forward."""
+  """Pre-norm attention plus a 1x1-conv feed-forward, each residual: x + attend(norm(x)), then
+  x + ff(norm(x)), the norms conditioned on `cond`. Written once for the three places the UNets use it:
+
+  - `over="space"`: every frame's positions attend to the text (`context` given: cross-attention) or to each
+    other (self-attention); spec §3.5.
+  - `over="frames"`: every position attends across the frames of its clip (`num_frames` per clip of the
+    `(b t)` batch), the keyframe UNet's temporal attention (spec §3.6).
+  - `over="groups"`: the same across the interpolation UNet's groups, with the attention of the spatial
+    block; `gated` blends each residual in by a zero-initialised scalar times the per-sample `mask`,
+    x <- (1 - g) x + g y (`temporal_merge1`, `temporal_merge2`; spec §4.3).
+
+  `names`: the (pre-attention norm, attention, pre-feed-forward norm) children, as the reference names them.
+  """
 
   groups: int
   head_dim: int
   expansion_ratio: int
+  over: Literal["space", "frames", "groups"] = "space"
+  gated: bool = False
+  names: tuple[str, str, str] = ("in_norm", "attention", "out_norm")
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, cond, context=None, context_mask=None):
+  def _attend(self, a, context, context_mask, num_frames):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    n, h, w, c = x.shape
-    a = ConditionalGroupNorm(self.groups, name="in_norm", **kw)(x, cond).reshape(n, h * w, c)
-    a = Attention(c, self.head_dim, context_axis="context_embed", name="attention", **kw)(
-        a, context, context_mask)
-    x = x + a.reshape(n, h, w, c)
-    f = ConditionalGroupNorm(self.groups, name="out_norm", **kw)(x, cond)
-    return x + feed_forward(f, self.expansion_ratio, **kw)
+    n, h, w, c = a.shape
+    name = self.names[1]
+    if self.over == "space":
+      return Attention(c, self.head_dim, context_axis="context_embed", name=name, **kw)(
+          a.reshape(n, h * w, c), context, context_mask).reshape(n, h, w, c)
+    if self.over == "frames":
+      return TemporalAttention(c, self.head_dim, name=name, **kw)(
+          a.reshape(n // num_frames, num_frames, h * w, c)).reshape(n, h, w, c)
+    a = to_video(a, num_frames).transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)  # (b h w) t c
+    a = Attention(c, self.head_dim, name=name, **kw)(a)
+    return a.reshape(n // num_frames, h, w, num_frames, c).transpose(0, 3, 1, 2, 4).reshape(n, h, w, c)
+
+  def _residual(self, x, y, merge: str, mask):
+    if not self.gated:
+      return x + y
+    gate = (merge_scalar(self, merge) * mask[:, None, None, None]).astype(x.dtype)
+    return (1 - gate) * x + gate * y
+
+  @nn.compact
+  def __call__(self, x, cond, context=None, context_mask=None, *, num_frames: int | None = None, mask=None):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    in_norm, _, out_norm = self.names
+    a = self._attend(ConditionalGroupNorm(self.groups, name=in_norm, **kw)(x, cond), context, context_mask,
+                     num_frames)
+    x = self._residual(x, a, "temporal_merge1", mask)
+    f = feed_forward(ConditionalGroupNorm(self.groups, name=out_norm, **kw)(x, cond), self.expansion_ratio, **kw)
+    return self._residual(x, f, "temporal_merge2", mask)
 
 
 class AttentionPooling(nn.Module):

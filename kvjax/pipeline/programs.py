@@ -14,17 +14,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, KEYFRAME_SCHEDULER
 from kvjax.models.latent_normalization import LatentNormalization, denormalize, normalize
 from kvjax.params import build_model
 from kvjax.pipeline import samplers
 from kvjax.pipeline.pipeline_config import GenerationOptions, PipelineConfig
+from kvjax.pipeline.stages import BASE_FRAMES, INTERPOLATION, KEY_FRAME, Stage
 from kvjax.sharding import batch_sharding, constrain_batch
 from kvjax.text.conditioning import project_context
-
-# The scheduler of each denoising stage, as the reference samples (its steps are the options').
-STAGE_SCHEDULERS = {"key frame": KEYFRAME_SCHEDULER, "base frames": KEYFRAME_SCHEDULER,
-                    "interpolation": INTERPOLATION_SCHEDULER}
 
 
 class StagePrograms:
@@ -41,13 +37,13 @@ class StagePrograms:
     self.text_encoder = model(config.text_encoder).clone(scan_layers=True)
     self.batch = None if mesh is None else batch_sharding(mesh)
 
-  def sampler(self, stage: str, steps: int, options: GenerationOptions,
+  def sampler(self, stage: Stage, steps: int, options: GenerationOptions,
               on_step: Callable[[int, int], None] | None = None,
               normalization: LatentNormalization | None = None) -> samplers.SamplerOptions:
-    """The static sampling choices of a denoising stage ("key frame", "base frames" or "interpolation").
-    Under a latent normalization the predicted x0 is clamped to its sample range, the box its latents
-    occupy, instead of the reference's [-1, 1]."""
-    scheduler = dataclasses.replace(STAGE_SCHEDULERS[stage], num_inference_steps=steps)
+    """The static sampling choices of a denoising stage (KEY_FRAME, BASE_FRAMES or INTERPOLATION of
+    kvjax.pipeline.stages). Under a latent normalization the predicted x0 is clamped to its sample range, the
+    box its latents occupy, instead of the reference's [-1, 1]."""
+    scheduler = dataclasses.replace(stage.scheduler, num_inference_steps=steps)
     if normalization is not None:
       scheduler = dataclasses.replace(scheduler, thresholding=False, clip_sample=True,
                                       clip_sample_range=normalization.sample_range)
@@ -63,8 +59,8 @@ class StagePrograms:
     length) -> key frames decoded to pixels in [-1, 1] (P, 8h, 8w, 3), one image per decode call as the
     reference."""
     def key_frame(unet, movq, normalization, text, null, scale, rng, length):
-      latents = samplers.first_frame(self.keyframe_unet, unet, text, null, scale, rng, latent_size, sampler,
-                                     context_length=length)
+      latents = KEY_FRAME.sampler(self.keyframe_unet, unet, text, null, scale, rng, latent_size, sampler,
+                                  context_length=length)
       return self.image_movq.apply({"params": movq}, denormalize(normalization, latents), 1, method="decode")
     return key_frame
 
@@ -77,13 +73,13 @@ class StagePrograms:
   def base_frames(self, sampler: samplers.SamplerOptions) -> Callable:
     """(keyframe params, key latents, text, null, text weight, image weight, motion score, noise level, rng,
     context length, keep key frame) -> base-frame latents (P, 12, h, w, 4)."""
-    return lambda unet, *inputs: samplers.base_frames(self.keyframe_unet, unet, *inputs[:-2], sampler,
-                                                       context_length=inputs[-2], keep_key_frame=inputs[-1])
+    return lambda unet, *inputs: BASE_FRAMES.sampler(self.keyframe_unet, unet, *inputs[:-2], sampler,
+                                                      context_length=inputs[-2], keep_key_frame=inputs[-1])
 
   def interpolation(self, sampler: samplers.SamplerOptions, skip_frames: int) -> Callable:
     """(interpolation params, frames (P, T, h, w, 4), text, null, guidance scale, rng, context length) ->
     the frames with 3 predicted between each pair."""
-    return lambda unet, frames, text, null, scale, rng, length: samplers.interpolate(
+    return lambda unet, frames, text, null, scale, rng, length: INTERPOLATION.sampler(
         self.interpolation_unet, unet, frames, text, null, scale, skip_frames, rng, sampler, context_length=length)
 
   def decode(self, frames: int) -> Callable:

@@ -33,18 +33,13 @@ from kvjax.pipeline.pipeline_config import FPS_PASSES, GenerationOptions, Pipeli
 from kvjax.pipeline.images import fit_and_crop, to_uint8
 from kvjax.pipeline.programs import StagePrograms
 from kvjax.pipeline.pipeline_weights import PipelineWeights
+from kvjax.pipeline.stages import BASE_FRAMES, DECODE, ENCODE, INTERPOLATION, KEY_FRAME, STAGES, TEXT, Stage
 from kvjax.sharding import param_shardings, replicated
 from kvjax.text.conditioning import context_length, unconditional_context
 
 
 Progress = Callable[[str, float], None]  # (stage, seconds) when a stage ends
 StepProgress = Callable[[str, int, int], None]  # (stage, steps done, total) after each denoising step
-
-# The models each stage runs (PipelineWeights fields): what offloading places for it.
-STAGE_MODELS = {"text": ("text_encoder", "projections"), "key frame": ("keyframe", "image_movq"),
-                "encode": ("image_movq",), "base frames": ("keyframe",), "interpolation": ("interpolation",),
-                "decode": ("video_movq",)}
-
 
 @dataclasses.dataclass(frozen=True)
 class _StageSteps:
@@ -104,11 +99,11 @@ class TextToVideo:
       return jax.device_put(tree)
     return jax.device_put(tree, self._shardings if field is None else getattr(self._shardings, field))
 
-  def _weights(self, stage: str):
+  def _weights(self, stage: Stage):
     """The models of `stage` on the devices (all of them, placed at construction, without offload)."""
     if not self.offload:
       return self._placed
-    wanted = set(STAGE_MODELS[stage])
+    wanted = set(stage.models)
     for field in set(self._placed) - wanted:
       jax.tree.map(lambda a: a.delete(), self._placed.pop(field))
     for field in wanted - set(self._placed):
@@ -118,16 +113,19 @@ class TextToVideo:
   def placed_models(self) -> list[str]:
     """The models whose weights are on the devices now."""
     if not self.offload:
-      return [f.name for f in dataclasses.fields(PipelineWeights)
-              if not f.name.endswith("_null") and f.name != "latent_normalization"]
+      return [f.name for f in dataclasses.fields(PipelineWeights) if any(f.name in s.models for s in STAGES)]
     return sorted(self._placed)
 
-  def _sampler(self, stage: str, steps: int, options: GenerationOptions, step_progress: StepProgress | None,
+  def _sampler(self, stage: Stage, options: GenerationOptions, step_progress: StepProgress | None,
                name: str | None = None):
-    on_step = None if step_progress is None else _StageSteps(name or stage, step_progress)
-    return self.programs.sampler(stage, steps, options, on_step, self._latents)
+    """The sampling choices of a denoising stage, with its step count from `options`; its steps are reported
+    under `name` (default: the stage's)."""
+    on_step = None if step_progress is None else _StageSteps(name or stage.name, step_progress)
+    return self.programs.sampler(stage, getattr(options, stage.steps), options, on_step, self._latents)
 
-  def _jit(self, key, make: Callable[[], Callable]) -> Callable:
+  def _jit(self, stage: Stage, static: tuple, make: Callable[[], Callable]) -> Callable:
+    """The program `make()` of `stage`, compiled once per value of its static choices `static`."""
+    key = (stage.name, *static)
     if key not in self._compiled:
       self._compiled[key] = jax.jit(make())
     return self._compiled[key]
@@ -138,9 +136,9 @@ class TextToVideo:
     """(text, keyframe null, interpolation null, L): (context, mask) pairs padded to the tokenizer length
     (zeros, masked), and the reference's context length L (the longest prompt + 1, spec §6.4) as a traced
     int32 that the UNets use where L matters (the text pooling's mean)."""
-    w = self._weights("text")
+    w = self._weights(TEXT)
     tokens = self.tokenizer(list(prompts))
-    encode = self._jit("text", self.programs.text)
+    encode = self._jit(TEXT, (), self.programs.text)
     context = encode(w.text_encoder, w.projections, tokens.input_ids, tokens.attention_mask)
     mask = jnp.asarray(tokens.attention_mask).astype(bool)
     p, padded = mask.shape
@@ -149,45 +147,46 @@ class TextToVideo:
 
   def key_frames(self, text, null, length, options: GenerationOptions, rng, step_progress=None) -> np.ndarray:
     """Stage 1: the first frames at twice the video size, decoded to uint8 (P, 2H, 2W, 3)."""
-    w = self._weights("key frame")
+    w = self._weights(KEY_FRAME)
     f = self.config.image_movq.downsampling_factor
     size = (2 * options.height // f, 2 * options.width // f)
-    sampler = self._sampler("key frame", options.key_frame_steps, options, step_progress)
-    run = self._jit(("key frame", size, sampler), lambda: self.programs.key_frame(size, sampler))
+    sampler = self._sampler(KEY_FRAME, options, step_progress)
+    run = self._jit(KEY_FRAME, (size, sampler), lambda: self.programs.key_frame(size, sampler))
     return to_uint8(run(w.keyframe, w.image_movq, self._latents, text, null, options.key_frame_guidance_scale, rng,
                         length))
 
   def encode_images(self, images: Sequence[Image.Image], options: GenerationOptions) -> jax.Array:
     """Resize and crop as the reference, then encode with the image MoVQ: (P, H/8, W/8, 4)."""
-    w = self._weights("encode")
+    w = self._weights(ENCODE)
     pixels = np.stack([fit_and_crop(image, options.width, options.height) for image in images])
-    encode = self._jit("encode", self.programs.encode)
+    encode = self._jit(ENCODE, (), self.programs.encode)
     return encode(w.image_movq, self._latents, pixels)
 
   def base_frames(self, key_latents, text, null, length, options: GenerationOptions, rng,
                   step_progress=None, keep_key_frame: bool = False) -> jax.Array:
     """`keep_key_frame`: frame 0 is the key frame itself (samplers.base_frames); traced, no recompile."""
-    w = self._weights("base frames")
-    sampler = self._sampler("base frames", options.base_frame_steps, options, step_progress)
-    run = self._jit(("base frames", sampler), lambda: self.programs.base_frames(sampler))
+    w = self._weights(BASE_FRAMES)
+    sampler = self._sampler(BASE_FRAMES, options, step_progress)
+    run = self._jit(BASE_FRAMES, (sampler,), lambda: self.programs.base_frames(sampler))
     return run(w.keyframe, key_latents, text, null, options.guidance_weight_prompt, options.guidance_weight_image,
                options.motion_score, options.noise_augmentation, rng, length, jnp.bool_(keep_key_frame))
 
   def interpolate(self, frames, text, null, length, options: GenerationOptions, skip_frames: int, rng,
-                  step_progress=None, name: str = "interpolation") -> jax.Array:
-    w = self._weights("interpolation")
-    sampler = self._sampler("interpolation", options.interpolation_steps, options, step_progress, name)
-    run = self._jit(("interpolation", sampler, skip_frames), lambda: self.programs.interpolation(sampler, skip_frames))
+                  step_progress=None, name: str = INTERPOLATION.name) -> jax.Array:
+    """`name`: the pass's, which its steps are reported under."""
+    w = self._weights(INTERPOLATION)
+    sampler = self._sampler(INTERPOLATION, options, step_progress, name)
+    run = self._jit(INTERPOLATION, (sampler, skip_frames), lambda: self.programs.interpolation(sampler, skip_frames))
     return run(w.interpolation, frames, text, null, options.interpolation_guidance_scale, rng, length)
 
   def decode_video(self, latents) -> np.ndarray:
     """Stage 4: (P, T, h, w, 4) -> uint8 (P, T, H, W, 3), in the reference's independent chunks (§8.6),
     each chunk's frames split over the data-parallel axes on a mesh."""
-    w = self._weights("decode")
+    w = self._weights(DECODE)
     p, t = latents.shape[:2]
     chunks, start = [], 0
     for size in reference_chunk_sizes(t):
-      decode = self._jit(("decode", size), lambda size=size: self.programs.decode(size))
+      decode = self._jit(DECODE, (size,), lambda size=size: self.programs.decode(size))
       z = latents[:, start:start + size].reshape(p * size, *latents.shape[2:])
       decoded = to_uint8(decode(w.video_movq, self._latents, z))
       chunks.append(decoded.reshape(p, size, *decoded.shape[1:]))
@@ -214,16 +213,16 @@ class TextToVideo:
       return out
 
     steps = dict(step_progress=step_progress)
-    text, keyframe_null, interpolation_null, length = stage("text", self.encode_text, prompts)
+    text, keyframe_null, interpolation_null, length = stage(TEXT.name, self.encode_text, prompts)
     keep_key_frame = images is not None and options.keep_image  # a given picture, not a generated key frame
     if images is None:
-      key_images = stage("key frame", self.key_frames, text, keyframe_null, length, options, key_rng, **steps)
+      key_images = stage(KEY_FRAME.name, self.key_frames, text, keyframe_null, length, options, key_rng, **steps)
       images = [Image.fromarray(image) for image in key_images]
-    key_latents = stage("encode key frame", self.encode_images, images, options)
-    frames = stage("base frames", self.base_frames, key_latents, text, keyframe_null, length, options, base_rng,
+    key_latents = stage(ENCODE.name, self.encode_images, images, options)
+    frames = stage(BASE_FRAMES.name, self.base_frames, key_latents, text, keyframe_null, length, options, base_rng,
                    keep_key_frame=keep_key_frame, **steps)
     for i, skip in enumerate(FPS_PASSES[options.fps]):
-      name = f"interpolation {i + 1}"
+      name = f"{INTERPOLATION.name} {i + 1}"
       frames = stage(name, self.interpolate, frames, text, interpolation_null, length, options, skip,
                      pass_rngs[i], name=name, **steps)
-    return stage("decode", self.decode_video, frames)
+    return stage(DECODE.name, self.decode_video, frames)

@@ -13,6 +13,7 @@ from kvjax.models import latent_normalization as ln
 from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions
 from kvjax.pipeline.programs import StagePrograms
 from kvjax.pipeline.pipeline_weights import random_weights
+from kvjax.pipeline.stages import BASE_FRAMES, INTERPOLATION, KEY_FRAME
 
 CONFIG = PIPELINE_PRESETS["tiny"]
 
@@ -38,7 +39,7 @@ def test_calibration_gives_unit_variance_and_the_box_the_latents_occupy():
 def test_the_samplers_clamp_to_the_normalizations_box():
   programs = StagePrograms(CONFIG)
   options = GenerationOptions()
-  for stage in ("key frame", "base frames", "interpolation"):
+  for stage in (KEY_FRAME, BASE_FRAMES, INTERPOLATION):
     reference = programs.sampler(stage, 2, options).scheduler
     assert reference.thresholding and reference.sample_max_value == 1.0  # the reference's [-1, 1]
     normalization = ln.LatentNormalization(np.zeros(4, np.float32), np.ones(4, np.float32), 6.5)

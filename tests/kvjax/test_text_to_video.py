@@ -12,6 +12,7 @@ from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions
 from kvjax.pipeline.images import fit_and_crop, to_uint8
 from kvjax.pipeline.text_to_video import TextToVideo
 from kvjax.pipeline.pipeline_weights import random_weights
+from kvjax.pipeline.stages import BASE_FRAMES
 from kvjax.text.hashed_tokenizer import HashedWordTokenizer
 
 CONFIG = PIPELINE_PRESETS["tiny-two-level"]  # every stage and kind of layer, half the UNet levels to compile
@@ -88,7 +89,7 @@ def test_padding_the_context_keeps_the_reference_length_where_it_matters(pipelin
   (context, mask), null, _, length = pipeline.encode_text(["a red fox", "waves and more waves"])
   L = int(length)
   assert context.shape[1] == CONFIG.tokens_length and 1 < L < CONFIG.tokens_length
-  unet, params = pipeline.programs.keyframe_unet, pipeline._weights("base frames").keyframe
+  unet, params = pipeline.programs.keyframe_unet, pipeline._weights(BASE_FRAMES).keyframe
   x = jax.random.normal(jax.random.key(0), (2, 8, 16, CONFIG.keyframe.num_channels))
   time = jnp.array([10.0, 500.0])
   cut = unet.apply({"params": params}, x, time, context[:, :L], mask[:, :L], input_layer="image")

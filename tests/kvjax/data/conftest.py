@@ -27,10 +27,10 @@ def test_config():
 def prepared(source_folder, tmp_path_factory, test_config):
   """(summary, output folder, captions path) of one run over the rule videos, with a captions file."""
   import json
-  from kvjax.data import prepare
+  from kvjax.data import prepare, sources
   out = tmp_path_factory.mktemp("prepared")
   captions = out / "captions.jsonl"
-  lines = [{"clip_id": prepare.clip_id_for("cut.mp4", 0), "caption": "the first scene"},
+  lines = [{"clip_id": sources.clip_id_for("cut.mp4", 0), "caption": "the first scene"},
            {"source": "motion/fast.mp4", "caption": "a fast pan"},
            {"long.mp4": "a long slow pan"}]
   captions.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from kvjax.data import dataset, prepare, scenes
+from kvjax.data import dataset, prepare, scenes, sources
 
 
 def dataset_clip_ids(summary):
@@ -27,7 +27,7 @@ def small_folder(source_folder, tmp_path):
 
 def test_crash_keeps_finished_clips_and_rerun_completes(small_folder, tmp_path, test_config, monkeypatch):
   out = tmp_path / "out"
-  real_save = prepare.save_clip
+  real_save = sources.save_clip
   saved = []
 
   def save_then_crash(*args, **kwargs):
@@ -36,14 +36,14 @@ def test_crash_keeps_finished_clips_and_rerun_completes(small_folder, tmp_path, 
     real_save(*args, **kwargs)
     saved.append(args[0])
 
-  monkeypatch.setattr(prepare, "save_clip", save_then_crash)
+  monkeypatch.setattr(sources, "save_clip", save_then_crash)
   with pytest.raises(KeyboardInterrupt):
     prepare.prepare(str(small_folder), str(out), config=test_config, progress=False)
   assert [os.path.basename(p) for p in glob.glob(str(out / "work" / "clips" / "*"))] == [os.path.basename(saved[0])]
   assert not os.path.exists(out / "dataset")
   made_at = os.stat(saved[0]).st_mtime_ns
 
-  monkeypatch.setattr(prepare, "save_clip", real_save)
+  monkeypatch.setattr(sources, "save_clip", real_save)
   summary = prepare.prepare(str(small_folder), str(out), config=test_config, progress=False)
   assert summary.clips_kept == 3 and summary.clips_reused == 1 and len(summary.errors) == 1
   assert os.stat(saved[0]).st_mtime_ns == made_at  # not made again
