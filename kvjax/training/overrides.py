@@ -103,7 +103,7 @@ def _parse(text: str, kind):
       raise _BadValue("expected a number")
     return value
   if kind is str:
-    return text
+    return stripped
   raise OverrideError(f"a field of type {kind} cannot be set from the command line")
 
 

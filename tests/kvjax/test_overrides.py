@@ -50,7 +50,7 @@ def test_names_are_dotted_and_stop_at_plain_fields():
 
 
 @pytest.mark.parametrize("assignment,field,value", [
-    ("name=b c", "name", "b c"), ("name=", "name", ""),
+    ("name=b c", "name", "b c"), ("name= b ", "name", "b"), ("name=", "name", ""),
     ("on=true", "on", True), ("on=Yes", "on", True), ("on=1", "on", True), ("on=off", "on", False),
     ("size=32,48", "size", (32, 48)), ("size=(32, 48)", "size", (32, 48)), ("size=[32,48]", "size", (32, 48)),
     ("skips=5", "skips", (5,)), ("skips=5,", "skips", (5,)), ("skips=", "skips", ()),
