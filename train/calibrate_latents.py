@@ -12,20 +12,17 @@ weights need none: their latents fit the reference's samplers as they are.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
-from kvjax.training.train_config import TRAIN_PRESETS
+from kvjax.training.overrides import add_config_arguments, config_from_args
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train.calibrate_latents", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("weights", help="a weights folder (its movq/ is measured, its latents.json written)")
-  p.add_argument("--config", required=True, choices=sorted(TRAIN_PRESETS), help="the UNet preset that will train "
-                 "on the latents (how frames are read)")
-  p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a field of the preset")
+  add_config_arguments(p, help="the UNet preset that will train on the latents (how frames are read)")
   p.add_argument("--data", required=True, help="folder written by `python -m train.prepare_data`")
   p.add_argument("--clips", type=int, default=256, help="clips to measure (from the start of the dataset)")
   p.add_argument("--std", type=float, default=1.0, help="each channel's standard deviation after the map (1: "
@@ -56,8 +53,7 @@ def _calibrate(args) -> int:
 
   if not 1 <= args.clips <= 1 << 20 or not 1 <= args.batch_size <= 4096:  # before the config sees the batch size
     raise ValueError(f"--clips {args.clips} must be in [1, 2**20] and --batch-size {args.batch_size} in [1, 4096]")
-  from kvjax.training.overrides import apply_overrides
-  config = dataclasses.replace(apply_overrides(TRAIN_PRESETS[args.config], args.set), global_batch_size=args.batch_size)
+  config = config_from_args(args, {"global_batch_size": args.batch_size})
   if config.is_movq:
     raise ValueError(f"--config {args.config}: a MoVQ preset; name the UNet preset that will train on the latents")
   try:

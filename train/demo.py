@@ -49,7 +49,7 @@ import time
 
 from kvjax.cli import program_module
 from kvjax.demo import DEMO_OPTIONS, DEMO_WEIGHTS, SAMPLING_DEFAULTS
-from train.demo_recipe import TRAINING, train_config  # noqa: F401 (a stage's TrainConfig, for benches)
+from .demo_recipe import TRAINING, train_config  # noqa: F401 (a stage's TrainConfig, for benches)
 
 # Videos of 2 s at 24 fps, 256 px, prepared at 128 px (the default size filter keeps them): a 12-frame window
 # 4 frames apart (45 source frames) fits in every clip.

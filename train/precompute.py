@@ -4,26 +4,24 @@ and captions: latents, text context and mask, motion score.
   python -m train.precompute --config keyframe-1.1 --data prepared/ --out inputs/ --weights converted/
   python -m train --config keyframe-1.1 --data inputs/ ...        # trains from the pre-computed inputs
 
-Every clip of the dataset is read once, in order. The output is for the settings of --config (frozen models,
-frames per clip and their spacing, resolution); training with other settings is refused. The folder appears
-only when complete.
+Every clip of the dataset is read once, in order. The output is for the settings of --config and its --set
+overrides (frozen models, frames per clip and their spacing, resolution); training with other settings is
+refused. The folder appears only when complete.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
-from kvjax.training.train_config import TRAIN_PRESETS
+from kvjax.training.overrides import add_config_arguments, config_from_args
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train.precompute", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", required=True, choices=sorted(TRAIN_PRESETS), help="training preset")
-  p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a field of the preset")
+  add_config_arguments(p)
   p.add_argument("--data", required=True, help="folder written by `python -m train.prepare_data`")
   p.add_argument("--out", required=True, help="new folder for the pre-computed inputs")
   p.add_argument("--weights", help="folder written by `python -m convert all` (default: random weights)")
@@ -51,8 +49,7 @@ def _precompute(args) -> int:
 
   if not 1 <= args.batch_size <= 4096:
     raise ValueError(f"--batch-size {args.batch_size}: give 1 to 4096 clips")
-  from kvjax.training.overrides import apply_overrides
-  config = dataclasses.replace(apply_overrides(TRAIN_PRESETS[args.config], args.set), global_batch_size=args.batch_size)
+  config = config_from_args(args, {"global_batch_size": args.batch_size})
   if not os.path.isdir(args.data):
     raise ValueError(f"--data {args.data}: no such folder (make one with `python -m train.prepare_data`)")
   check_writable(os.path.dirname(check_free(args.out, args.overwrite)))  # before any encoding

@@ -74,6 +74,9 @@ class TrainConfig:
                          f"{disc.min_spatial_size} pixels a side")
     if self.global_batch_size < 1 or self.num_frames < 1 or self.num_groups < 1:
       raise ValueError("TrainConfig: global_batch_size, num_frames and num_groups must be positive")
+    if self.total_steps < 0 or min(self.log_every, self.checkpoint_every, self.keep_checkpoints) < 1:
+      raise ValueError("TrainConfig: total_steps must be >= 0, and log_every, checkpoint_every and "
+                       "keep_checkpoints positive")
 
   @property
   def pipeline_config(self) -> PipelineConfig:

@@ -1,6 +1,7 @@
 """Training never trains on NaN quietly and survives damaged checkpoints, checked in-process with a tiny
 stand-in model through the real step machinery (make_train_step, jit_train_step, make_gan_train_step), the
-real train loop of `python -m train` (train_loop) and real orbax checkpoints whose files the tests damage."""
+real train loop of `python -m train` (kvjax.training.loop) and real orbax checkpoints whose files the tests
+damage."""
 
 import dataclasses
 import errno
@@ -23,8 +24,8 @@ from kvjax.training.optimizer import OptimizerConfig, make_optimizer
 from kvjax.sharding import batch_sharding
 from kvjax.training.train_state import (create_state, jit_train_step, make_train_step, nonfinite_paths,
                                         state_shardings)
-import train.__main__ as train_main
-from train.__main__ import _metrics_log, _resume_check, train_loop
+from kvjax.training import loop
+from kvjax.training.loop import metrics_log, resume_check, train_loop
 
 NAN = float("nan")
 
@@ -186,7 +187,7 @@ def test_skip_drops_the_updates_counts_them_and_trains_on(model, tmp_path):
 
 
 def test_skip_stops_all_the_same_when_no_step_trains(model, tmp_path, monkeypatch):
-  monkeypatch.setattr(train_main, "MAX_SKIPPED_IN_A_ROW", 3)
+  monkeypatch.setattr(loop, "MAX_SKIPPED_IN_A_ROW", 3)
   with pytest.raises(SystemExit, match=r"^error: step 6: the last 3 steps were all skipped \(non-finite: the loss is "
                      r"NaN \(grad norm NaN\)\); stopped, as no step trains; the last checkpoint \(step 5\) holds "
                      r"finite weights$"):
@@ -270,7 +271,7 @@ def _restore(model, directory, inputs=None):
   warnings = []
   inputs = inputs or Inputs(model)
   checkpoints = TrainCheckpoints(directory)
-  step, state, data = checkpoints.restore_latest(model.abstract_state(), check=_resume_check(inputs),
+  step, state, data = checkpoints.restore_latest(model.abstract_state(), check=resume_check(inputs),
                                                  warn=warnings.append)
   return checkpoints, step, state, inputs, warnings
 
@@ -410,9 +411,9 @@ def test_metrics_log_drops_a_record_cut_short(tmp_path):
   records = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3)]
   (tmp_path / "metrics.jsonl").write_text("".join(records) + '{"step": 4, "lo')
   said = []
-  _metrics_log(str(tmp_path), 3, said.append).close()
+  metrics_log(str(tmp_path), 3, said.append).close()
   assert (tmp_path / "metrics.jsonl").read_text() == "".join(records)
   assert said == [f"WARNING: {tmp_path / 'metrics.jsonl'}: dropped 1 unreadable line (a record cut short when a run "
                   "was killed)"]
-  _metrics_log(str(tmp_path), 2, said.append).close()
+  metrics_log(str(tmp_path), 2, said.append).close()
   assert (tmp_path / "metrics.jsonl").read_text() == "".join(records[:2]) and len(said) == 1

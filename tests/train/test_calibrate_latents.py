@@ -26,7 +26,9 @@ def test_writes_the_folders_normalization_once(tmp_path, dataset, capsys):
   before = (tmp_path / "w" / LATENTS_FILE).read_text()
   for bad, message in ((argv, "exists"), ([weights, "--config", "image-movq-tiny", "--data", str(dataset), "--overwrite"],
                                           "a MoVQ preset"), ([str(tmp_path), *argv[1:], "--overwrite"], "no converted image MoVQ"),
-                       ([*argv, "--overwrite", "--std", "0"], "--std 0")):
+                       ([*argv, "--overwrite", "--std", "0"], "--std 0"),
+                       ([*argv, "--overwrite", "--set", "num_frames=many"],
+                        "--set num_frames='many': expected an integer")):
     assert calibrate(bad) == 2, bad
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, (message, err)

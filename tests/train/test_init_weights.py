@@ -41,15 +41,20 @@ def test_bad_captions_are_named_and_nothing_is_written(tmp_path, capsys, content
 
 def test_a_run_saved_before_a_setting_existed_resumes(tmp_path):
   # config.json of an older kvjax lacks newer fields: they read as their defaults, not as a change.
+  from kvjax.training.overrides import apply_overrides
+  from kvjax.training.run import RunRefused, check_same_run
   from kvjax.training.train_config import TRAIN_PRESETS
-  from train.__main__ import RunRefused, _check_same_run
   config = TRAIN_PRESETS["keyframe-tiny"]
   saved = dataclasses.asdict(config)
   del saved["keyframe"]["motion_scale"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  _check_same_run(str(tmp_path), dataclasses.replace(config, total_steps=99))
+  check_same_run(str(tmp_path), apply_overrides(config, ["total_steps=99", "optimizer.nonfinite=skip"]))
   with pytest.raises(RunRefused, match="other settings \\(seed\\)"):
-    _check_same_run(str(tmp_path), dataclasses.replace(config, seed=3))
+    check_same_run(str(tmp_path), dataclasses.replace(config, seed=3))
+  # nested settings are named by their dotted names, as --set takes them
+  changed = apply_overrides(config, ["optimizer.learning_rate=3e-4", "keyframe.high_noise_fraction=0.5"])
+  with pytest.raises(RunRefused, match="other settings \\(keyframe.high_noise_fraction, optimizer.learning_rate\\)"):
+    check_same_run(str(tmp_path), changed)
   (tmp_path / "config.json").write_text(json.dumps({**saved, "colour": "red"}))
   with pytest.raises(RunRefused, match="not the settings of a run"):
-    _check_same_run(str(tmp_path), config)
+    check_same_run(str(tmp_path), config)

@@ -12,7 +12,10 @@ def test_refusals_are_one_line_and_leave_nothing(tmp_path, capsys):
   for flags, message in (([], ""), (["--batch-size", "0"], "--batch-size 0"),
                          (["--mesh", "data=3"], "mesh 'data=3' has 3 devices"),
                          (["--weights", str(tmp_path / "missing")], "missing"),
-                         (["--out", str(tmp_path / "a-file" / "inputs")], "is a file, not a folder")):
+                         (["--out", str(tmp_path / "a-file" / "inputs")], "is a file, not a folder"),
+                         (["--set", "frame_strde=2"], "--set frame_strde: TrainConfig has no such field; did you mean "
+                          "frame_stride?"),
+                         (["--set", "clip_start=middle"], "--set clip_start=middle: TrainConfig.clip_start must be")):
     argv = [*base, *flags]
     if not flags:
       argv[3] = str(tmp_path / "no-data")

@@ -2,6 +2,7 @@
 checkpoint resumes from the last complete one and continues the same loss curve; bad settings are named.
 (The MoVQ recipe's run, export and sampling: test_train_movq_cli.py.)"""
 
+import json
 import os
 import subprocess
 import sys
@@ -22,10 +23,15 @@ def test_killed_mid_save_resumes_on_the_same_loss_curve(dataset, env, tmp_path):
 
 
 def test_other_settings_in_the_same_workdir_are_refused(tmp_path, env):
-  first = _train(["--config", "keyframe-tiny", "--workdir", str(tmp_path), "--steps", "0"], env)
+  # --set reaches the run's settings and config.json; a resume with another value is refused naming it
+  run = ["--config", "keyframe-tiny", "--workdir", str(tmp_path), "--steps", "0"]
+  first = _train([*run, "--set", "optimizer.learning_rate=3e-4", "--set", "keyframe.high_noise_fraction=0.5"], env)
   assert first.returncode == 0, first.stderr[-3000:]
-  second = _train(["--config", "keyframe-tiny", "--workdir", str(tmp_path), "--steps", "0", "--seed", "5"], env)
-  assert second.returncode != 0 and "other settings (seed)" in second.stderr
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["optimizer"]["learning_rate"] == 3e-4 and saved["keyframe"]["high_noise_fraction"] == 0.5
+  second = _train([*run, "--seed", "5", "--set", "optimizer.learning_rate=1e-3", "--set",
+                   "keyframe.high_noise_fraction=0.5"], env)
+  assert second.returncode == 2 and "other settings (optimizer.learning_rate, seed)" in second.stderr
 
 
 def test_refusals_are_one_line_with_exit_2_before_any_work(tmp_path, capsys):
@@ -37,7 +43,13 @@ def test_refusals_are_one_line_with_exit_2_before_any_work(tmp_path, capsys):
                          (["--steps", "-1"], "--steps -1"), (["--data-workers", "-1"], "--data-workers -1"),
                          (["--batch-size", "0"], "global_batch_size"),
                          (["--workdir", str(tmp_path / "a-file" / "run")], "is a file, not a folder"),
-                         (["--init", str(tmp_path / "nope")], "not a converted model folder")):
+                         (["--init", str(tmp_path / "nope")], "not a converted model folder"),
+                         (["--set", "optimizer.learnig_rate=1e-3"],
+                          "--set optimizer.learnig_rate: TrainConfig has no such field; did you mean "
+                          "optimizer.learning_rate?"),
+                         (["--set", "seed=five"], "--set seed='five': expected an integer"),
+                         (["--set", "resolution=60,60"], "--set resolution=60,60: TrainConfig.resolution (60, 60)"),
+                         (["--train-scope", "decoder"], "--config keyframe-tiny: --train-scope apply to the MoVQ")):
     assert main([*base, *flags]) == 2, flags
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and message in err, (message, err)
@@ -47,14 +59,16 @@ def test_refusals_are_one_line_with_exit_2_before_any_work(tmp_path, capsys):
 def test_precomputed_inputs_train_the_interpolation_unet(dataset, env, tmp_path):
   # Encoders run once (python -m train.precompute); training then reads latents and context, not frames.
   inputs = tmp_path / "inputs"
+  # Made for a --set of the preset (recorded in its meta.json), which the training run must give too.
   made = subprocess.run([sys.executable, "-m", "train.precompute", "--config", "interpolation-tiny", "--data",
-                         str(dataset), "--out", str(inputs), "--batch-size", "2"],
+                         str(dataset), "--out", str(inputs), "--batch-size", "2", "--set", "clip_start=first"],
                         env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, cwd=REPO,
                         capture_output=True, text=True, timeout=900)
   assert made.returncode == 0, made.stderr[-3000:]
   assert "4 clips encoded" in made.stderr and not any(n.startswith(".") for n in os.listdir(tmp_path))
+  assert json.loads((inputs / "meta.json").read_text())["clip_start"] == "first"
   # One device (sharded steps are tested elsewhere; this is about the inputs): a quarter of the compile.
-  args = ["--config", "interpolation-tiny", "--steps", "2", "--batch-size", "4",
+  args = ["--config", "interpolation-tiny", "--steps", "2", "--batch-size", "4", "--set", "clip_start=first",
           "--data", str(inputs), "--workdir", str(tmp_path / "run")]
   trained = _train(args, {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
   assert trained.returncode == 0, trained.stderr[-3000:]
