@@ -89,3 +89,16 @@ def test_program_module_follows_how_the_caller_was_imported():
   assert program_module("train.export", "train") == "train.export"  # from a checkout: python -m train.demo
   assert program_module("sample", "kvjax.cli.train") == "kvjax.cli.sample"  # installed: python -m kvjax.cli.train.demo
   assert program_module("train", None) == "train"  # a script run by its path
+
+
+def test_programs_import_their_siblings_relatively():
+  # Installed, the programs are kvjax.cli.train etc.: an absolute `train.…` import inside them fails there.
+  import ast
+  absolute = []
+  for program in PROGRAMS:
+    for path in (REPO / program).rglob("*.py"):
+      for node in ast.walk(ast.parse(path.read_text())):
+        modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                   [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        absolute += [f"{path.relative_to(REPO)}: {m}" for m in modules if m and m.split(".")[0] in PROGRAMS]
+  assert not absolute, absolute
