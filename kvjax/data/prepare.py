@@ -41,6 +41,7 @@ class Summary:
   clips_in: int = 0
   clips_kept: int = 0
   clips_reused: int = 0
+  clips_outside: int = 0  # kept clips of sources whose real path is outside the source folder's (symlinks)
   dropped: dict[str, int] = dataclasses.field(default_factory=lambda: {reason: 0 for reason in filters.REASONS})
   errors: list[str] = dataclasses.field(default_factory=list)
   dataset_dir: str = ""
@@ -53,6 +54,7 @@ class Summary:
     self.clips_in += len(result.kept) + len(result.drops)
     self.clips_kept += len(result.kept)
     self.clips_reused += result.reused
+    self.clips_outside += len(result.kept) if result.outside else 0
     for drop in result.drops:
       self.dropped[drop["reason"]] = self.dropped.get(drop["reason"], 0) + 1
 
@@ -61,7 +63,9 @@ class Summary:
             ("  finished earlier", self.sources_finished_earlier, "skipped: done in a previous run"),
             ("clips in", self.clips_in, "after scene splitting"),
             ("clips kept", self.clips_kept, f"{self.clips_reused} made in an earlier run cut short"
-             if self.clips_reused else "")]
+             if self.clips_reused else ""),
+            ("  from outside SRC", self.clips_outside, "through symlinks to folders outside the source folder"
+             if self.clips_outside else "")]
     rows += [(f"dropped: {reason}", count, filters.REASONS.get(reason, "")) for reason, count in self.dropped.items()]
     rows.append(("errors", len(self.errors), "unreadable files, skipped; re-run to retry" if self.errors else ""))
     lines = [f"{name:<20} {count:>7}  {note}".rstrip() for name, count, note in rows]

@@ -43,6 +43,7 @@ class SourceResult:
   drops: tuple[dict, ...] = ()  # {"reason", "detail", "start_seconds", "end_seconds"}
   reused: int = 0  # kept clips found already made (a run cut short inside this source)
   error: str | None = None
+  outside: bool = False  # its real path is outside the source folder's (reached through a symlink)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self))
@@ -70,12 +71,27 @@ def _source_problem(path: str) -> str | None:
   return None
 
 
+def _holds(folder: str, path: str) -> bool:
+  """Whether the real path `folder` is `path` or one of its ancestors."""
+  return os.path.commonpath([folder, path]) == folder
+
+
+def is_outside(src_dir: str, source: str) -> bool:
+  """Whether a source's real path is outside the source folder's (a symlink to elsewhere); never for a URL."""
+  if is_url(src_dir):
+    return False
+  return not _holds(os.path.realpath(src_dir), os.path.realpath(os.path.join(src_dir, source)))
+
+
 def find_sources(src_dir: str, errors: list[SourceResult] | None = None) -> list[str]:
   """Video files below src_dir (by suffix, following symlinked folders), as sorted relative paths. Entries
   that cannot be sources (dangling symlinks, symlink loops, special files, unreadable folders, a folder
-  reached twice through symlinks) are left out, each as an error result appended to `errors`."""
+  reached twice through symlinks) are left out, each as an error result appended to `errors`. A symlink to a
+  folder that holds src_dir or the folder the link is in is a loop, as `find -L` sees it: following it would
+  take in the videos beside src_dir before coming back."""
   errors = [] if errors is None else errors
   src_dir = os.path.normpath(src_dir)
+  src_real = os.path.realpath(src_dir)
   found = []
 
   def error(path: str, message: str) -> None:
@@ -100,12 +116,20 @@ def find_sources(src_dir: str, errors: list[SourceResult] | None = None) -> list
         subfolders.remove(sub)
         error(path, f"{path}: cannot read the folder ({e.strerror or e}); its videos are skipped")
         continue
-      earlier = first_seen.setdefault((info.st_dev, info.st_ino), path)
-      if earlier != path:
+      earlier = first_seen.get((info.st_dev, info.st_ino))
+      if earlier is not None:
         subfolders.remove(sub)
         inside = path.startswith(earlier + os.sep)
         error(path, f"{path}: a symlink loop (leads back to {earlier}); skipped" if inside else
               f"{path}: the same folder as {earlier} (a symlink); searched once, as {earlier}")
+        continue
+      real = os.path.realpath(path) if os.path.islink(path) else None  # a real subfolder holds nothing above it
+      if real and (_holds(real, src_real) or _holds(real, os.path.realpath(folder))):
+        subfolders.remove(sub)
+        holder = src_dir if _holds(real, src_real) else folder
+        error(path, f"{path}: a symlink loop (leads up to {real}, which holds {holder}); skipped")
+        continue
+      first_seen[(info.st_dev, info.st_ino)] = path
     for name in names:
       if not name.lower().endswith(VIDEO_SUFFIXES) or name.startswith("."):
         continue
@@ -241,7 +265,8 @@ def process_source(src_dir: str, source: str, clips_dir: str, config: PrepareCon
   try:
     stamp = fingerprint(src_dir, source)
     with _local_copy(src_dir, source, int(stamp.split("-")[0])) as local:
-      return _process_source(local, source, clips_dir, config, stamp)
+      result = _process_source(local, source, clips_dir, config, stamp)
+    return dataclasses.replace(result, outside=is_outside(src_dir, source))
   except Exception as e:  # a bad file must not stop the run; the error names the file and the reason
     message = str(e) if isinstance(e, video_io.VideoReadError) else f"{path}: {type(e).__name__}: {e}"
     return SourceResult(source=source, fingerprint="", error=message if local is None else message.replace(local, path))

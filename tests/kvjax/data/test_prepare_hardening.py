@@ -1,8 +1,11 @@
 """Data preparation over a source tree with bad entries (symlink loops, dangling symlinks, special files):
-each is that entry's error in the summary and the run goes on; unwritable outputs and bad options are one
+each is that entry's error in the summary and the run goes on; a symlink to a folder above the source folder
+is such a loop in both engines (the videos beside the source folder are never taken in), and the clips of
+symlinks to elsewhere are counted as from outside it; unwritable outputs and bad options are one
 `error:` line before any work; stagings left by killed runs are removed by the next run."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +72,64 @@ def test_a_folder_reached_twice_is_searched_once(tmp_path):
   assert [p.error for p in problems] == [f"{src}/twin: the same folder as {src}/real (a symlink); searched once, "
                                          f"as {src}/real"]
 
+
+
+@pytest.fixture(scope="module")
+def up_tree(tmp_path_factory, test_config):
+  """top/videos (the source folder: a.mp4, `up -> ..`, `linked -> ../elsewhere` holding b.mp4) beside
+  top/sibling/c.mp4, which no run may take in; and the summary of the local engine's run over it."""
+  top = tmp_path_factory.mktemp("top")
+  src = top / "videos"
+  for folder in (src, top / "elsewhere", top / "sibling"):
+    folder.mkdir()
+  write_video(src / "a.mp4", moving_frames(240, 320, 60, seed=1, pixels_per_frame=1), 24)  # 2.5 s: one clip
+  shutil.copy(src / "a.mp4", top / "elsewhere" / "b.mp4")
+  shutil.copy(src / "a.mp4", top / "sibling" / "c.mp4")
+  os.symlink("..", src / "up")
+  os.symlink("../elsewhere", src / "linked")
+  summary = prepare.prepare(str(src), str(top / "out"), config=test_config, progress=False)
+  return src, summary
+
+
+def check_up_tree_summary(src, summary):
+  real = os.path.realpath(src)
+  assert summary.errors == [f"{src}/up: a symlink loop (leads up to {os.path.dirname(real)}, which holds {src}); "
+                            "skipped"]
+  assert summary.sources == 3 and summary.clips_kept == 2 and summary.clips_outside == 1
+  assert "  from outside SRC         1  through symlinks" in summary.table()
+  import tensorflow_datasets as tfds
+  clips = tfds.builder_from_directory(summary.dataset_dir).as_data_source("train")
+  assert sorted(clip["clip_id"].decode().split("-")[0] for clip in clips) == ["a", "b"]  # no c: not the sibling's
+
+
+def test_a_symlink_above_the_source_folder_is_a_loop_and_its_siblings_are_left_out(up_tree):
+  check_up_tree_summary(*up_tree)
+
+
+def test_the_beam_engine_leaves_them_out_as_well(up_tree, test_config, tmp_path):
+  pytest.importorskip("apache_beam")
+  src, local = up_tree
+  summary = prepare.prepare(str(src), str(tmp_path / "out"), config=test_config, progress=False, engine="beam",
+                            pipeline_args=("--runner=DirectRunner",))
+  check_up_tree_summary(src, summary)
+  assert summary.table().replace(summary.dataset_dir, "") == local.table().replace(local.dataset_dir, "")
+
+
+def test_links_that_lead_above_the_folder_they_are_in_are_loops(tmp_path):
+  """Found through a symlink to elsewhere: a link to a folder above the source folder, or above its own."""
+  src, far = tmp_path / "videos", tmp_path / "far"
+  (far / "deep").mkdir(parents=True)
+  src.mkdir()
+  (far / "f.mp4").write_bytes(b"")
+  os.symlink("..", far / "deep" / "back")  # far holds far/deep, not the source folder
+  os.symlink(tmp_path, far / "deep" / "top")  # holds the source folder
+  os.symlink(far / "deep", src / "deep")
+  problems = []
+  assert prepare.find_sources(str(src), problems) == []  # f.mp4 is above the linked folder: not taken in
+  real = os.path.realpath(tmp_path)
+  assert [p.error for p in problems] == [
+      f"{src}/deep/back: a symlink loop (leads up to {real}/far, which holds {src}/deep); skipped",
+      f"{src}/deep/top: a symlink loop (leads up to {real}, which holds {src}); skipped"]
 
 @pytest.mark.parametrize("argv,message", [
     (["{src}", "{tmp}/file/out"], "{tmp}/file is a file, not a folder: cannot write {tmp}/file/out"),
