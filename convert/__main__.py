@@ -20,6 +20,8 @@ import time
 import ml_dtypes
 import numpy as np
 
+from kvjax.cli import program_name
+
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
 
 
@@ -42,7 +44,7 @@ def _warn(policy) -> None:
 
 def _parser() -> argparse.ArgumentParser:
   from kvjax.conversion.registry import COMMANDS
-  parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
+  parser = argparse.ArgumentParser(prog=program_name("convert", __package__), description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   for command, converter in COMMANDS.items():

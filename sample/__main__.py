@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from kvjax.cli import program_name
 from kvjax.diffusion.loop import SAMPLERS
 from kvjax.layers.attention import ATTENTION_IMPLEMENTATIONS
 from kvjax.pipeline.pipeline_config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MOTION_SCORES, GenerationOptions
@@ -26,7 +27,7 @@ from kvjax.pipeline.pipeline_config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SID
 
 def _parser() -> argparse.ArgumentParser:
   d = GenerationOptions()
-  p = argparse.ArgumentParser(prog="python -m sample", description=__doc__,
+  p = argparse.ArgumentParser(prog=program_name("sample", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch)")
   p.add_argument("--out", required=True, help="output .mp4, .gif, or folder for PNG frames")

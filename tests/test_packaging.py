@@ -82,7 +82,7 @@ def test_console_scripts_run_help(tmp_path):
                               text=True) for script in scripts]
   for script, process in zip(scripts, running):
     stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0 and stdout.startswith("usage:"), f"{script.name}: {stderr[-2000:]}"
+    assert process.returncode == 0 and stdout.startswith(f"usage: {script.name} "), f"{script.name}: {stderr[-2000:]}"
 
 
 def test_program_module_follows_how_the_caller_was_imported():

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kvjax.cli import program_name
 from kvjax.training.movq_gan import INIT_FROM, TRAIN_SCOPES
 from kvjax.training.optimizer import NONFINITE_POLICIES
 from kvjax.training.overrides import OverrideError, add_config_arguments, config_from_args
@@ -39,7 +40,7 @@ from kvjax.training.train_config import COMPUTE_DTYPES, REMAT_POLICIES, TRAIN_PR
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+  p = argparse.ArgumentParser(prog=program_name("train", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   add_config_arguments(p)
   p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")

@@ -15,12 +15,13 @@ import argparse
 import os
 import sys
 
+from kvjax.cli import program_name
 from kvjax.training.overrides import add_config_arguments, config_from_args
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train.calibrate_latents", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(prog=program_name("train.calibrate_latents", __package__),
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("weights", help="a weights folder (its movq/ is measured, its latents.json written)")
   add_config_arguments(p, help="the UNet preset that will train on the latents (how frames are read)")
   p.add_argument("--data", required=True, help="folder written by `python -m train.prepare_data`")

@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 
-from kvjax.cli import program_module
+from kvjax.cli import program_module, program_name
 from kvjax.demo import DEMO_OPTIONS, DEMO_WEIGHTS, SAMPLING_DEFAULTS
 from .demo_recipe import TRAINING, train_config  # noqa: F401 (a stage's TrainConfig, for benches)
 
@@ -275,7 +275,7 @@ def assemble(out: str, plan: list[Stage]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__,
+  p = argparse.ArgumentParser(prog=program_name("train.demo", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("out", help="working folder (created; re-run the same command to resume)")
   p.add_argument("--videos", type=int, default=600, help="synthetic videos to make (triples of one scene)")

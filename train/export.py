@@ -15,12 +15,14 @@ import json
 import os
 import sys
 
+from kvjax.cli import program_name
+
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
+  p = argparse.ArgumentParser(prog=program_name("train.export", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("workdir", help="the --workdir of a `python -m train` run")
   p.add_argument("out", help="converted-model folder to write")

@@ -17,12 +17,14 @@ import json
 import os
 import sys
 
+from kvjax.cli import program_name
+
 MAX_CAPTION_LINE = 1 << 16  # bytes: a caption file line longer than this is not a caption
 
 
 def _parser() -> argparse.ArgumentParser:
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
-  p = argparse.ArgumentParser(prog="python -m train.init_weights", description=__doc__,
+  p = argparse.ArgumentParser(prog=program_name("train.init_weights", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("out", help="new weights folder")
   p.add_argument("--pipeline", required=True, choices=sorted(PIPELINE_PRESETS), help="which models")

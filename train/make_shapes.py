@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from kvjax.cli import program_name
+
 # The writer's H.264 settings: constant quality 10 (near-lossless) and full-resolution chroma, so a shape's
 # colour is not smeared into its neighbours; edges of 1 px stay sharp.
 CRF = 10
@@ -30,8 +32,8 @@ MAX_VIDEO_BYTES = 2 << 30  # one video's frames are drawn in memory before they 
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train.make_shapes", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(prog=program_name("train.make_shapes", __package__),
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("out", help="new folder for the videos and captions.jsonl")
   p.add_argument("--videos", type=int, required=True, help="how many videos")
   p.add_argument("--seconds", type=float, default=3.0, help="length of each video (prepare_data keeps >= 2 s)")

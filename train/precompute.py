@@ -15,11 +15,12 @@ import argparse
 import os
 import sys
 
+from kvjax.cli import program_name
 from kvjax.training.overrides import add_config_arguments, config_from_args
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train.precompute", description=__doc__,
+  p = argparse.ArgumentParser(prog=program_name("train.precompute", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   add_config_arguments(p)
   p.add_argument("--data", required=True, help="folder written by `python -m train.prepare_data`")

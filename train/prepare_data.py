@@ -13,6 +13,7 @@ import argparse
 import math
 import sys
 
+from kvjax.cli import program_name
 from kvjax.data import filters, motion, prepare, scenes, transforms
 from kvjax.data.captions import CaptionsError
 
@@ -23,7 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   pipeline_args = argv[argv.index("--") + 1:] if "--" in argv else []
   argv = argv[:argv.index("--")] if "--" in argv else argv
   f, s, t, m = filters.FilterConfig(), scenes.SceneConfig(), transforms.TransformConfig(), motion.MotionConfig()
-  parser = argparse.ArgumentParser(prog="python -m train.prepare_data", description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(prog=program_name("train.prepare_data", __package__),
+                                   description=__doc__.split("\n\n")[0])
   parser.add_argument("src_dir", help="folder of source videos (searched recursively)")
   parser.add_argument("out_dir", help="output folder: work/ (clip store, ledger) and dataset/ (tfds)")
   parser.add_argument("--captions", help="JSON lines: {\"clip_id\" or \"source\": ..., \"caption\": ...}")

@@ -12,3 +12,14 @@ def program_module(program: str, package: str | None) -> str:
   resolved the way the calling program was imported: `kvjax.cli.<program>` when the caller's `__package__` lies under
   kvjax.cli (installed), else the checkout's own top-level name. For programs that start other programs."""
   return f"{__name__}.{program}" if (package or "").startswith(__name__ + ".") else program
+
+
+def program_name(program: str, package: str | None) -> str:
+  """How a program's usage line names it: the console script that started it (`kvjax-train`), else
+  `python -m <program_module(program, package)>`."""
+  import os
+  import sys
+  script = os.path.basename(sys.argv[0]) if sys.argv else ""
+  if script.startswith("kvjax-") and "." not in program:
+    return script
+  return f"python -m {program_module(program, package)}"
