@@ -10,13 +10,20 @@ import pytest
 
 from testing_utils import KEYFRAME_FIXTURE
 
-# The longest files (minutes each on 2 cores), longest first. xdist's --dist loadfile hands files to its
-# workers in collection order, and collection is alphabetical: the longest file (tests/train/test_multihost.py)
-# came last and ran alone while the other worker had finished. Starting the long ones first packs the two
-# workers evenly (longest-first scheduling); the rest keep their order.
+# The longest files (minutes each on 2 cores), longest first. Starting the long ones first packs the two
+# workers evenly (longest-first scheduling); the rest keep their order. xdist's --dist loadfile hands files
+# out in collection order only without its own reordering (below).
 LONGEST_FILES = ("train/test_multihost.py", "train/test_train_cli.py", "sample/test_demo.py",
                  "kvjax/test_movq_training.py", "kvjax/test_keyframe_unet.py", "kvjax/test_training.py",
                  "train/test_train_movq_cli.py", "train/test_prepare_data.py")
+
+
+def pytest_configure(config):
+  # xdist (3.x) otherwise reorders files by their number of tests, most first: the longest files, which have
+  # one or two tests each (test_multihost.py, test_train_movq_cli.py), went last and ran on after the other
+  # worker had finished.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
