@@ -128,12 +128,13 @@ def _data_bytes(state_path: str) -> int:
 
 
 def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...] | None = None,
-                    expected_config: Any = None, role: str = "") -> CheckedFolder:
+                    expected_config: Any = None, role: str = "", check_arrays: bool = True) -> CheckedFolder:
   """Checks a converted folder without reading its arrays: its kind against `expected_kind`, its configuration
   against `expected_config` (where it joins a pipeline or a run), every stored parameter's shape and dtype against
   the model's abstract parameters (a floating dtype its config.json declares), and the store's completeness
   (orbax metadata, manifest, data files as large as the arrays). `role` names where it is given (e.g.
-  "--video-movq"). Raises WeightsError in one line."""
+  "--video-movq"). `check_arrays` False checks config.json alone (`stored` is then None). Raises WeightsError in
+  one line."""
   path = os.fspath(path)
   where = f"{role} {path}" if role else path
   meta = read_metadata(path)
@@ -148,6 +149,8 @@ def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...
   if expected_config is not None and config != expected_config:
     raise WeightsError(f"{where}: this {kind} has another configuration than the one it joins: "
                        f"{_first_difference(config, expected_config)}")
+  if not check_arrays:
+    return CheckedFolder(path, kind, config, None)
   state_path = os.path.join(os.path.abspath(path), "state")
   if not os.path.isdir(state_path):
     raise WeightsError(f"{where}: damaged store: no state/ folder")
@@ -155,8 +158,11 @@ def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...
   declared = {d for d in str(meta.get("dtype", "")).split(",") if d}
   from kvjax.params import abstract_params
   import flax.linen as nn
-  wanted = dict(jax.tree_util.tree_leaves_with_path(
-      nn.unbox(abstract_params(config)), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)))
+  try:
+    abstract = nn.unbox(abstract_params(config))
+  except (TypeError, ValueError) as e:  # a configuration no model can be built from
+    raise WeightsError(f"{where}: config.json: its {kind} configuration makes no model ({e})") from None
+  wanted = dict(jax.tree_util.tree_leaves_with_path(abstract, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)))
   found = dict(jax.tree_util.tree_leaves_with_path(stored["params"], is_leaf=lambda x: hasattr(x, "shape")))
   wanted = {_key(k): v for k, v in wanted.items()}
   found = {_key(k): v for k, v in found.items()}
