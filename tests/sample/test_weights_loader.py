@@ -78,7 +78,7 @@ def _declared_bfloat16(weights):
     (_no_manifest, [], "{w}/interpolation: damaged store: state/manifest.ocdbt is missing"),
     (None, ["--video-movq", "{w}/keyframe"], "--video-movq {w}/keyframe: a keyframe_unet folder, not a movq"),
     (None, ["--image-movq", "{w}/video_movq"], "--image-movq {w}/video_movq: this movq has another configuration"),
-    (_truncated, [], "{w}/movq: damaged store: its data files hold"),
+    (_truncated, [], "{w}/movq: damaged store: its movq arrays cannot be read"),
     (_wrong_shape, [], "{w}/projections: t5_projections parameter "),
     (_declared_bfloat16, [], "{w}/t5: t5_encoder parameter "),
 ])
