@@ -2,7 +2,8 @@
 
 Writes a converted keyframe UNet of the given preset once (random values, the given dtype) into a temp folder,
 then loads it in a child process per way and reports the child's peak resident memory (ru_maxrss) above what it
-held before the load (the interpreter, jax and the model's abstract parameters):
+held before the load (the interpreter, jax and the model's abstract parameters). The model is written by
+another child: a child's ru_maxrss starts from its parent's, so the measuring parent never holds the model.
   verify   `python -m convert verify`'s read-back: every array placed on the default device as it is read
   sample   `python -m sample --weights`: the same, then the pipeline's placement (`jax.device_put`, a no-op)
   init     training's `--init` (kvjax.training.starting_weights.unet_start): numpy in host memory, then placed
@@ -81,6 +82,7 @@ def main():
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
   parser.add_argument("--ways", default="verify,sample,init,before")
   parser.add_argument("--workdir", default=None)
+  parser.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   config = model_configs.get_preset(args.preset)
   if args.channels:
@@ -90,7 +92,18 @@ def main():
   path = os.path.join(workdir, "model")
   start = time.perf_counter()
   shutil.rmtree(path, ignore_errors=True)
-  size = write_model(path, config, dtype)
+  if args.write:  # the writer's own process: a child's ru_maxrss starts from its parent's, so this one must
+    size = write_model(path, config, dtype)  # not have held the model when the loads are measured
+    print("SIZE", size)
+    return
+  argv = ["--preset", args.preset, "--dtype", args.dtype]
+  argv += ["--channels", str(args.channels)] if args.channels else []
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--workdir", workdir, "--write"],
+                        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+  if proc.returncode:
+    print(proc.stdout, proc.stderr, file=sys.stderr)
+    raise SystemExit("writing the model failed")
+  size = int(proc.stdout.split("SIZE")[1].split()[0])
   print(f"wrote {path}: {args.preset}{f' with {args.channels} channels' if args.channels else ''}, {args.dtype}, "
         f"{size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s", flush=True)
   print(f"\n{'way':<8} {'model GiB':>10} {'before GiB':>11} {'peak GiB':>9} {'load GiB':>9} {'load/model':>11} "
