@@ -106,12 +106,13 @@ def _stored_tree(path: str, state_path: str):
   for name in ("_METADATA", "manifest.ocdbt"):
     if not os.path.isfile(os.path.join(state_path, name)):
       raise WeightsError(f"{path}: damaged store: state/{name} is missing")
+  from kvjax.training.checkpointing import _quiet_abandoned_reads, error_reason
+  _quiet_abandoned_reads()  # a failed read leaves no "Event loop is closed" tracebacks after the one line
   try:
     with _checkpointer() as checkpointer:
       metadata = checkpointer.metadata(state_path)
     tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
   except Exception as e:  # orbax raises bare Exceptions, ValueErrors, OSErrors...
-    from kvjax.training.checkpointing import error_reason
     raise WeightsError(f"{path}: damaged store: its orbax metadata cannot be read ({error_reason(e)})") from None
   if not isinstance(tree, dict) or "params" not in tree:
     raise WeightsError(f"{path}: damaged store: state/ holds no params")
