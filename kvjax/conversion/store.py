@@ -168,7 +168,7 @@ def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...
     if shape != tuple(wanted[key].shape):
       raise WeightsError(f"{where}: {kind} parameter {key} is stored as {shape}, the configuration makes it "
                          f"{tuple(wanted[key].shape)}")
-    if not np.issubdtype(dtype, np.floating) or (declared and dtype.name not in declared):
+    if not jax.numpy.issubdtype(dtype, jax.numpy.floating) or (declared and dtype.name not in declared):  # bfloat16 too
       raise WeightsError(f"{where}: {kind} parameter {key} is stored as {dtype.name}, config.json declares "
                          f"{meta.get('dtype')}")
   return CheckedFolder(path, kind, config, stored)

@@ -102,6 +102,15 @@ def test_the_shape_error_names_the_parameter_and_both_shapes(weights):
     load_converted(weights / "keyframe")
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_every_floating_dtype_a_folder_declares_loads(demo_weights, tmp_path, dtype):
+  model = load_converted(os.path.join(demo_weights, "projections"))
+  model.params = jax.tree.map(lambda a: np.asarray(a, jax.numpy.dtype(dtype)), model.params)
+  save_converted(model, tmp_path / "p")
+  loaded = load_converted(tmp_path / "p", "t5_projections", model.config, placement=None)
+  assert {a.dtype.name for a in jax.tree.leaves(loaded.params)} == {dtype}
+
+
 def test_a_store_that_fails_to_read_leaves_one_line_and_no_event_loop_noise(weights, tmp_path):
   """The arrays' read fails inside orbax (a data file gone, its space made up elsewhere): one line, and none of
   orbax's abandoned reads' tracebacks, up to the process's exit."""
