@@ -180,12 +180,13 @@ def find_manifests(root: str) -> list[str]:
 
 
 def convert_round_trip(kind: str, checkpoint: str, config) -> ConvertedModel:
-  """Converts with the real converter, writes the result to disk and reads it back."""
+  """Converts with the real converter, writes the result to disk and reads it back through the checking loader,
+  each array placed on the default device as it is read (no host copy of the whole model beside the device's)."""
   converter = CONVERTERS[kind]
   with tempfile.TemporaryDirectory() as scratch:
     out = os.path.join(scratch, "converted")
     save_converted(converter(checkpoint, config), out, source=checkpoint)
-    return load_converted(out)
+    return load_converted(out, kind, config, placement=None)
 
 
 def verify_fixture(manifest_path: str, compute_dtype=None) -> list[CaseResult]:

@@ -221,7 +221,7 @@ def run(args) -> int:
     tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    config, weights = load_pipeline_weights(weights_dir, overrides=overrides)
+    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=mesh, offload=args.offload)
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
   options.check_size(config)
   _warn_cut_prompts(args.prompts, tokenizer)

@@ -60,26 +60,155 @@ def save_converted(model: ConvertedModel, out_dir: str | os.PathLike, *, source:
   return out_dir
 
 
+class WeightsError(ValueError):
+  """A converted folder that cannot serve where it is given: one line naming the folder, the model and the first
+  problem (another kind, another configuration, a parameter of another shape or dtype, a damaged store)."""
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
   config_path = os.path.join(os.fspath(path), "config.json")
   if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{path}: not a converted kvjax checkpoint (no config.json)")
-  with open(config_path) as f:
-    meta = json.load(f)
-  if meta.get("format") != FORMAT or meta.get("kind") not in model_configs.CONFIG_TYPES:
-    raise ValueError(f"{config_path}: not a kvjax converted-checkpoint description")
+    raise WeightsError(f"{path}: not a converted kvjax model folder (no config.json)")
+  try:
+    with open(config_path) as f:
+      meta = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise WeightsError(f"{config_path}: unreadable ({e})") from None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("kind") not in model_configs.CONFIG_TYPES:
+    raise WeightsError(f"{config_path}: not a kvjax converted-checkpoint description")
   return meta
 
 
-def load_converted(path: str | os.PathLike) -> ConvertedModel:
-  """Restores a converted folder as numpy arrays (place them on devices with `jax.device_put`)."""
-  meta = read_metadata(path)
-  config = model_configs.CONFIG_TYPES[meta["kind"]].from_dict(meta["config"])
-  with _checkpointer() as checkpointer:
-    state_path = os.path.join(os.path.abspath(os.fspath(path)), "state")
-    metadata = checkpointer.metadata(state_path)
+def _key(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _first_difference(found, wanted) -> str:
+  """The first configuration field that differs, as `name found (expected wanted)`."""
+  for f in dataclasses.fields(wanted):
+    a, b = getattr(found, f.name, None), getattr(wanted, f.name)
+    if a != b:
+      return f"{f.name} {a!r} (expected {b!r})"
+  return "another configuration type"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedFolder:
+  """A converted folder that passed `check_converted`: its description, model configuration and stored tree (orbax
+  metadata: shapes and dtypes, no arrays)."""
+  path: str
+  kind: str
+  config: Any
+  stored: dict[str, Any]
+
+
+def _stored_tree(path: str, state_path: str):
+  for name in ("_METADATA", "manifest.ocdbt"):
+    if not os.path.isfile(os.path.join(state_path, name)):
+      raise WeightsError(f"{path}: damaged store: state/{name} is missing")
+  from kvjax.training.checkpointing import _quiet_abandoned_reads, error_reason
+  _quiet_abandoned_reads()  # a failed read leaves no "Event loop is closed" tracebacks after the one line
+  try:
+    with _checkpointer() as checkpointer:
+      metadata = checkpointer.metadata(state_path)
     tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = checkpointer.restore(state_path, restore_args=restore_args)
+  except Exception as e:  # orbax raises bare Exceptions, ValueErrors, OSErrors...
+    raise WeightsError(f"{path}: damaged store: its orbax metadata cannot be read ({error_reason(e)})") from None
+  if not isinstance(tree, dict) or "params" not in tree:
+    raise WeightsError(f"{path}: damaged store: state/ holds no params")
+  return tree
+
+
+def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...] | None = None,
+                    expected_config: Any = None, role: str = "", check_arrays: bool = True) -> CheckedFolder:
+  """Checks a converted folder without reading its arrays: its kind against `expected_kind`, its configuration
+  against `expected_config` (where it joins a pipeline or a run), every stored parameter's shape and dtype against
+  the model's abstract parameters (a floating dtype its config.json declares), and the store's completeness
+  (orbax metadata and manifest; a data file missing or cut short fails the arrays' read in `load_converted`:
+  OCDBT may compress the data files, so their size does not bound the arrays'). `role` names where it is given (e.g.
+  "--video-movq"). `check_arrays` False checks config.json alone (`stored` is then None). Raises WeightsError in
+  one line."""
+  path = os.fspath(path)
+  where = f"{role} {path}" if role else path
+  meta = read_metadata(path)
+  kind = meta["kind"]
+  kinds = (expected_kind,) if isinstance(expected_kind, str) else expected_kind
+  if kinds is not None and kind not in kinds:
+    raise WeightsError(f"{where}: a {kind} folder, not a {' or '.join(kinds)}")
+  try:
+    config = model_configs.CONFIG_TYPES[kind].from_dict(meta.get("config") or {})
+  except (TypeError, ValueError) as e:
+    raise WeightsError(f"{where}: config.json: {e}") from None
+  if expected_config is not None and config != expected_config:
+    raise WeightsError(f"{where}: this {kind} has another configuration than the one it joins: "
+                       f"{_first_difference(config, expected_config)}")
+  if not check_arrays:
+    return CheckedFolder(path, kind, config, None)
+  state_path = os.path.join(os.path.abspath(path), "state")
+  if not os.path.isdir(state_path):
+    raise WeightsError(f"{where}: damaged store: no state/ folder")
+  stored = _stored_tree(where, state_path)
+  declared = {d for d in str(meta.get("dtype", "")).split(",") if d}
+  from kvjax.params import abstract_params
+  import flax.linen as nn
+  try:
+    abstract = nn.unbox(abstract_params(config))
+  except (TypeError, ValueError) as e:  # a configuration no model can be built from
+    raise WeightsError(f"{where}: config.json: its {kind} configuration makes no model ({e})") from None
+  wanted = dict(jax.tree_util.tree_leaves_with_path(abstract, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)))
+  found = dict(jax.tree_util.tree_leaves_with_path(stored["params"], is_leaf=lambda x: hasattr(x, "shape")))
+  wanted = {_key(k): v for k, v in wanted.items()}
+  found = {_key(k): v for k, v in found.items()}
+  for key in sorted(set(wanted) | set(found)):
+    if key not in found:
+      raise WeightsError(f"{where}: {kind} parameter {key} is missing from the store")
+    if key not in wanted:
+      raise WeightsError(f"{where}: {kind} parameter {key} is not a parameter of this model")
+    shape, dtype = tuple(found[key].shape), np.dtype(found[key].dtype)
+    if shape != tuple(wanted[key].shape):
+      raise WeightsError(f"{where}: {kind} parameter {key} is stored as {shape}, the configuration makes it "
+                         f"{tuple(wanted[key].shape)}")
+    if not jax.numpy.issubdtype(dtype, jax.numpy.floating) or (declared and dtype.name not in declared):  # bfloat16 too
+      raise WeightsError(f"{where}: {kind} parameter {key} is stored as {dtype.name}, config.json declares "
+                         f"{meta.get('dtype')}")
+  return CheckedFolder(path, kind, config, stored)
+
+
+def _restore_args(stored, placement):
+  """Per-leaf restore arguments: numpy in host memory (`placement` "host"), else jax arrays placed as they are read
+  (`placement` None: the default device; a Sharding; or a tree of Shardings matching the parameters)."""
+  if placement == "host":
+    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored,
+                        is_leaf=lambda x: hasattr(x, "shape"))
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  one = lambda sharding: lambda leaf: ocp.ArrayRestoreArgs(
+      sharding=sharding, global_shape=tuple(leaf.shape), dtype=None)
+  is_leaf = lambda x: hasattr(x, "shape")
+  if placement is None or isinstance(placement, jax.sharding.Sharding):
+    return jax.tree.map(one(placement or default), stored, is_leaf=is_leaf)
+  args = {name: jax.tree.map(one(default), tree, is_leaf=is_leaf) for name, tree in stored.items() if name != "params"}
+  args["params"] = jax.tree.map(lambda leaf, sharding: one(sharding)(leaf), stored["params"], placement,
+                                is_leaf=is_leaf)
+  return args
+
+
+def load_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...] | None = None,
+                   expected_config: Any = None, role: str = "", placement: Any = "host") -> ConvertedModel:
+  """The one loader of converted folders: `check_converted` first (nothing read or allocated before it passes),
+  then the arrays restored one bounded group at a time, each placed as it is read: `placement` "host" gives numpy
+  arrays (host memory, e.g. for --offload), None jax arrays on the default device, a Sharding or a tree of them
+  (matching the parameters) jax arrays placed so. No host copy of the whole model is kept on the way. A store
+  that fails to read raises WeightsError naming the folder and the first problem."""
+  checked = check_converted(path, expected_kind, expected_config, role)
+  where = f"{role} {checked.path}" if role else checked.path
+  from kvjax.training.checkpointing import _quiet_abandoned_reads, error_reason
+  _quiet_abandoned_reads()
+  state_path = os.path.join(os.path.abspath(checked.path), "state")
+  try:
+    with _checkpointer() as checkpointer:
+      state = checkpointer.restore(state_path, restore_args=_restore_args(checked.stored, placement))
+  except Exception as e:  # orbax and tensorstore raise bare Exceptions, ValueErrors, OSErrors...
+    raise WeightsError(f"{where}: damaged store: its {checked.kind} arrays cannot be read ({error_reason(e)})") \
+        from None
   params = state.pop("params")
-  return ConvertedModel(meta["kind"], config, params, state)
+  return ConvertedModel(checked.kind, checked.config, params, state)

@@ -12,7 +12,7 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
-from kvjax.conversion.store import load_converted
+from kvjax.conversion.store import WeightsError, check_converted, load_converted
 from kvjax.models import latent_normalization
 from kvjax.params import random_params
 from kvjax.pipeline.pipeline_config import PipelineConfig
@@ -20,6 +20,9 @@ from kvjax.pipeline.pipeline_config import PipelineConfig
 # Sub-folders written by `convert all`.
 FOLDERS = {"keyframe": "keyframe", "interpolation": "interpolation", "image_movq": "movq",
            "video_movq": "video_movq", "text_encoder": "t5", "projections": "projections"}
+# The kind of converted folder each model takes (config.json's "kind").
+KINDS = {"keyframe": "keyframe_unet", "interpolation": "interpolation_unet", "image_movq": "movq",
+         "video_movq": "movq", "text_encoder": "t5_encoder", "projections": "t5_projections"}
 
 
 @flax.struct.dataclass
@@ -49,22 +52,34 @@ def random_weights(config: PipelineConfig, seed: int = 0) -> PipelineWeights:
       random_params(config.text_encoder, seeds[4]), random_params(config.projections, seeds[5]))
 
 
+def _role(field: str) -> str:
+  return f"--{field.replace('_', '-')}"
+
+
 def with_models(config: PipelineConfig, weights: PipelineWeights,
                 overrides: Mapping[str, str]) -> tuple[PipelineConfig, PipelineWeights]:
   """Replaces models by converted folders: {"video_movq": "my_decoder/", ...} (fields of PipelineConfig).
-  A replacement must have the configuration of the model it replaces (the other models are built for it)."""
-  for field, path in overrides.items():
+  A replacement must be of the kind and have the configuration of the model it replaces (the other models are
+  built for it); every folder is checked before any is read."""
+  for field in overrides:
     if field not in FOLDERS or field.endswith("_null"):
       raise ValueError(f"no pipeline model {field!r}; one of {', '.join(FOLDERS)}")
-    model = load_converted(path)
-    if model.config != getattr(config, field):
-      raise ValueError(f"{path}: its {model.kind} configuration differs from the pipeline's {field}")
+  for field, path in overrides.items():
+    check_converted(path, KINDS[field], getattr(config, field), _role(field))
+  for field, path in overrides.items():
+    model = load_converted(path, KINDS[field], getattr(config, field), _role(field))
     weights = weights.replace(**{field: model.params})
   return config, weights
 
 
-def load_pipeline_weights(folder: str, tokens_length: int = 128,
-                          overrides: Mapping[str, str] | None = None) -> tuple[PipelineConfig, PipelineWeights]:
+def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapping[str, str] | None = None,
+                          mesh=None, offload: bool = False,
+                          expected: PipelineConfig | None = None) -> tuple[PipelineConfig, PipelineWeights]:
+  """A `convert all` folder's models (any replaced by `overrides`' folders). Every folder is checked first (kind,
+  configuration, stored shapes and dtypes, store; kvjax.conversion.store.check_converted), then the arrays are
+  placed as they are read: on the default device, sharded on `mesh` by the rule table, or kept in host memory
+  with `offload` (the text encoder stays in host memory: the pipeline stacks its blocks before placing it).
+  `expected`: the pipeline the models must make (e.g. a training run's), each refused by name if not."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such weights folder (make one with `python -m convert all`)")
   wanted = {field: name for field, name in FOLDERS.items() if field not in (overrides or {})}
@@ -73,8 +88,34 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128,
     raise FileNotFoundError(f"{folder}: missing converted models: {', '.join(missing)} (expected the output "
                             "of `python -m convert all`)")
   paths = {**{field: os.path.join(folder, name) for field, name in wanted.items()}, **(overrides or {})}
-  loaded = {field: load_converted(path) for field, path in paths.items()}
-  config = PipelineConfig(**{field: model.config for field, model in loaded.items()}, tokens_length=tokens_length)
+  roles = {field: _role(field) if field in (overrides or {}) else "" for field in paths}
+
+  def joins(field):  # what the model must be: the run's, else the folder's own model that an override replaces
+    if expected is not None:
+      return getattr(expected, field)
+    replaced = os.path.join(folder, FOLDERS[field])
+    if field in (overrides or {}) and os.path.isfile(os.path.join(replaced, "config.json")):
+      return check_converted(replaced, KINDS[field], check_arrays=False).config
+    return None
+
+  checked = {field: check_converted(path, KINDS[field], joins(field), roles[field]) for field, path in paths.items()}
+  config = PipelineConfig(**{field: c.config for field, c in checked.items()}, tokens_length=tokens_length)
+
+  def placement(field):
+    if offload or field == "text_encoder":
+      return "host"
+    if mesh is None:
+      return None
+    from kvjax.params import abstract_params
+    from kvjax.sharding import param_shardings
+    return param_shardings(abstract_params(getattr(config, field)), mesh)
+
+  loaded = {field: load_converted(path, KINDS[field], checked[field].config, roles[field], placement(field))
+            for field, path in paths.items()}
+  for field in ("keyframe", "interpolation"):
+    if "null_embedding" not in loaded[field].extras:
+      raise WeightsError(f"{paths[field]}: no null embedding (a UNet folder of `convert all` or `train.export` "
+                         "has one)")
   weights = PipelineWeights(
       keyframe=loaded["keyframe"].params, keyframe_null=loaded["keyframe"].extras["null_embedding"],
       interpolation=loaded["interpolation"].params,

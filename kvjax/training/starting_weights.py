@@ -8,7 +8,7 @@ import os
 
 from kvjax.conversion.store import load_converted
 from kvjax.params import abstract_params, random_params
-from kvjax.pipeline.pipeline_weights import FOLDERS, random_weights
+from kvjax.pipeline.pipeline_weights import FOLDERS, KINDS, random_weights
 from kvjax.training.train_config import TrainConfig
 from kvjax.training.movq_gan import identity_temporal_layers
 from kvjax.training.trainer import discriminator_config
@@ -27,30 +27,25 @@ def training_weights(config: TrainConfig, weights_dir: str | None, tokenizer_pat
   tokenizer_path = tokenizer_path or os.path.join(weights_dir, "spiece.model")
   if not os.path.isfile(tokenizer_path):
     raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass the path to FLAN-UL2's spiece.model")
-  loaded, weights = load_pipeline_weights(weights_dir, pipeline.tokens_length)
+  loaded, weights = load_pipeline_weights(weights_dir, pipeline.tokens_length, expected=pipeline)
   if loaded != pipeline:
     raise ValueError(f"{weights_dir}: the converted models differ from the {config.pipeline!r} pipeline")
   return weights, T5Tokenizer(tokenizer_path, pipeline.tokens_length)
 
 
 def unet_start(config: TrainConfig, weights, path: str):
-  """`weights` with the training UNet and its null embedding replaced by a converted folder's."""
+  """`weights` with the training UNet and its null embedding replaced by a converted folder's (checked by the one
+  loader: kind, configuration, stored shapes and dtypes, store; WeightsError in one line)."""
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"--init {path}: not a converted model folder (no config.json)")
-  model = load_converted(path)
-  if model.config != config.model_config:
-    raise ValueError(f"--init {path}: this {model.kind} is not the {config.model} UNet of the {config.pipeline!r} "
-                     "pipeline (other configuration)")
+  model = load_converted(path, KINDS[config.model], config.model_config, "--init")
   if "null_embedding" not in model.extras:
     raise ValueError(f"--init {path}: no null embedding (a UNet folder of `convert all` or `train.export` has one)")
   return weights.replace(**{config.model: model.params, f"{config.model}_null": model.extras["null_embedding"]})
 
 
 def _converted(path: str, expected, what: str):
-  model = load_converted(path)
-  if model.config != expected:
-    raise ValueError(f"{path}: this {model.kind} is not the {what} this run trains (other configuration)")
-  return model.params
+  return load_converted(path, expected.kind, expected, f"the {what}").params
 
 
 def movq_start(config: TrainConfig, weights_dir: str | None) -> tuple[dict, str]:

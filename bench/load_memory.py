@@ -1,0 +1,129 @@
+"""Peak host memory of loading a converted folder, per program's way of loading, next to the model's size.
+
+Writes a converted keyframe UNet of the given preset once (random values, the given dtype) into a temp folder,
+then loads it in a child process per way and reports the child's peak resident memory (ru_maxrss) above what it
+held before the load (the interpreter, jax and the model's abstract parameters). The model is written by
+another child: a child's ru_maxrss starts from its parent's, so the measuring parent never holds the model.
+  verify   `python -m convert verify`'s read-back: every array placed on the default device as it is read
+  sample   `python -m sample --weights`: the same, then the pipeline's placement (`jax.device_put`, a no-op)
+  init     training's `--init` (kvjax.training.starting_weights.unet_start): numpy in host memory, then placed
+           from host as the trainer places the initial parameters
+  before   the loader before issue 34: the whole model as numpy, then `jax.device_put` in one piece
+On a CPU-only machine the "device" is host memory, so a placed model counts once in the peak; on an accelerator
+the placed arrays leave host memory and the peak of verify and sample is about one array.
+
+  python bench/load_memory.py [--preset keyframe-1.1] [--channels N] [--dtype float32|bfloat16] [--workdir DIR]
+
+--channels overrides model_channels (and init_channels) for a smaller model that shows the same ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from kvjax import model_configs
+from kvjax.conversion.store import ConvertedModel, save_converted
+from kvjax.params import abstract_params
+
+GIB = 2**30
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each way, run in a child: the load, then `peak` (ru_maxrss) and `before` (VmRSS just before the load).
+CHILD = """
+import resource, sys
+import jax, numpy as np
+from kvjax.conversion.store import check_converted, load_converted
+way, path = sys.argv[1:]
+checked = check_converted(path)  # the abstract parameters, traced once (cached), before the measured load
+def rss():
+  with open('/proc/self/status') as f:
+    return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
+before = rss()
+if way in ('verify', 'sample'):
+  model = load_converted(path, checked.kind, checked.config, placement=None)
+  if way == 'sample':
+    model.params = jax.device_put(model.params)
+elif way == 'init':
+  model = load_converted(path, checked.kind, checked.config, '--init')
+  placed = jax.device_put(jax.tree.map(lambda p: np.asarray(p, np.float32), model.params))
+else:
+  model = load_converted(path, checked.kind, checked.config)
+  placed = jax.device_put(model.params)
+jax.block_until_ready(jax.tree.leaves(model.params))
+print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'BEFORE_KIB', before)
+"""
+
+
+def write_model(path: str, config, dtype) -> int:
+  """A converted folder of `config` with random values; returns its size in bytes."""
+  block = (np.random.default_rng(0).standard_normal(1 << 20) * 0.02).astype(dtype)
+  params = jax.tree.map(lambda leaf: np.resize(block, int(np.prod(leaf.shape))).reshape(leaf.shape),
+                        nn.unbox(abstract_params(config)))
+  null = block[: config.context_dim].astype(np.float32)
+  save_converted(ConvertedModel(config.kind, config, params, {"null_embedding": null}), path)
+  return sum(a.nbytes for a in jax.tree.leaves(params))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", default="keyframe-1.1")
+  parser.add_argument("--channels", type=int, help="model_channels (and init_channels) instead of the preset's")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+  parser.add_argument("--ways", default="verify,sample,init,before")
+  parser.add_argument("--workdir", default=None)
+  parser.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  config = model_configs.get_preset(args.preset)
+  if args.channels:
+    config = dataclasses.replace(config, model_channels=args.channels, init_channels=args.channels)
+  dtype = np.dtype(jax.numpy.dtype(args.dtype))
+  workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="kvjax-bench-"))
+  path = os.path.join(workdir, "model")
+  start = time.perf_counter()
+  shutil.rmtree(path, ignore_errors=True)
+  if args.write:  # the writer's own process: a child's ru_maxrss starts from its parent's, so this one must
+    size = write_model(path, config, dtype)  # not have held the model when the loads are measured
+    print("SIZE", size)
+    return
+  argv = ["--preset", args.preset, "--dtype", args.dtype]
+  argv += ["--channels", str(args.channels)] if args.channels else []
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--workdir", workdir, "--write"],
+                        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+  if proc.returncode:
+    print(proc.stdout, proc.stderr, file=sys.stderr)
+    raise SystemExit("writing the model failed")
+  size = int(proc.stdout.split("SIZE")[1].split()[0])
+  print(f"wrote {path}: {args.preset}{f' with {args.channels} channels' if args.channels else ''}, {args.dtype}, "
+        f"{size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s", flush=True)
+  print(f"\n{'way':<8} {'model GiB':>10} {'before GiB':>11} {'peak GiB':>9} {'load GiB':>9} {'load/model':>11} "
+        f"{'seconds':>8}", flush=True)
+  for way in args.ways.split(","):
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, way, path], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+      print(proc.stdout, proc.stderr, file=sys.stderr)
+      raise SystemExit(f"loading ({way}) failed")
+    words = proc.stdout.split()
+    peak = int(words[words.index("PEAK_KIB") + 1]) * 1024
+    before = int(words[words.index("BEFORE_KIB") + 1]) * 1024
+    print(f"{way:<8} {size / GIB:>10.2f} {before / GIB:>11.2f} {peak / GIB:>9.2f} {(peak - before) / GIB:>9.2f} "
+          f"{(peak - before) / size:>11.2f} {seconds:>8.0f}", flush=True)
+  if not args.workdir:
+    shutil.rmtree(workdir)
+
+
+if __name__ == "__main__":
+  main()
