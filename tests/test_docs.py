@@ -191,7 +191,8 @@ def test_command_parses(command: Command, monkeypatch: pytest.MonkeyPatch, capsy
     else:
       monkeypatch.setattr(sys, "argv", [command.module, *command.args])
       # As `python -m`: the module runs fresh, not as an earlier command left it imported.
-      monkeypatch.delitem(sys.modules, command.module, raising=False)
+      for name in (command.module, f"{command.module}.__main__"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
       run = lambda: runpy.run_module(command.module, run_name="__main__", alter_sys=True)
     _stop_after_parsing(monkeypatch)
     try:
