@@ -8,6 +8,7 @@ Layout of a converted folder:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -119,6 +120,16 @@ def _stored_tree(path: str, state_path: str):
   return tree
 
 
+@functools.lru_cache(maxsize=64)
+def _parameter_shapes(config) -> dict[str, jax.ShapeDtypeStruct]:
+  """A model's parameters by name, as shapes (tracing the model's init takes seconds: once per configuration)."""
+  import flax.linen as nn
+  from kvjax.params import abstract_params
+  abstract = nn.unbox(abstract_params(config))
+  leaves = jax.tree_util.tree_leaves_with_path(abstract, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+  return {_key(k): v for k, v in leaves}
+
+
 def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...] | None = None,
                     expected_config: Any = None, role: str = "", check_arrays: bool = True) -> CheckedFolder:
   """Checks a converted folder without reading its arrays: its kind against `expected_kind`, its configuration
@@ -149,15 +160,11 @@ def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...
     raise WeightsError(f"{where}: damaged store: no state/ folder")
   stored = _stored_tree(where, state_path)
   declared = {d for d in str(meta.get("dtype", "")).split(",") if d}
-  from kvjax.params import abstract_params
-  import flax.linen as nn
   try:
-    abstract = nn.unbox(abstract_params(config))
+    wanted = _parameter_shapes(config)
   except (TypeError, ValueError) as e:  # a configuration no model can be built from
     raise WeightsError(f"{where}: config.json: its {kind} configuration makes no model ({e})") from None
-  wanted = dict(jax.tree_util.tree_leaves_with_path(abstract, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)))
   found = dict(jax.tree_util.tree_leaves_with_path(stored["params"], is_leaf=lambda x: hasattr(x, "shape")))
-  wanted = {_key(k): v for k, v in wanted.items()}
   found = {_key(k): v for k, v in found.items()}
   for key in sorted(set(wanted) | set(found)):
     if key not in found:
