@@ -33,6 +33,20 @@ GIB = 2**30
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports `convert` from here
 
 
+def measured_child(argv: list[str], what: str, env: dict | None = None) -> tuple[dict[str, int], float]:
+  """Runs `python -c ARGV...` from the repository root, a process of its own (ru_maxrss is per process): the
+  figures it printed as `NAME_KIB number` pairs, in bytes by name, and its seconds. Exits naming `what` if it
+  failed."""
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-c", *argv], cwd=REPO, capture_output=True, text=True, env=env)
+  seconds = time.perf_counter() - start
+  if proc.returncode:
+    print(proc.stdout, proc.stderr, file=sys.stderr)
+    raise SystemExit(f"{what} failed")
+  words = proc.stdout.split()
+  return {w: int(words[i + 1]) * 1024 for i, w in enumerate(words[:-1]) if w.endswith("_KIB")}, seconds
+
+
 def production_shaped_checkpoint(path: str, config) -> int:
   """Writes the checkpoint; returns its parameter count."""
   import re
@@ -76,14 +90,9 @@ def main():
     shutil.rmtree(out, ignore_errors=True)
     script = ("import resource, sys; from convert.__main__ import main; rc = main(sys.argv[1:]); "
               "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script, "keyframe", src, out, "--config", args.preset,
-                           "--dtype", dtype], cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-      print(proc.stdout, proc.stderr, file=sys.stderr)
-      raise SystemExit(f"conversion to {dtype} failed")
-    peak = int(proc.stdout.split("PEAK_KIB")[1].split()[0]) * 1024
+    figures, seconds = measured_child([script, "keyframe", src, out, "--config", args.preset, "--dtype", dtype],
+                                      f"conversion to {dtype}")
+    peak = figures["PEAK_KIB"]
     itemsize = 4 if dtype == "fp32" else 2
     output = count * itemsize
     shutil.rmtree(out)

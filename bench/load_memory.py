@@ -35,6 +35,7 @@ import numpy as np
 from kvjax import model_configs
 from kvjax.conversion.store import ConvertedModel, save_converted
 from kvjax.params import abstract_params
+from convert_memory import measured_child  # (bench/ is the script's path)
 
 GIB = 2**30
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,16 +110,8 @@ def main():
   print(f"\n{'way':<8} {'model GiB':>10} {'before GiB':>11} {'peak GiB':>9} {'load GiB':>9} {'load/model':>11} "
         f"{'seconds':>8}", flush=True)
   for way in args.ways.split(","):
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, way, path], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": REPO})
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-      print(proc.stdout, proc.stderr, file=sys.stderr)
-      raise SystemExit(f"loading ({way}) failed")
-    words = proc.stdout.split()
-    peak = int(words[words.index("PEAK_KIB") + 1]) * 1024
-    before = int(words[words.index("BEFORE_KIB") + 1]) * 1024
+    figures, seconds = measured_child([CHILD, way, path], f"loading ({way})", env={**os.environ, "PYTHONPATH": REPO})
+    peak, before = figures["PEAK_KIB"], figures["BEFORE_KIB"]
     print(f"{way:<8} {size / GIB:>10.2f} {before / GIB:>11.2f} {peak / GIB:>9.2f} {(peak - before) / GIB:>9.2f} "
           f"{(peak - before) / size:>11.2f} {seconds:>8.0f}", flush=True)
   if not args.workdir:
