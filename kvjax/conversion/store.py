@@ -206,7 +206,12 @@ def load_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...]
   arrays (host memory, e.g. for --offload), None jax arrays on the default device, a Sharding or a tree of them
   (matching the parameters) jax arrays placed so. No host copy of the whole model is kept on the way. A store
   that fails to read raises WeightsError naming the folder and the first problem."""
-  checked = check_converted(path, expected_kind, expected_config, role)
+  return restore_checked(check_converted(path, expected_kind, expected_config, role), role, placement)
+
+
+def restore_checked(checked: CheckedFolder, role: str = "", placement: Any = "host") -> ConvertedModel:
+  """`load_converted`'s second half, for a folder `check_converted` has passed (callers that check every folder
+  before reading any, as the pipeline does, read each store's metadata once)."""
   where = f"{role} {checked.path}" if role else checked.path
   from kvjax.training.checkpointing import _quiet_abandoned_reads, error_reason
   _quiet_abandoned_reads()

@@ -12,7 +12,7 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
-from kvjax.conversion.store import WeightsError, check_converted, load_converted
+from kvjax.conversion.store import WeightsError, check_converted, restore_checked
 from kvjax.models import latent_normalization
 from kvjax.params import random_params
 from kvjax.pipeline.pipeline_config import PipelineConfig
@@ -64,10 +64,10 @@ def with_models(config: PipelineConfig, weights: PipelineWeights,
   for field in overrides:
     if field not in FOLDERS or field.endswith("_null"):
       raise ValueError(f"no pipeline model {field!r}; one of {', '.join(FOLDERS)}")
-  for field, path in overrides.items():
-    check_converted(path, KINDS[field], getattr(config, field), _role(field))
-  for field, path in overrides.items():
-    model = load_converted(path, KINDS[field], getattr(config, field), _role(field))
+  checked = {field: check_converted(path, KINDS[field], getattr(config, field), _role(field))
+             for field, path in overrides.items()}
+  for field, folder in checked.items():
+    model = restore_checked(folder, _role(field))
     weights = weights.replace(**{field: model.params})
   return config, weights
 
@@ -110,8 +110,7 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
     from kvjax.sharding import param_shardings
     return param_shardings(abstract_params(getattr(config, field)), mesh)
 
-  loaded = {field: load_converted(path, KINDS[field], checked[field].config, roles[field], placement(field))
-            for field, path in paths.items()}
+  loaded = {field: restore_checked(checked[field], roles[field], placement(field)) for field in paths}
   for field in ("keyframe", "interpolation"):
     if "null_embedding" not in loaded[field].extras:
       raise WeightsError(f"{paths[field]}: no null embedding (a UNet folder of `convert all` or `train.export` "
