@@ -26,18 +26,45 @@ from kvjax.pipeline.pipeline_config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SID
 
 
 def _parser() -> argparse.ArgumentParser:
-  d = GenerationOptions()
   p = argparse.ArgumentParser(prog=program_name("sample", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch)")
   p.add_argument("--out", required=True, help="output .mp4, .gif, or folder for PNG frames")
   p.add_argument("--image", nargs="+", help="first-frame image(s) for image-to-video (one, or one per prompt)")
+  add_model_options(p)
+  add_generation_options(p)
+  p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  p.add_argument("--progress", action="store_true", help="a bar for every denoising step (a host callback in "
+                 "each step; default: when stderr is a terminal)")
+  return p
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+  """The options that make the pipeline (weights, precision, devices, kernels, compile cache): this program's
+  and the app's (sample/app.py), which makes one pipeline for all its visitors."""
   p.add_argument("--weights", help="folder written by `python -m convert all`, or 'random' (the tiny preset, "
                  "random weights); default: the embedded demo")
   p.add_argument("--image-movq", help="converted image MoVQ folder replacing the one of --weights (e.g. from "
                  "`python -m train.export`)")
   p.add_argument("--video-movq", help="converted video MoVQ decoder folder replacing the one of --weights")
   p.add_argument("--tokenizer", help="SentencePiece model of FLAN-UL2 (spiece.model); default: WEIGHTS/spiece.model")
+  p.add_argument("--bf16", action="store_true", help="compute every model in bfloat16 (T5, UNets, MoVQs; "
+                 "bench/bf16_error.py measures the error against float32)")
+  p.add_argument("--mesh", help="shard weights and batches over the devices, e.g. data=2,fsdp=2,tensor=2 (axes "
+                 "data, fsdp, tensor; default: one device)")
+  p.add_argument("--offload", action="store_true", help="keep the weights in host memory and place only the "
+                 "running stage's models on the devices (for small accelerators; the same frames)")
+  p.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default="xla", help="attention kernels: xla "
+                 "(ours, the reference's arithmetic), jax (jax.nn.dot_product_attention's choice) or cudnn (fused, "
+                 "NVIDIA GPUs, with --bf16)")
+  p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs between runs "
+                 "(default: a per-user cache, ~/.cache/kvjax/jax or $KVJAX_COMPILE_CACHE)")
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+  """The options of one video (OPTION_FIELDS maps each to its GenerationOptions field): this program's, and
+  the fields of the app's page (sample/app.py), where those it does not name go under the "advanced" fold."""
+  d = GenerationOptions()
   p.add_argument("--fps", choices=sorted(FPS_PASSES), help=f"low: 12 frames, medium: 45, high: 177 (default {d.fps})")
   p.add_argument("--motion", choices=list(MOTION_SCORES), help=f"default {d.motion} (the demo: its own)")
   p.add_argument("--width", type=int, help="video width (default 512; 64 for the demo and random weights; at most "
@@ -59,21 +86,14 @@ def _parser() -> argparse.ArgumentParser:
                  help=f"{d.sampler} (default) is the reference; ddim and dpm_solver_pp are faster (not the "
                  "reference; the demo: its own)")
   p.add_argument("--seed", type=int, help=f"in [0, 2**32) (default {d.seed})")
-  p.add_argument("--bf16", action="store_true", help="compute every model in bfloat16 (T5, UNets, MoVQs; "
-                 "bench/bf16_error.py measures the error against float32)")
-  p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-  p.add_argument("--mesh", help="shard weights and batches over the devices, e.g. data=2,fsdp=2,tensor=2 (axes "
-                 "data, fsdp, tensor; default: one device)")
-  p.add_argument("--offload", action="store_true", help="keep the weights in host memory and place only the "
-                 "running stage's models on the devices (for small accelerators; the same frames)")
-  p.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default="xla", help="attention kernels: xla "
-                 "(ours, the reference's arithmetic), jax (jax.nn.dot_product_attention's choice) or cudnn (fused, "
-                 "NVIDIA GPUs, with --bf16)")
-  p.add_argument("--progress", action="store_true", help="a bar for every denoising step (a host callback in "
-                 "each step; default: when stderr is a terminal)")
-  p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs between runs "
-                 "(default: a per-user cache, ~/.cache/kvjax/jax or $KVJAX_COMPILE_CACHE)")
-  return p
+
+
+# Each generation option (argparse dest) and the GenerationOptions field it sets (--steps sets three).
+OPTION_FIELDS = {"width": "width", "height": "height", "sampler": "sampler", "motion": "motion", "fps": "fps",
+                 "key_frame_guidance": "key_frame_guidance_scale", "text_guidance": "guidance_weight_prompt",
+                 "image_guidance": "guidance_weight_image", "interpolation_guidance": "interpolation_guidance_scale",
+                 "noise_augmentation": "noise_augmentation", "seed": "seed", "keep_image": "keep_image",
+                 "steps": ("key_frame_steps", "base_frame_steps", "interpolation_steps")}
 
 
 def _mesh(spec: str | None):
@@ -164,13 +184,73 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
   """The options given on the command line, over the weights folder's sampling.json (`defaults`), over
   GenerationOptions' own defaults. Every option is checked (sizes included) before weights are loaded or
   anything is compiled."""
-  given = dict(width=args.width, height=args.height, sampler=args.sampler, motion=args.motion, fps=args.fps,
-               key_frame_guidance_scale=args.key_frame_guidance, guidance_weight_prompt=args.text_guidance,
-               guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
-               noise_augmentation=args.noise_augmentation, seed=args.seed, keep_image=args.keep_image,
-               **({} if args.steps is None else dict(key_frame_steps=args.steps[0], base_frame_steps=args.steps[1],
-                                                     interpolation_steps=args.steps[2])))
-  return GenerationOptions(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+  given = {}
+  for dest, field in OPTION_FIELDS.items():
+    value = getattr(args, dest)
+    if value is not None:
+      given.update(zip(field, value) if isinstance(field, tuple) else {field: value})
+  return GenerationOptions(**{**defaults, **given})
+
+
+def weights_and_defaults(weights: str | None) -> tuple[str, dict]:
+  """The weights folder of --weights (None: the embedded demo, or "random" where it is not installed, and
+  says so) and the generation options it recommends (its sampling.json; the tiny preset's for "random")."""
+  from kvjax import demo
+  weights_dir = weights
+  if weights_dir is None:
+    weights_dir = demo.DEMO_WEIGHTS if demo.installed() else "random"
+    if weights_dir == "random":
+      print(f"the embedded demo weights are not installed ({demo.DEMO_WEIGHTS}; `python -m train.demo OUT "
+            "--install` makes them)", file=sys.stderr)
+  if weights_dir == "random":
+    return weights_dir, dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
+  return weights_dir, _sampling_defaults(weights_dir)
+
+
+def check_model_options(args, weights_dir: str):
+  """The mesh of --mesh and the model folders of --image-movq and --video-movq, checked before any weights
+  load."""
+  mesh = _mesh(args.mesh)
+  if weights_dir != "random" and not os.path.isdir(weights_dir):
+    raise FileNotFoundError(f"--weights {weights_dir}: no such folder (make one with `python -m convert all`, or "
+                            "leave --weights out for the embedded demo)")
+  return mesh, _model_overrides(args)
+
+
+def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict, seed: int = 0):
+  """The pipeline of the model options (add_model_options) over `weights_dir` ("random": the tiny preset's
+  random weights drawn from `seed`), with the compile cache on unless --no-compile-cache."""
+  from kvjax import demo
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
+  import jax.numpy as jnp
+  from kvjax.pipeline.text_to_video import TextToVideo
+  from kvjax.pipeline.pipeline_weights import random_weights, with_models
+  if weights_dir == demo.DEMO_WEIGHTS:
+    print(f"weights: the embedded demo ({weights_dir}): a small model kvjax trained on moving shapes, "
+          f"{defaults.get('width')}x{defaults.get('height')}; pass --weights for others", file=sys.stderr)
+  if weights_dir == "random":
+    print("--weights random: running the TINY preset with RANDOM weights and a stand-in tokenizer; the video "
+          "will be noise (convert the official checkpoints with `python -m convert all` for real output)",
+          file=sys.stderr)
+    from kvjax.text.hashed_tokenizer import HashedWordTokenizer
+    config = PIPELINE_PRESETS["tiny"]
+    config, weights = with_models(config, random_weights(config, seed), overrides)
+    tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, config.tokens_length)
+  else:
+    from kvjax.pipeline.pipeline_weights import load_pipeline_weights
+    from kvjax.text.tokenizer import T5Tokenizer
+    tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
+    if not os.path.isfile(tokenizer_path):
+      raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
+    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=mesh, offload=args.offload)
+    tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
+  if not args.no_compile_cache:
+    from kvjax import compile_cache
+    compile_cache.enable()
+  pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32, mesh=mesh,
+                         offload=args.offload, attention=args.attention)
+  del weights  # the pipeline holds its own copy (placed, or in host memory with --offload): free the loaded one
+  return pipeline
 
 
 def run(args) -> int:
@@ -182,55 +262,13 @@ def run(args) -> int:
     check_output_path(out, args.overwrite)
   _check_prompts(args.prompts)
   images = _images(args.image, len(args.prompts))
-  from kvjax import demo
-  weights_dir = args.weights
-  if weights_dir is None:
-    weights_dir = demo.DEMO_WEIGHTS if demo.installed() else "random"
-    if weights_dir == "random":
-      print(f"the embedded demo weights are not installed ({demo.DEMO_WEIGHTS}; `python -m train.demo OUT "
-            "--install` makes them)", file=sys.stderr)
-  random = weights_dir == "random"
-  defaults = {} if random else _sampling_defaults(weights_dir)
-  if random:
-    defaults = dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
+  weights_dir, defaults = weights_and_defaults(args.weights)
   options = generation_options(args, defaults)
-  options.check_size(PIPELINE_PRESETS["tiny"] if random else None)
-  mesh = _mesh(args.mesh)  # before any weights load
-  if not random and not os.path.isdir(weights_dir):
-    raise FileNotFoundError(f"--weights {weights_dir}: no such folder (make one with `python -m convert all`, or "
-                            "leave --weights out for the embedded demo)")
-  overrides = _model_overrides(args)
-
-  import jax.numpy as jnp
-  from kvjax.pipeline.text_to_video import TextToVideo
-  from kvjax.pipeline.pipeline_weights import random_weights, with_models
-  if weights_dir == demo.DEMO_WEIGHTS:
-    print(f"weights: the embedded demo ({weights_dir}): a small model kvjax trained on moving shapes, "
-          f"{defaults.get('width')}x{defaults.get('height')}; pass --weights for others", file=sys.stderr)
-  if random:
-    print("--weights random: running the TINY preset with RANDOM weights and a stand-in tokenizer; the video "
-          "will be noise (convert the official checkpoints with `python -m convert all` for real output)",
-          file=sys.stderr)
-    from kvjax.text.hashed_tokenizer import HashedWordTokenizer
-    config = PIPELINE_PRESETS["tiny"]
-    config, weights = with_models(config, random_weights(config, options.seed), overrides)
-    tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, config.tokens_length)
-  else:
-    from kvjax.pipeline.pipeline_weights import load_pipeline_weights
-    from kvjax.text.tokenizer import T5Tokenizer
-    tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
-    if not os.path.isfile(tokenizer_path):
-      raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=mesh, offload=args.offload)
-    tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
-  options.check_size(config)
-  _warn_cut_prompts(args.prompts, tokenizer)
-  if not args.no_compile_cache:
-    from kvjax import compile_cache
-    compile_cache.enable()
-  pipeline = TextToVideo(config, weights, tokenizer, jnp.bfloat16 if args.bf16 else jnp.float32, mesh=mesh,
-                         offload=args.offload, attention=args.attention)
-  del weights  # the pipeline holds its own copy (placed, or in host memory with --offload): free the loaded one
+  options.check_size(PIPELINE_PRESETS["tiny"] if weights_dir == "random" else None)
+  mesh, overrides = check_model_options(args, weights_dir)  # before any weights load
+  pipeline = load_pipeline(args, weights_dir, defaults, mesh, overrides, seed=options.seed)
+  options.check_size(pipeline.config)
+  _warn_cut_prompts(args.prompts, pipeline.tokenizer)
   start = time.perf_counter()
   def bar(stage, done, total):
     filled = 30 * done // total
