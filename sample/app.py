@@ -172,8 +172,9 @@ class Studio:
     out = ["--out", "video.mp4"]
     words = ([*out, *image, *self.model_argv, *flags, "--", *args.prompts] if any(p.startswith("-") for p in args.prompts)
              else [*args.prompts, *out, *image, *self.model_argv, *flags])
+    from kvjax import demo
     settings = {"prompts": list(args.prompts), "picture": picture_name if picture is not None else "none",
-                "weights": self.weights}
+                "weights": "the embedded demo" if self.weights == demo.DEMO_WEIGHTS else self.weights}
     for dest, action in self.actions.items():  # each option as its flag names it, "--steps": "50 50 10"
       field = OPTION_FIELDS[dest]
       value = [getattr(chosen, f) for f in field] if isinstance(field, tuple) else getattr(chosen, field)
@@ -255,7 +256,7 @@ def check_installed() -> None:
 def build(args, sock: socket.socket | None = None):
   """(FastAPI app, job queue) of the parsed options: the pipeline loaded, nothing served yet."""
   from kvjax.app.jobs import JobQueue
-  from kvjax.app.server import make_app
+  from kvjax.app.server import LOOPBACK_NAMES, make_app
   weights_dir, defaults = weights_and_defaults(args.weights)
   mesh, overrides = check_model_options(args, weights_dir)
   pipeline = load_pipeline(args, weights_dir, defaults, mesh, overrides)
@@ -267,7 +268,8 @@ def build(args, sock: socket.socket | None = None):
                    max_waiting=args.queue)
   host = sock.getsockname()[0] if sock is not None else args.host
   where = "this machine only" if is_loopback(host) else "other machines too (no login)"
-  return make_app(studio, queue, about=f"Weights: {label}. Served to {where}."), queue
+  return make_app(studio, queue, about=f"Weights: {label}. Served to {where}.",
+                  allowed_hosts=LOOPBACK_NAMES if is_loopback(host) else None), queue
 
 
 def main(argv=None) -> int:

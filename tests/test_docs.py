@@ -6,9 +6,9 @@ Commands are read from shell code blocks (fenced ```bash, ```sh, ```console or b
 blocks): lines joined over trailing backslashes, split on `&&`, without `# comments`, a leading `$ ` or
 leading `NAME=value` environment assignments. A command is checked when its program is `python -m MODULE`
 (python, python3 or .venv/bin/python), `python bench/SCRIPT.py`, or a console script (kvjax-sample,
-kvjax-train, kvjax-convert: the modules sample, train, convert); pip, venv, pytest and git are not. The module
-runs in this process with `parse_args` patched to stop it, by a private exception, right after a successful
-parse: nothing is loaded, compiled or written.
+kvjax-train, kvjax-convert, kvjax-app: the modules sample, train, convert, sample.app); pip, venv, pytest and
+git are not. The module runs in this process with `parse_args` patched to stop it, by a private exception,
+right after a successful parse: nothing is loaded, compiled or written.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PYTHONS = {"python", "python3", ".venv/bin/python", ".venv/bin/python3"}
-CONSOLE_SCRIPTS = {"kvjax-sample": "sample", "kvjax-train": "train", "kvjax-convert": "convert"}
+CONSOLE_SCRIPTS = {"kvjax-sample": "sample", "kvjax-train": "train", "kvjax-convert": "convert", "kvjax-app": "sample.app"}
 NOT_CHECKED = {"pip", "venv", "pytest"}  # python -m modules that are not ours
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console"}
 PYTHON_LANGUAGES = {"python", "py"}

@@ -1,6 +1,6 @@
 """The wheel: only `kvjax` at its top level (the programs of the repository's train/, sample/ and convert/ folders
-installed as kvjax.cli.train, kvjax.cli.sample and kvjax.cli.convert), the demo weights, three console scripts; the
-console scripts of the running interpreter's install run."""
+installed as kvjax.cli.train, kvjax.cli.sample and kvjax.cli.convert), the demo weights and the app's page, four console
+scripts (kvjax-app among them); the console scripts of the running interpreter's install run."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from kvjax.cli import program_module
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAMS = ("convert", "sample", "train")  # repository folder -> kvjax/cli/<folder> in the wheel
-SCRIPTS = {f"kvjax-{name}": f"kvjax.cli.{name}.__main__:main" for name in PROGRAMS}
+SCRIPTS = {**{f"kvjax-{name}": f"kvjax.cli.{name}.__main__:main" for name in PROGRAMS},
+           "kvjax-app": "kvjax.cli.sample.app:main"}
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +55,18 @@ def test_wheel_holds_every_module_and_the_demo_weights(wheel):
   names = set(wheel.namelist())
   # Every module of the library and of the programs (the package list in pyproject.toml is written by hand).
   expected = {f"kvjax/{p.as_posix()}" for p in _sources(REPO / "kvjax") if p.suffix == ".py" or p.parts[:2] ==
-              ("demo", "weights")}
+              ("demo", "weights") or p.parts == ("app", "page.html")}
   for program in PROGRAMS:
     expected |= {f"kvjax/cli/{program}/{p.as_posix()}" for p in _sources(REPO / program) if p.suffix == ".py"}
   assert not expected - names, sorted(expected - names)
   assert {"kvjax/cli/train/__main__.py", "kvjax/cli/train/demo.py", "kvjax/cli/sample/__main__.py",
-          "kvjax/cli/convert/__main__.py", "kvjax/demo/weights/sampling.json"} <= names
+          "kvjax/cli/convert/__main__.py", "kvjax/demo/weights/sampling.json", "kvjax/cli/sample/app.py",
+          "kvjax/app/page.html"} <= names
   # The programs install as code only (no run outputs or weights beside them).
   assert not [n for n in names if n.startswith("kvjax/cli/") and not n.endswith(".py")]
 
 
-def test_wheel_entry_points_are_the_three_console_scripts(wheel):
+def test_wheel_entry_points_are_the_four_console_scripts(wheel):
   dist_info = next(n.split("/")[0] for n in wheel.namelist() if n.split("/")[0].endswith(".dist-info"))
   points = configparser.ConfigParser(delimiters=("=",))
   points.optionxform = str
@@ -77,7 +79,7 @@ def test_console_scripts_run_help(tmp_path):
   scripts = [Path(sys.executable).parent / name for name in SCRIPTS]
   if not all(script.exists() for script in scripts):
     pytest.skip("the console scripts are not installed beside this interpreter (pip install -e . makes them)")
-  # From another folder, so that nothing resolves through the checkout; the three import jax at once.
+  # From another folder, so that nothing resolves through the checkout; they import jax at once.
   running = [subprocess.Popen([str(script), "--help"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for script in scripts]
   for script, process in zip(scripts, running):

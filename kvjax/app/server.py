@@ -30,6 +30,7 @@ MAX_BODY = MAX_PICTURE_BYTES * 4 // 3 + 2 ** 16  # base64 of the picture, and th
 MAX_PROMPTS = 4  # one batch: every prompt is one more video in the same run
 MAX_PROMPT_CHARS = 2000
 _PICTURE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 class Generator(Protocol):
@@ -122,9 +123,20 @@ def job_status(queue: JobQueue, job_id: str) -> dict | None:
   return status
 
 
-def make_app(generator: Generator, queue: JobQueue, max_body: int = MAX_BODY, about: str = ""):
+def request_host(host_header: str) -> str:
+  """The host of a Host header, without its port: "127.0.0.1:7860" -> "127.0.0.1", "[::1]:7860" -> "::1"."""
+  host = host_header.strip().lower()
+  if host.startswith("["):
+    return host[1:host.find("]")] if "]" in host else host
+  return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def make_app(generator: Generator, queue: JobQueue, max_body: int = MAX_BODY, about: str = "",
+             allowed_hosts: Sequence[str] | None = LOOPBACK_NAMES):
   """The FastAPI application of the page and its API. `about`: a line the page shows under its title (which
-  weights, where it listens)."""
+  weights, where it listens). `allowed_hosts`: the names the server may be asked for (the Host header), None
+  for any: on a loopback address, another site's page cannot reach it through a name it resolves to
+  127.0.0.1 (DNS rebinding)."""
   from fastapi import FastAPI, Request
   from fastapi.concurrency import run_in_threadpool
   from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -135,6 +147,15 @@ def make_app(generator: Generator, queue: JobQueue, max_body: int = MAX_BODY, ab
 
   def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+  if allowed_hosts is not None:
+    allowed = {host.lower() for host in allowed_hosts}
+
+    @app.middleware("http")
+    async def only_allowed_hosts(request: Request, call_next):
+      if request_host(request.headers.get("host", "")) not in allowed:
+        return error(400, f"this server answers only to {', '.join(sorted(allowed))}")
+      return await call_next(request)
 
   @app.get("/", response_class=HTMLResponse)
   def index():
@@ -147,6 +168,10 @@ def make_app(generator: Generator, queue: JobQueue, max_body: int = MAX_BODY, ab
 
   @app.post("/api/jobs")
   async def submit(request: Request):
+    # JSON only: another site's page cannot send JSON here without the browser asking first (CORS), which
+    # this server never allows.
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+      return error(415, "send the request as JSON (Content-Type: application/json)")
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > max_body):
       return error(413, f"the request is larger than {max_body // 2 ** 20} MB (a picture may have at most "

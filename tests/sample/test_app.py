@@ -387,6 +387,21 @@ def test_a_second_visitor_waits_its_turn_and_both_get_their_video(browser, serve
   assert second not in browser.window_handles
 
 
+def test_other_hosts_names_and_requests_that_are_not_json_are_refused(served):
+  for host, answer in (("evil.example", 400), ("evil.example:80", 400), ("localhost:1", 200), ("[::1]:1", 200)):
+    request = urllib.request.Request(served.url + "/api/form", headers={"Host": host})
+    try:
+      status = urllib.request.urlopen(request, timeout=WAIT).status
+    except urllib.error.HTTPError as e:
+      status = e.code
+    assert status == answer, host
+  form = urllib.request.Request(served.url + "/api/jobs", data=b'{"prompts": ["a red circle moving right"]}',
+                                headers={"Content-Type": "text/plain"})
+  with pytest.raises(urllib.error.HTTPError) as refused:
+    urllib.request.urlopen(form, timeout=WAIT)
+  assert refused.value.code == 415 and b"JSON" in refused.value.read()
+
+
 def test_a_bad_size_and_an_oversized_picture_show_a_message(browser, served, tmp_path):
   from selenium.webdriver.common.by import By
   _open(browser, served.url)
