@@ -291,10 +291,15 @@ def main(argv=None) -> int:
   else:
     print(f"serving {url} to OTHER MACHINES too: anyone who reaches this address can use it (the page has no "
           f"login); the default, --host {LOOPBACK}, serves this machine only", file=sys.stderr)
+  from kvjax.atomic import sigterm_unwinds
   try:
-    serve(app, sock)
+    with sigterm_unwinds():  # a `kill` unwinds too, so the private folder is removed
+      serve(app, sock)
+  except KeyboardInterrupt:  # Ctrl-C: uvicorn stops serving, then raises it again
+    pass
   finally:
     queue.close(timeout=5)
+    print("stopped; its files are removed", file=sys.stderr)
   return 0
 
 
