@@ -377,6 +377,11 @@ def test_a_second_visitor_waits_its_turn_and_both_get_their_video(browser, serve
   _open(browser, served.url)
   _generate(browser, "a green triangle moving up")
   _wait(browser, lambda d: "Queued: 1 ahead of you" in _text(d, "status"), "the queue place")
+  third = urllib.request.Request(served.url + "/api/jobs", data=b'{"prompts": ["a red circle moving down"]}',
+                                 headers={"Content-Type": "application/json"})
+  with pytest.raises(urllib.error.HTTPError) as busy:  # one running, one waiting: the most it takes
+    urllib.request.urlopen(third, timeout=WAIT)
+  assert busy.value.code == 503 and "busy: 2 videos are ahead of you" in json.loads(busy.value.read())["error"]
   served.pipeline.gate.set()
   frames, _ = _result(browser, served, tmp_path)
   assert judge.judge_motion(frames, "green", "up").passed
@@ -418,6 +423,14 @@ def test_a_bad_size_and_an_oversized_picture_show_a_message(browser, served, tmp
   browser.find_element(By.ID, "picture").send_keys(str(tmp_path / "big.png"))
   _generate(browser, "a red circle moving right")
   _wait(browser, lambda d: "the picture big.png: 9000x9000 is 77 megapixels" in _text(d, "error"), "the picture's message")
+  Image.new("RGB", (80, 60), (30, 200, 40)).save(tmp_path / "green.png")
+  browser.find_element(By.ID, "picture").send_keys(str(tmp_path / "green.png"))  # image-to-video
+  _generate(browser, "a green circle moving left")
+  frames, command = _result(browser, served, tmp_path)
+  assert "--image green.png" in command  # and no key frame is made: the picture is the first frame
+  assert [line.split(":")[0] for line in _text(browser, "stages").splitlines()] == [
+      "text", "encode key frame", "base frames", "decode"]
+  assert _text(browser, "error") == ""
   assert os.listdir(served.queue.folder) == [name for name in os.listdir(served.queue.folder) if
                                              not name.startswith("upload-")]
 
