@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from kvjax.cli import program_name
 
-from .__main__ import (OPTION_FIELDS, _check_prompts, _outputs, _warn_cut_prompts, add_generation_options,
+from .__main__ import (OPTION_FIELDS, _check_prompts, _outputs, add_generation_options,
                        add_model_options, check_model_options, generation_options, load_pipeline,
                        weights_and_defaults)
 
@@ -103,18 +103,23 @@ class Studio:
     if self._reports is not None:
       self._reports[0](stage, seconds)
 
+  @staticmethod
+  def _value(options, dest: str):
+    """The value of generation option `dest` in GenerationOptions `options` (a list for --steps)."""
+    field = OPTION_FIELDS[dest]
+    return [getattr(options, f) for f in field] if isinstance(field, tuple) else getattr(options, field)
+
   # --- the page's form --------------------------------------------------------------------------------
 
   def form(self) -> dict:
     effective = generation_options(self.parser.parse_args(["x"]), self.defaults)
     fields = []
     for dest, action in self.actions.items():
-      field = OPTION_FIELDS[dest]
-      default = ([getattr(effective, f) for f in field] if isinstance(field, tuple) else getattr(effective, field))
       kind = ("bool" if isinstance(action, argparse.BooleanOptionalAction) else "choice" if action.choices else
               "int" if action.type is int else "float")
-      fields.append({"dest": dest, "flag": action.option_strings[0], "label": LABELS.get(dest, dest.capitalize()),
-                     "kind": kind, "choices": list(action.choices or []), "default": default,
+      fields.append({"dest": dest, "flag": action.option_strings[0],
+                     "label": LABELS.get(dest, dest.replace("_", " ").capitalize()), "kind": kind,
+                     "choices": list(action.choices or []), "default": self._value(effective, dest),
                      "count": action.nargs if isinstance(action.nargs, int) else 1,
                      "names": list(action.metavar) if isinstance(action.metavar, tuple) else None,
                      "help": action.help or "", "advanced": dest not in MAIN_FIELDS})
@@ -152,9 +157,7 @@ class Studio:
     where the defaults change."""
     argv = []
     for dest, action in self.actions.items():
-      field = OPTION_FIELDS[dest]
-      value = [getattr(options, f) for f in field] if isinstance(field, tuple) else getattr(options, field)
-      flag = action.option_strings[0]
+      value, flag = self._value(options, dest), action.option_strings[0]
       if isinstance(action, argparse.BooleanOptionalAction):
         argv.append(flag if value else f"--no-{flag[2:]}")
       else:
@@ -170,14 +173,15 @@ class Studio:
     flags = self._flags(chosen)
     image = [] if picture is None else ["--image", picture_name or "picture.png"]
     out = ["--out", "video.mp4"]
-    words = ([*out, *image, *self.model_argv, *flags, "--", *args.prompts] if any(p.startswith("-") for p in args.prompts)
-             else [*args.prompts, *out, *image, *self.model_argv, *flags])
+    if any(p.startswith("-") for p in args.prompts):  # a prompt that reads as an option comes after "--"
+      words = [*out, *image, *self.model_argv, *flags, "--", *args.prompts]
+    else:
+      words = [*args.prompts, *out, *image, *self.model_argv, *flags]
     from kvjax import demo
     settings = {"prompts": list(args.prompts), "picture": picture_name if picture is not None else "none",
                 "weights": "the embedded demo" if self.weights == demo.DEMO_WEIGHTS else self.weights}
     for dest, action in self.actions.items():  # each option as its flag names it, "--steps": "50 50 10"
-      field = OPTION_FIELDS[dest]
-      value = [getattr(chosen, f) for f in field] if isinstance(field, tuple) else getattr(chosen, field)
+      value = self._value(chosen, dest)
       settings[action.option_strings[0]] = (("yes" if value else "no") if isinstance(value, bool) else
                                             " ".join(map(str, value)) if isinstance(value, list) else str(value))
     cut = [self.pipeline.tokenizer.cut_tokens(p) for p in args.prompts]

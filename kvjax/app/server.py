@@ -113,10 +113,9 @@ def open_picture(queue: JobQueue, raw: bytes, name: str):
 
 
 def job_status(queue: JobQueue, job_id: str) -> dict | None:
-  status = queue.status(job_id)
-  if status is None:
+  status, job = queue.status(job_id), queue.job(job_id)
+  if status is None or job is None:  # unknown, or forgotten in between
     return None
-  job = queue.job(job_id)
   status["settings"] = getattr(job.request, "settings", {})
   status["command"] = getattr(job.request, "command", "")
   status["urls"] = {name: f"/api/jobs/{job_id}/{name}" for name in status["outputs"]}
