@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import socket
+import sys
 import struct
 import threading
 import types
@@ -168,6 +169,12 @@ def test_the_program_refuses_bad_options_in_one_line(argv, message, capsys):
   assert main(argv) == 2
   err = capsys.readouterr().err
   assert f"error: {message}" in err and "Traceback" not in err
+
+
+def test_without_the_app_extra_it_says_what_to_install(monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed: import fails
+  assert main(["--port", "0"]) == 2
+  assert "error: the app needs fastapi: pip install 'kvjax[app]'" in capsys.readouterr().err
 
 
 # --- the queue ----------------------------------------------------------------------------------------
