@@ -5,6 +5,17 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import shutil
+import tempfile
+
+# One persistent compilation cache for the whole run, shared by both workers (they inherit this process's
+# environment) and by every program a test starts: many files compile the same programs (the fixtures' models,
+# the tiny pipeline's stages), and a program compiled once is then read back instead of compiled again. A
+# fresh private directory each run (tempfile makes it 0700, as kvjax.compile_cache requires), removed at the
+# end by the process that made it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kvjax-tests-jax-cache-")
+  os.environ["KVJAX_TESTS_OWN_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest
 
@@ -24,6 +35,12 @@ def pytest_configure(config):
   # worker had finished.
   if hasattr(config.option, "loadscopereorder"):
     config.option.loadscopereorder = False
+
+
+def pytest_unconfigure(config):
+  own = os.environ.get("KVJAX_TESTS_OWN_CACHE")
+  if own and not os.environ.get("PYTEST_XDIST_WORKER") and own == os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -30,7 +30,7 @@ def env(tmp_path_factory):
   # 0's only: on CPU each process of a multi-process run has its own cache key, and only process 0 writes).
   # XLA without most of its optimisations (LLVM at -O0): these programs run a few steps, and compiling them is
   # most of their time; every run of a test compiles alike, so the runs they compare stay bit-identical.
-  cache = tmp_path_factory.mktemp("jax_cache")
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax_cache")  # the run's (tests/conftest.py)
   return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_COMPILATION_CACHE_DIR": str(cache),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
