@@ -1,11 +1,14 @@
 """Helpers of the `python -m train` tests: running the program (optionally killed mid-save) and reading its
 metrics; the kill-and-resume check shared by the UNet and MoVQ recipes."""
 
+import glob
 import json
 import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["--steps", "6", "--checkpoint-every", "2", "--batch-size", "4"]
@@ -38,10 +41,27 @@ def read_metrics(workdir):
 
 
 
-def killed_mid_save_resumes_on_the_same_loss_curve(run_args, dataset, env, workdir, mesh=EIGHT_DEVICES, devices=8):
+def tensorboard_points(workdir):
+  """{tag: {step: value}} as TensorBoard shows the workdir's event files (read in the order they were
+  written): a file's purge marker (SessionLog.START at step S) drops the earlier files' points from S on."""
+  from kvjax.training.watch import read_events
+  points = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")), key=os.path.getmtime):
+    for event in read_events(path):
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        points = {tag: {s: v for s, v in by_step.items() if s < event.step} for tag, by_step in points.items()}
+      for value in event.summary.value:
+        kind = value.WhichOneof("value")
+        points.setdefault(value.tag, {})[event.step] = value.simple_value if kind == "simple_value" else value.image
+  return points
+
+
+def killed_mid_save_resumes_on_the_same_loss_curve(run_args, dataset, env, workdir, mesh=EIGHT_DEVICES, devices=8,
+                                                   resumed_args=()):
   """The README command on `devices` simulated devices, killed while publishing the checkpoint of step 4
-  (saves are asynchronous: training may have gone on meanwhile and logged steps after 4). Run again, it
-  restores step 2 and must recompute every logged step exactly, then go on to 6. Returns the metrics."""
+  (saves are asynchronous: training may have gone on meanwhile and logged steps after 4). Run again (with
+  `resumed_args` added), it restores step 2 and must recompute every logged step exactly, then go on to 6;
+  TensorBoard shows each step once, with the values of metrics.jsonl. Returns the metrics."""
   args = run_args + COMMON + ["--mesh", mesh, "--data", str(dataset), "--workdir", str(workdir)]
   env = {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   killed = run_train(args, env, script=KILL_DURING_SAVE)
@@ -52,7 +72,7 @@ def killed_mid_save_resumes_on_the_same_loss_curve(run_args, dataset, env, workd
   saved = sorted(os.listdir(workdir / "checkpoints"))
   assert "2" in saved and "4" not in saved and any("tmp" in name for name in saved), saved
 
-  resumed = run_train(args, env)
+  resumed = run_train([*args, *resumed_args], env)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step 2" in resumed.stderr
   after = read_metrics(workdir)
@@ -61,4 +81,10 @@ def killed_mid_save_resumes_on_the_same_loss_curve(run_args, dataset, env, workd
     assert a == {**b, "seconds": a["seconds"]}
   assert len({m["loss"] for m in after}) == 6
   assert sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()) == [2, 4, 6]
+  # TensorBoard: the killed run's points past step 2 are purged by the resumed run's file, which logs them again
+  points = tensorboard_points(workdir)
+  for name in ("loss", "grad_norm", "learning_rate"):
+    assert points[f"train/{name}"] == {m["step"]: pytest.approx(m[name], rel=1e-6, abs=1e-12) for m in after}, name
+  assert sorted(points["perf/clips_per_second"]) == sorted(points["perf/step_seconds"]) == [1, 2, 3, 4, 5, 6]
+  assert all(v > 0 for v in points["perf/clips_per_second"].values())
   return after

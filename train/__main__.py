@@ -24,6 +24,10 @@ Any field of the preset's settings (kvjax.training.train_config.TrainConfig) is 
   python -m train --config keyframe-tiny --set optimizer.learning_rate=3e-4 --set keyframe.high_noise_fraction=0.5 ...
 WORKDIR/config.json records the settings; a run resumed with other settings (its length and --nonfinite
 aside) is refused, naming the fields that differ.
+
+Watching a run: `tensorboard --logdir WORKDIR` shows every logged metric, the throughput, the learning rate
+and the devices' memory; --validation-prompts FILE samples videos every --validation-every steps into
+WORKDIR/validation/step_N/ and TensorBoard. On a terminal a progress bar with an ETA stays under the log.
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--process-id", type=int)
   p.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() with the cluster's own settings (TPU pods, SLURM)")
+  p.add_argument("--validation-prompts", metavar="FILE", help="UNet runs: sample these prompts (one a line, at "
+                 "most 16) with fixed seeds through the pipeline at the run's current weights, into "
+                 "WORKDIR/validation/step_N/ and TensorBoard")
+  p.add_argument("--validation-every", type=int, metavar="N", help="validate every N steps and at the end "
+                 "(default: every checkpoint)")
   p.add_argument("--peer-timeout", type=int, default=100, help="multi-host: seconds without a heartbeat after "
                  "which a process counts as dead; every other process then stops (exit 134) with JAX's message "
                  "naming it, instead of waiting in a collective for ever")
@@ -119,7 +128,8 @@ def main(argv=None) -> int:
     return run(_train_config(args), workdir=args.workdir, data=args.data, mesh=args.mesh, weights=args.weights,
                tokenizer=args.tokenizer, init=args.init, lpips=args.lpips, data_workers=args.data_workers,
                coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
-               distributed=args.distributed, peer_timeout=args.peer_timeout)
+               distributed=args.distributed, peer_timeout=args.peer_timeout,
+               validation_prompts=args.validation_prompts, validation_every=args.validation_every)
   except RunRefused as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -110,6 +110,20 @@ class TextToVideo:
       self._placed[field] = self._place(getattr(self._host, field), field)
     return types.SimpleNamespace(**self._placed)
 
+  def replace_weights(self, **models) -> None:
+    """Replaces the UNets' weights (`keyframe=`, `interpolation=`: parameter trees), keeping every compiled
+    stage (the weights are the stages' arguments): a training run's validation samples its current UNet
+    without compiling the pipeline again."""
+    unknown = sorted(set(models) - {"keyframe", "interpolation"})
+    if unknown:
+      raise ValueError(f"replace_weights takes keyframe= and interpolation=, not {', '.join(unknown)}")
+    if self.offload:
+      self._host = self._host.replace(**jax.device_get(models))
+      for field in set(models) & set(self._placed):
+        jax.tree.map(lambda a: a.delete(), self._placed.pop(field))
+    else:
+      self._placed = self._placed.replace(**{field: self._place(tree, field) for field, tree in models.items()})
+
   def placed_models(self) -> list[str]:
     """The models whose weights are on the devices now."""
     if not self.offload:

@@ -1,6 +1,8 @@
 """The train loop of `python -m train` and what keeps it honest: a step whose loss or gradient norm is not
 finite is found and stopped on or skipped (counted), never saved; a resumed checkpoint must hold a data
-position and finite values; metrics.jsonl is cut back to the resumed step."""
+position and finite values; metrics.jsonl is cut back to the resumed step. What a log step writes also goes
+to TensorBoard with the throughput and the devices' memory (kvjax.training.watch), and validation videos are
+made between steps (kvjax.training.validation)."""
 
 from __future__ import annotations
 
@@ -52,9 +54,14 @@ def _finite_checkpoint_note(checkpoints) -> str:
 
 
 def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=lambda *a: None, metrics_file=None,
-               skipped: int = 0) -> int:
+               skipped: int = 0, events=None, validate=None, validate_every: int = 0, progress=None,
+               devices=()) -> int:
   """Trains from `step` to `config.total_steps`: logs every log_every steps, saves every checkpoint_every
-  (and at the end); returns the last step. A step flagged non-finite (its update already dropped in the
+  (and at the end); returns the last step. `events` (a watch.EventLog) gets each log step's metrics as
+  train/NAME, the clips per second and seconds per step since the previous log step (validation time
+  excluded; the first interval includes the step's compile) and `devices`' memory where the backend reports
+  it. `validate(step, state)` runs every `validate_every` steps and at the end; it only reads the state.
+  `progress` (a watch.ProgressBar) is updated after each step. A step flagged non-finite (its update already dropped in the
   compiled step) is found at the next log or checkpoint step, before anything is saved: with
   `config.optimizer.nonfinite` "stop" the loop exits (SystemExit naming the step), with "skip" it warns and
   counts it (`skipped_steps` in the log records and the checkpoint's data state), up to MAX_SKIPPED_IN_A_ROW
@@ -64,14 +71,18 @@ def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=la
   pending = []  # (step, metrics) since the last check; the metrics stay device values until then
   in_a_row = 0
   start = time.perf_counter()
+  last_log = (step, start)  # the throughput is measured between log steps
   while step < config.total_steps:
     batch = inputs.next_batch(step)
     state, metrics = trainer.step(state, batch)
     step += 1
     pending.append((step, metrics))
+    if progress is not None:
+      progress.update(step)
     log = step % config.log_every == 0 or step == config.total_steps
     save = step % config.checkpoint_every == 0 or step == config.total_steps
-    if not (log or save):
+    validation = validate is not None and (step % validate_every == 0 or step == config.total_steps)
+    if not (log or save or validation):
       continue
     checked = [pending_step for pending_step, _ in pending]
     bad, pending = _nonfinite_steps(pending), []
@@ -103,6 +114,14 @@ def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=la
         except OSError as e:
           raise SystemExit(f"error: step {step}: writing {metrics_file.name} failed ({e.strerror or e}); "
                            f"{_finite_checkpoint_note(checkpoints)}")
+      now = time.perf_counter()
+      if events is not None:
+        steps, seconds = step - last_log[0], max(now - last_log[1], 1e-9)
+        from kvjax.training.watch import device_memory
+        events.scalars(step, {**{f"train/{k}": v for k, v in record.items() if k not in ("step", "seconds")},
+                              "perf/clips_per_second": steps * config.global_batch_size / seconds,
+                              "perf/step_seconds": seconds / steps, **device_memory(devices)})
+      last_log = (step, now)
     if save:
       bad_paths = nonfinite_paths(state)  # never true after a guarded step; the checkpoints' last line of defence
       if bad_paths:
@@ -111,6 +130,14 @@ def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=la
       # The data position: global batches read, the same on every host and for any number of hosts.
       checkpoints.save(step, state, {"global_batches": inputs.global_batches, "skipped_steps": skipped},
                        force=step == config.total_steps)
+    if validation:
+      began = time.perf_counter()
+      try:
+        validate(step, state)
+      except OSError as e:  # OutputError names the folder
+        raise SystemExit(f"error: step {step}: writing the validation videos failed ({e}); "
+                         f"{_finite_checkpoint_note(checkpoints)}")
+      last_log = (last_log[0], last_log[1] + time.perf_counter() - began)
   return step
 
 

@@ -1,6 +1,7 @@
 """A training run in a workdir, as `python -m train` starts it: the weights it starts from, its checkpoints
-(resumed where present), its inputs, its settings (WORKDIR/config.json, the same on every resume) and the
-train loop (kvjax.training.loop)."""
+(resumed where present), its inputs, its settings (WORKDIR/config.json, the same on every resume), the
+train loop (kvjax.training.loop) and what watches it: TensorBoard events, validation videos, a progress bar
+(kvjax.training.watch, kvjax.training.validation)."""
 
 from __future__ import annotations
 
@@ -54,13 +55,30 @@ def _write_null_embedding(path: str, null) -> None:
 def run(config, *, workdir: str, data: str = "synthetic", mesh: str = "", weights: str | None = None,
         tokenizer: str | None = None, init: str | None = None, lpips: str | None = None, data_workers: int = 0,
         coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-        distributed: bool = False, peer_timeout: int = 100) -> int:
+        distributed: bool = False, peer_timeout: int = 100, validation_prompts: str | None = None,
+        validation_every: int | None = None, progress: bool | None = None) -> int:
   """Trains `config` in `workdir` until config.total_steps, resuming from its last complete checkpoint; the
-  options are `python -m train`'s, by the same names. Raises RunRefused for a run that cannot start (before
-  any work), SystemExit for one that stops (a non-finite step, a failed save); returns 0."""
+  options are `python -m train`'s, by the same names (`validation_every` None: every checkpoint_every steps;
+  `progress` None: a progress bar when stderr is a terminal). Raises RunRefused for a run that cannot start
+  (before any work), SystemExit for one that stops (a non-finite step, a failed save); returns 0."""
   import jax
+  from kvjax.training.validation import read_prompts, validation_options
   if not 0 <= data_workers <= 256:
     raise RunRefused(f"--data-workers {data_workers}: give 0 (read in this process) to 256")
+  prompts = options = None
+  if validation_every is not None and validation_prompts is None:
+    raise RunRefused(f"--validation-every {validation_every}: give --validation-prompts FILE too")
+  if validation_prompts is not None:
+    if validation_every is not None and validation_every < 1:
+      raise RunRefused(f"--validation-every {validation_every}: give a number of steps, at least 1")
+    if config.is_movq:
+      raise RunRefused(f"--validation-prompts {validation_prompts}: sampling videos applies to UNet runs "
+                       f"(keyframe, interpolation), not to {config.model.replace('_', ' ')} runs")
+    try:
+      prompts, options = read_prompts(validation_prompts), validation_options(config, weights)
+    except ValueError as e:
+      raise RunRefused(str(e))
+    validation_every = validation_every or config.checkpoint_every
   if coordinator or distributed:
     if not 1 <= peer_timeout <= 86400:
       raise RunRefused(f"--peer-timeout {peer_timeout} must be in [1, 86400] seconds")
@@ -86,6 +104,9 @@ def run(config, *, workdir: str, data: str = "synthetic", mesh: str = "", weight
     check_writable(workdir)  # before any weights load
   except OutputError as e:
     raise RunRefused(f"--workdir {workdir}: {e}")
+  if prompts is not None and jax.process_count() > 1:
+    raise RunRefused(f"--validation-prompts {validation_prompts}: validation runs in one-process runs only "
+                     f"(this run has {jax.process_count()} processes); sample an export instead")
   main_host = jax.process_index() == 0
   say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_host else (lambda *a: None)
 
@@ -159,12 +180,33 @@ def run(config, *, workdir: str, data: str = "synthetic", mesh: str = "", weight
   except OSError as e:
     raise RunRefused(f"{os.path.join(workdir, 'metrics.jsonl')}: {e.strerror or e}")
 
+  events = bar = validate = None
+  if main_host:
+    from kvjax.training.watch import EventLog, ProgressBar
+    # Its first step's purge marker drops what a killed run logged past this checkpoint (as metrics.jsonl).
+    events = EventLog(workdir, first_step=step + 1)
+    if (sys.stderr.isatty() if progress is None else progress) and step < config.total_steps:
+      bar = ProgressBar(step, config.total_steps)
+      say = bar.say
+  if prompts is not None:
+    from kvjax.training.validation import Validator
+    validate = Validator(config, prompts, pipeline, text_tokenizer, options, workdir, mesh=device_mesh,
+                         events=events, say=say)
+    say(f"validation: {len(prompts)} prompt{'s' * (len(prompts) != 1)} every {validation_every} steps into "
+        f"{validate.folder}")
+
   try:
     step = train_loop(config, trainer, inputs, checkpoints, step, state, say=say, metrics_file=metrics_file,
-                      skipped=skipped)
+                      skipped=skipped, events=events, validate=validate, validate_every=validation_every or 0,
+                      progress=bar, devices=jax.local_devices())
     checkpoints.wait()
     checkpoints.close()
   except CheckpointError as e:  # a full disk, a folder gone: named, with the checkpoint to resume from
     raise SystemExit(f"error: {e}: make room (or fix the folder) and run the same command to resume")
+  finally:
+    if bar is not None:
+      bar.close()
+    if events is not None:
+      events.close()
   say(f"done: step {step}, checkpoints {checkpoints.all_steps()} in {checkpoints.directory}")
   return 0

@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
+from PIL import Image
+
 from train_testing_utils import REPO, killed_mid_save_resumes_on_the_same_loss_curve, read_metrics as _metrics
+from train_testing_utils import tensorboard_points
 from train_testing_utils import run_train as _train
 
 KEYFRAME_RUN = ["--config", "keyframe-tiny-two-level", "--mesh", "fsdp=2"]
@@ -18,8 +21,24 @@ def test_killed_mid_save_resumes_on_the_same_loss_curve(dataset, env, tmp_path):
   # sharded steps' equality with one device is tested in-process (compiling 8-way costs minutes here). The
   # two-level UNet: XLA's persistent cache saves no CPU compile time (a hit recompiles), and each of the two
   # runs compiles its step.
-  killed_mid_save_resumes_on_the_same_loss_curve(KEYFRAME_RUN[:2], dataset, env, tmp_path / "run",
-                                                 mesh=KEYFRAME_RUN[3], devices=2)
+  # The resumed run also samples validation videos at steps 3 and 6: the steps after 3 must still equal the
+  # killed run's (which had none), so validation leaves the trajectory alone.
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("# one prompt a line\na field panned at speed 2\n")
+  workdir = tmp_path / "run"
+  killed_mid_save_resumes_on_the_same_loss_curve(
+      KEYFRAME_RUN[:2], dataset, env, workdir, mesh=KEYFRAME_RUN[3], devices=2,
+      resumed_args=["--validation-prompts", str(prompts), "--validation-every", "3"])
+  for step in (3, 6):
+    folder = workdir / "validation" / f"step_{step}"
+    assert sorted(os.listdir(folder)) == ["00-a-field-panned-at-speed-2.gif", "prompts.txt"]
+    with Image.open(folder / "00-a-field-panned-at-speed-2.gif") as gif:
+      assert gif.size == (64, 64) and gif.n_frames == 12  # the run's frame size; the 12 base frames
+  assert (workdir / "validation" / "step_3" / "prompts.txt").read_text() == "00 seed 0: a field panned at speed 2\n"
+  assert not any(name.startswith(".") for name in os.listdir(workdir / "validation"))
+  images = tensorboard_points(workdir)["validation/00-a-field-panned-at-speed-2"]
+  assert sorted(images) == [3, 6] and (images[3].width, images[3].height) == (64, 64)
+  assert images[3].encoded_image_string == (workdir / "validation/step_3/00-a-field-panned-at-speed-2.gif").read_bytes()
 
 
 def test_other_settings_in_the_same_workdir_are_refused(tmp_path, env):
@@ -37,6 +56,10 @@ def test_other_settings_in_the_same_workdir_are_refused(tmp_path, env):
 def test_refusals_are_one_line_with_exit_2_before_any_work(tmp_path, capsys):
   from train.__main__ import main
   (tmp_path / "a-file").write_text("")
+  empty, many, one = tmp_path / "empty.txt", tmp_path / "many.txt", tmp_path / "one.txt"
+  empty.write_text("# only a comment\n\n")
+  many.write_text("".join(f"prompt {i}\n" for i in range(17)))
+  one.write_text("a red square\n")
   base = ["--config", "keyframe-tiny", "--data", "synthetic", "--workdir", str(tmp_path / "run")]
   for flags, message in ((["--data", str(tmp_path / "nope")], "no such folder"),
                          (["--mesh", "data=3"], "--mesh data=3: mesh 'data=3' has 3 devices"),
@@ -49,7 +72,15 @@ def test_refusals_are_one_line_with_exit_2_before_any_work(tmp_path, capsys):
                           "optimizer.learning_rate?"),
                          (["--set", "seed=five"], "--set seed='five': expected an integer"),
                          (["--set", "resolution=60,60"], "--set resolution=60,60: TrainConfig.resolution (60, 60)"),
-                         (["--train-scope", "decoder"], "--config keyframe-tiny: --train-scope apply to the MoVQ")):
+                         (["--train-scope", "decoder"], "--config keyframe-tiny: --train-scope apply to the MoVQ"),
+                         (["--validation-prompts", str(tmp_path / "nope.txt")],
+                          f"--validation-prompts {tmp_path / 'nope.txt'}: no such file"),
+                         (["--validation-prompts", str(empty)], f"--validation-prompts {empty}: no prompts"),
+                         (["--validation-prompts", str(many)], f"--validation-prompts {many}: 17 prompts; at most 16"),
+                         (["--validation-prompts", str(many), "--config", "image-movq-tiny"],
+                          "applies to UNet runs (keyframe, interpolation), not to image movq runs"),
+                         (["--validation-every", "5"], "--validation-every 5: give --validation-prompts FILE too"),
+                         (["--validation-prompts", str(one), "--validation-every", "0"], "--validation-every 0")):
     assert main([*base, *flags]) == 2, flags
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and message in err, (message, err)
