@@ -61,12 +61,13 @@ def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=la
   train/NAME, the clips per second and seconds per step since the previous log step (validation time
   excluded; the first interval includes the step's compile) and `devices`' memory where the backend reports
   it. `validate(step, state)` runs every `validate_every` steps and at the end; it only reads the state.
-  `progress` (a watch.ProgressBar) is updated after each step. A step flagged non-finite (its update already dropped in the
-  compiled step) is found at the next log or checkpoint step, before anything is saved: with
+  `progress` (a watch.ProgressBar) is updated after each step. A step flagged non-finite (its update already
+  dropped in the compiled step) is found at the next log or checkpoint step, before anything is saved: with
   `config.optimizer.nonfinite` "stop" the loop exits (SystemExit naming the step), with "skip" it warns and
   counts it (`skipped_steps` in the log records and the checkpoint's data state), up to MAX_SKIPPED_IN_A_ROW
   steps in a row."""
   from kvjax.training.train_state import nonfinite_paths
+  from kvjax.training.watch import device_memory
   policy = config.optimizer.nonfinite
   pending = []  # (step, metrics) since the last check; the metrics stay device values until then
   in_a_row = 0
@@ -117,7 +118,6 @@ def train_loop(config, trainer, inputs, checkpoints, step: int, state, *, say=la
       now = time.perf_counter()
       if events is not None:
         steps, seconds = step - last_log[0], max(now - last_log[1], 1e-9)
-        from kvjax.training.watch import device_memory
         events.scalars(step, {**{f"train/{k}": v for k, v in record.items() if k not in ("step", "seconds")},
                               "perf/clips_per_second": steps * config.global_batch_size / seconds,
                               "perf/step_seconds": seconds / steps, **device_memory(devices)})

@@ -20,6 +20,21 @@ import numpy as np
 GIB = 1 << 30
 
 
+def _tensorboardx():
+  """tensorboardX, imported with torch hidden when torch is installed but not loaded: tensorboardX.writer
+  imports torch at import time (for torch.Tensor inputs, which kvjax never passes), seconds of every
+  training process otherwise."""
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    import tensorboardX
+    return tensorboardX
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects without torch
+  try:
+    import tensorboardX
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
+
+
 def device_memory(devices) -> dict[str, float]:
   """The largest use and peak over `devices` in GiB ({"memory/gib_in_use", "memory/peak_gib"}), from what
   the backend reports (GPUs and TPUs); {} where it reports nothing (the CPU)."""
@@ -54,7 +69,7 @@ class EventLog:
   checkpoint)."""
 
   def __init__(self, logdir: str, first_step: int = 1):
-    from tensorboardX import SummaryWriter
+    SummaryWriter = _tensorboardx().SummaryWriter
     # Points reach the file at each flush (every log step), so TensorBoard follows the run as it goes.
     self.writer = SummaryWriter(logdir=logdir, purge_step=first_step, flush_secs=30)
 
@@ -66,6 +81,7 @@ class EventLog:
 
   def video(self, step: int, tag: str, frames: np.ndarray, gif: bytes) -> None:
     """One video as an animated GIF image summary (what tensorboardX's add_video writes, without moviepy)."""
+    _tensorboardx()
     from tensorboardX.proto.summary_pb2 import Summary
     height, width = frames.shape[1:3]
     image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
@@ -81,6 +97,7 @@ class EventLog:
 def read_events(path: str, max_bytes: int = 64 << 20):
   """The records of one event file as tensorboard.compat Event protos (a bounded reader of the TFRecord
   framing: length, its CRC, data, its CRC; CRCs not checked): for tests and scripts without TensorBoard."""
+  _tensorboardx()
   from tensorboardX.proto.event_pb2 import Event
   with open(path, "rb") as f:
     data = f.read(max_bytes + 1)

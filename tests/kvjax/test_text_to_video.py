@@ -84,6 +84,21 @@ def test_other_prompt_lengths_and_settings_reuse_the_compiled_stages(pipeline, t
   assert frames.shape == two_prompts[0].shape and not np.array_equal(frames, two_prompts[0])
 
 
+def test_replaced_unet_weights_sample_without_a_compile(pipeline, two_prompts):
+  # What a training run's validation does at each validation step (kvjax/training/validation.py).
+  other = random_weights(CONFIG, seed=1)
+  with pytest.raises(ValueError, match="not text_encoder"):
+    pipeline.replace_weights(text_encoder=other.text_encoder)
+  pipeline.replace_weights(keyframe=other.keyframe, interpolation=other.interpolation)
+  try:
+    with CompileCounter() as compiles:
+      frames = pipeline(["a red fox in the snow", "waves"], OPTIONS, step_progress=record_step)
+  finally:
+    original = random_weights(CONFIG)
+    pipeline.replace_weights(keyframe=original.keyframe, interpolation=original.interpolation)
+  assert compiles.count == 0 and not np.array_equal(frames, two_prompts[0])
+
+
 def test_padding_the_context_keeps_the_reference_length_where_it_matters(pipeline):
   # The text pooling's mean is over the reference's L positions: padded zeros with L given equal the cut.
   (context, mask), null, _, length = pipeline.encode_text(["a red fox", "waves and more waves"])
