@@ -181,14 +181,14 @@ def run(config, *, workdir: str, data: str = "synthetic", mesh: str = "", weight
     raise RunRefused(f"{os.path.join(workdir, 'metrics.jsonl')}: {e.strerror or e}")
 
   events = bar = validate = None
-  if main_host:
+  if main_host and step < config.total_steps:
     from kvjax.training.watch import EventLog, ProgressBar
     # Its first step's purge marker drops what a killed run logged past this checkpoint (as metrics.jsonl).
     events = EventLog(workdir, first_step=step + 1)
-    if (sys.stderr.isatty() if progress is None else progress) and step < config.total_steps:
+    if sys.stderr.isatty() if progress is None else progress:
       bar = ProgressBar(step, config.total_steps)
       say = bar.say
-  if prompts is not None:
+  if prompts is not None and step < config.total_steps:
     from kvjax.training.validation import Validator
     validate = Validator(config, prompts, pipeline, text_tokenizer, options, workdir, mesh=device_mesh,
                          events=events, say=say)

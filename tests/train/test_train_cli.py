@@ -48,6 +48,7 @@ def test_other_settings_in_the_same_workdir_are_refused(tmp_path, env):
   assert first.returncode == 0, first.stderr[-3000:]
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["optimizer"]["learning_rate"] == 3e-4 and saved["keyframe"]["high_noise_fraction"] == 0.5
+  assert not list(tmp_path.glob("events.out.tfevents.*"))  # no step, no event file
   second = _train([*run, "--seed", "5", "--set", "optimizer.learning_rate=1e-3", "--set",
                    "keyframe.high_noise_fraction=0.5"], env)
   assert second.returncode == 2 and "other settings (optimizer.learning_rate, seed)" in second.stderr
