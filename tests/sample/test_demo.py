@@ -27,6 +27,17 @@ def _cases(shift):
   return [grid[(4 * (i // 2) + (i + shift) % 4) % len(grid)] for i in range(BATCH)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def optimised_xla():
+  """XLA's optimisations back on (tests/conftest.py turns them off): these tests run the shipped model for its
+  full steps, which then take longer than compiling it."""
+  import jax
+  before = jax.config.jax_disable_most_optimizations
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.fixture(scope="module")
 def pipeline():
   from kvjax.pipeline.text_to_video import TextToVideo
@@ -95,7 +106,7 @@ def test_medium_fps_makes_45_frames_that_move_evenly(high):
 
 def test_the_first_command_uses_the_embedded_demo(tmp_path):
   out = tmp_path / "demo.gif"
-  env = {**os.environ, "KVJAX_COMPILE_CACHE": str(tmp_path / "cache")}
+  env = {**os.environ, "KVJAX_COMPILE_CACHE": str(tmp_path / "cache"), "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
   done = subprocess.run([sys.executable, "-m", "sample", "a blue square moving left", "--out", str(out)], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
