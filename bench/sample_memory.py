@@ -30,7 +30,6 @@ FLOPs table, for one generation of --prompts prompts (whole devices together):
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
@@ -58,8 +57,8 @@ if ARGS is not None:  # before jax is imported: the CPU backend reads the device
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.extend import core as jax_core  # noqa: E402
 
+from kvjax.flops import dense_flops  # noqa: E402
 from kvjax.models.movq import reference_chunk_sizes  # noqa: E402
 from kvjax.models.t5_encoder import scan_layout  # noqa: E402
 from kvjax.params import abstract_params  # noqa: E402
@@ -132,33 +131,6 @@ def stage_calls(programs: StagePrograms, weights: PipelineWeights, options: Gene
 def _placed(args, mesh):
   """Abstract inputs replicated on `mesh` (the pipeline's inputs arrive replicated; the programs re-shard)."""
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)), args)
-
-
-# --- FLOPs from the jaxpr ------------------------------------------------------------------------------------
-
-def dense_flops(closed) -> float:
-  """2 x multiply-adds of every dot_general and convolution of a jaxpr; a scan's body times its length, a
-  cond's costliest branch. (Denoising loops are fori_loops of static length, which trace to scans.)"""
-  total = 0.0
-  for eqn in getattr(closed, "jaxpr", closed).eqns:
-    name, out = eqn.primitive.name, eqn.outvars[0].aval.shape if eqn.outvars else ()
-    if name == "dot_general":
-      (contracting, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      total += 2.0 * math.prod(out) * math.prod(lhs[i] for i in contracting)
-    elif name == "conv_general_dilated":
-      rhs, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec  # (out, in, spatial...)
-      total += 2.0 * math.prod(out) * rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
-    elif name == "while":
-      raise ValueError("a while loop of unknown trip count: its FLOPs cannot be counted from the jaxpr")
-    elif "branches" in eqn.params:
-      total += max(dense_flops(branch) for branch in eqn.params["branches"])
-    else:
-      trips = eqn.params["length"] if name == "scan" else 1
-      for value in eqn.params.values():
-        if isinstance(value, (jax_core.ClosedJaxpr, jax_core.Jaxpr)):
-          total += trips * dense_flops(value)
-  return total
 
 
 # --- the tables ----------------------------------------------------------------------------------------------

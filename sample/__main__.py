@@ -85,6 +85,14 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
   p.add_argument("--sampler", choices=SAMPLERS,
                  help=f"{d.sampler} (default) is the reference; ddim and dpm_solver_pp are faster (not the "
                  "reference; the demo: its own)")
+  p.add_argument("--cache-interval", type=int, nargs="+", metavar="N",
+                 help="feature caching (not the reference): the UNets run whole every N-th denoising step and only "
+                 "their shallowest levels in between; one N for every stage or three (KEY BASE INTERP); default 1 "
+                 "(every step whole)")
+  p.add_argument("--cache-schedule", help=f"where the full steps fall: uniform (every N-th) or ends (as many, "
+                 f"denser at both ends of each stage) (default {d.cache_schedule})")
+  p.add_argument("--cache-full-ends", type=int, metavar="K", help="with caching, the first and last K steps of "
+                 f"each stage always run whole (default {d.cache_full_ends}; the first step always does)")
   p.add_argument("--seed", type=int, help=f"in [0, 2**32) (default {d.seed})")
 
 
@@ -189,7 +197,22 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
     value = getattr(args, dest)
     if value is not None:
       given.update(zip(field, value) if isinstance(field, tuple) else {field: value})
+  given.update(_cache_fields(args))
   return GenerationOptions(**{**defaults, **given})
+
+
+def _cache_fields(args) -> dict:
+  """The feature-cache options' GenerationOptions fields (not in OPTION_FIELDS: --cache-interval takes one
+  value for every stage or three)."""
+  given = {"cache_schedule": args.cache_schedule, "cache_full_ends": args.cache_full_ends}
+  intervals = args.cache_interval
+  if intervals is not None and len(intervals) not in (1, 3):
+    raise ValueError(f"--cache-interval takes one interval for every stage or three (KEY BASE INTERP), got "
+                     f"{len(intervals)}")
+  if intervals is not None:
+    given.update(zip(("key_frame_cache_interval", "base_frame_cache_interval", "interpolation_cache_interval"),
+                     intervals * 3 if len(intervals) == 1 else intervals))
+  return {field: value for field, value in given.items() if value is not None}
 
 
 def weights_and_defaults(weights: str | None) -> tuple[str, dict]:

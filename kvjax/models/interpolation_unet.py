@@ -69,6 +69,7 @@ class InterpolationUNet(nn.Module):
     skip_frames: (N,) int indices into the 20-entry skip embedding — the reference's default is 1.
     temporal_mask: (N,) in [0, 1]; 0 turns every temporal layer off for that sample. Default: all ones.
     context_length: the reference's context length L (traced) when `context` is zero-padded beyond it.
+    deep_features, keep_deep_features: feature caching, as the keyframe UNet's.
   """
 
   config: InterpolationUNetConfig
@@ -79,7 +80,8 @@ class InterpolationUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, time, context, context_mask=None, num_groups: int = 1, perturbation_time=None,
-               skip_frames=None, temporal_mask=None, context_length=None):
+               skip_frames=None, temporal_mask=None, context_length=None, deep_features=None,
+               keep_deep_features: bool = False):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     batch = x.shape[0]
@@ -109,4 +111,5 @@ class InterpolationUNet(nn.Module):
 
     x = conv(cfg.init_channels, (3, 3), padding=((1, 1), (1, 1)), name="in_layer", **kw)(x.astype(self.dtype))
     return down_up_and_out(x, cfg, DownLevel, UpLevel, (cond, context, context_mask, temporal_mask, num_groups),
-                           remat=self.remat, **kw)
+                           remat=self.remat, deep_features=deep_features, keep_deep_features=keep_deep_features,
+                           **kw)

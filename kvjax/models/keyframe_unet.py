@@ -119,6 +119,8 @@ class KeyframeUNet(nn.Module):
       `reference_input_layer(N)`.
     context_length: the reference's context length L (traced) when `context` is zero-padded beyond it;
       None: L is the context's own length.
+    deep_features, keep_deep_features: feature caching (unet_layers.down_up_and_out): keep returns (output,
+      deep features); given deep features, only the shallowest levels run and the output is (output, them).
   """
 
   config: KeyframeUNetConfig
@@ -129,7 +131,8 @@ class KeyframeUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, time, context, context_mask=None, frame_index=None, num_frames: int | None = None,
-               noise_aug_time=None, motion_score=None, input_layer: InputLayer | None = None, context_length=None):
+               noise_aug_time=None, motion_score=None, input_layer: InputLayer | None = None, context_length=None,
+               deep_features=None, keep_deep_features: bool = False):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     batch = x.shape[0]
@@ -172,4 +175,5 @@ class KeyframeUNet(nn.Module):
     x = in_layers[input_layer](x.astype(self.dtype))
 
     level_inputs = (cond, context, context_mask, temporal_cond, num_frames)
-    return down_up_and_out(x, cfg, DownLevel, UpLevel, level_inputs, remat=self.remat, **kw)
+    return down_up_and_out(x, cfg, DownLevel, UpLevel, level_inputs, remat=self.remat, deep_features=deep_features,
+                           keep_deep_features=keep_deep_features, **kw)

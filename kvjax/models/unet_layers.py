@@ -305,7 +305,7 @@ def rematerialised(level, remat: str, static_argnums: tuple[int, ...]):
 
 
 def down_up_and_out(x, config, down_level, up_level, level_inputs: tuple, *, dtype: Dtype, param_dtype: Dtype,
-                    remat: str = "none"):
+                    remat: str = "none", deep_features=None, keep_deep_features: bool = False):
   """The UNet trunk after the input layer (spec §3.10 steps 4-6), shared by both video UNets.
 
   Down levels save their outputs as skips (all but the last); up levels concatenate them back, current
@@ -313,25 +313,40 @@ def down_up_and_out(x, config, down_level, up_level, level_inputs: tuple, *, dty
   module classes, called with `level_inputs`. Call inside a parent's compact method: the levels become its
   children `down_samples_{L}` / `up_samples_{U}`. The last of `level_inputs` is static (frames or
   groups per clip); `remat` names a policy of `REMAT_POLICIES`.
+
+  Feature caching (kvjax.diffusion.feature_cache): `keep_deep_features` returns (output, deep features), the
+  features entering the shallowest up level before its skip is concatenated; given `deep_features` (kept by
+  an earlier call), only the shallowest down and up levels run, on them, and the output is (output, the same
+  deep features).
   """
   kw = dict(dtype=dtype, param_dtype=param_dtype)
   static = (1 + 1 + len(level_inputs) - 1,)  # self, x, then the level inputs
   down_level, up_level = (rematerialised(level, remat, static) for level in (down_level, up_level))
   dims = config.hidden_dims
   levels = config.num_levels
+  if (deep_features is not None or keep_deep_features) and levels < 2:
+    raise ValueError(f"feature caching needs a UNet of at least 2 levels, this one has {levels}")
+  down = lambda level, x: down_level(
+      config, dims[level + 1], config.num_blocks[level], config.add_cross_attention[level],
+      config.add_self_attention[level], level != levels - 1, name=f"down_samples_{level}", **kw)(x, *level_inputs)
+  up = lambda u, x: up_level(
+      config, dims[levels - 1 - u], config.num_blocks[levels - 1 - u], config.add_cross_attention[levels - 1 - u],
+      config.add_self_attention[levels - 1 - u], u != 0, in_features=dims[levels - u],
+      name=f"up_samples_{u}", **kw)(x, *level_inputs)
   skips = []
-  for level in range(levels):
-    x = down_level(config, dims[level + 1], config.num_blocks[level], config.add_cross_attention[level],
-                   config.add_self_attention[level], level != levels - 1, name=f"down_samples_{level}",
-                   **kw)(x, *level_inputs)
+  for level in range(1 if deep_features is not None else levels):
+    x = down(level, x)
     if level != levels - 1:
       skips.append(x)
-  for up in range(levels):
-    level = levels - 1 - up
-    if up != 0:
-      x = jnp.concatenate([x, skips.pop()], axis=-1)
-    x = up_level(config, dims[level], config.num_blocks[level], config.add_cross_attention[level],
-                 config.add_self_attention[level], up != 0, in_features=dims[level + 1],
-                 name=f"up_samples_{up}", **kw)(x, *level_inputs)
+  if deep_features is not None:
+    x = deep_features
+  else:
+    for u in range(levels - 1):
+      if u != 0:
+        x = jnp.concatenate([x, skips.pop()], axis=-1)
+      x = up(u, x)
+  deep = x
+  x = up(levels - 1, jnp.concatenate([x, skips.pop()], axis=-1) if levels > 1 else x)
   x = nn.silu(GroupNorm(config.groups, 1e-5, name="out_layer_0", **kw)(x))
-  return conv(config.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="out_layer_2", **kw)(x)
+  out = conv(config.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="out_layer_2", **kw)(x)
+  return (out, deep) if deep_features is not None or keep_deep_features else out

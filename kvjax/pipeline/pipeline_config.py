@@ -7,6 +7,7 @@ import math
 import numbers
 
 from kvjax import model_configs
+from kvjax.diffusion import feature_cache
 from kvjax.diffusion.loop import SAMPLERS
 
 MOTION_SCORES = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
@@ -96,11 +97,20 @@ class GenerationOptions:
   # Image-to-video: the video starts with the given picture itself (its latent held as base frame 0, the
   # other frames denoised around it). The reference (False) generates frame 0 anew, conditioned on it.
   keep_image: bool = False
+  # Feature caching (kvjax.diffusion.feature_cache; not the reference): the UNet runs whole every N-th step
+  # of each stage and only its shallowest levels in between; 1 (the default) runs it whole at every step.
+  key_frame_cache_interval: int = 1
+  base_frame_cache_interval: int = 1
+  interpolation_cache_interval: int = 1
+  cache_schedule: str = "uniform"  # where the full steps fall: feature_cache.SCHEDULES
+  cache_full_ends: int = 0  # the first and last this many steps of each stage always run whole
 
   def __post_init__(self):
     for name, kind in (("width", numbers.Integral), ("height", numbers.Integral),
                        ("key_frame_steps", numbers.Integral), ("base_frame_steps", numbers.Integral),
                        ("interpolation_steps", numbers.Integral), ("noise_augmentation", numbers.Integral),
+                       ("key_frame_cache_interval", numbers.Integral), ("base_frame_cache_interval", numbers.Integral),
+                       ("interpolation_cache_interval", numbers.Integral), ("cache_full_ends", numbers.Integral),
                        ("seed", numbers.Integral), ("key_frame_guidance_scale", numbers.Real),
                        ("guidance_weight_prompt", numbers.Real), ("guidance_weight_image", numbers.Real),
                        ("interpolation_guidance_scale", numbers.Real)):
@@ -123,6 +133,18 @@ class GenerationOptions:
     if bad:
       raise ValueError(f"denoising steps (--steps KEY BASE INTERP) must be in [1, {MAX_STEPS}], got "
                        + ", ".join(f"{name} {value}" for name, value in bad.items()))
+    intervals = {"key_frame_cache_interval": self.key_frame_steps, "base_frame_cache_interval": self.base_frame_steps,
+                 "interpolation_cache_interval": self.interpolation_steps}
+    bad = [f"{name} {getattr(self, name)} (of {steps} steps)" for name, steps in intervals.items()
+           if not 1 <= getattr(self, name) <= steps]
+    if bad:
+      raise ValueError(f"cache intervals (--cache-interval) must be in [1, the stage's step count], got "
+                       + ", ".join(bad))
+    if self.cache_schedule not in feature_cache.SCHEDULES:
+      raise ValueError(f"cache_schedule (--cache-schedule) must be one of {', '.join(feature_cache.SCHEDULES)}, "
+                       f"got {self.cache_schedule!r}")
+    if self.cache_full_ends < 0:
+      raise ValueError(f"cache_full_ends (--cache-full-ends) must be at least 0, got {self.cache_full_ends}")
     if not 0 <= self.seed < 2 ** 32:  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
       raise ValueError(f"seed (--seed) must be in [0, 2**32), got {self.seed}")
     guidance = {"key_frame_guidance_scale": "--key-frame-guidance", "guidance_weight_prompt": "--text-guidance",
@@ -135,6 +157,12 @@ class GenerationOptions:
   @property
   def motion_score(self) -> int:
     return MOTION_SCORES[self.motion]
+
+  def full_steps(self, interval_field: str | None, steps: int) -> tuple[bool, ...] | None:
+    """The feature-cache schedule of a stage of `steps` steps whose interval is the field `interval_field`
+    (kvjax.pipeline.stages): per step, True where the UNet runs whole; None without caching."""
+    interval = 1 if interval_field is None else getattr(self, interval_field)
+    return feature_cache.full_steps(steps, min(interval, steps), self.cache_schedule, self.cache_full_ends)
 
   def check_size(self, config: PipelineConfig | None = None) -> None:
     """Refuses a video size the pipeline cannot make, before any work: sides must be positive, at most

@@ -42,12 +42,14 @@ class StagePrograms:
               normalization: LatentNormalization | None = None) -> samplers.SamplerOptions:
     """The static sampling choices of a denoising stage (KEY_FRAME, BASE_FRAMES or INTERPOLATION of
     kvjax.pipeline.stages). Under a latent normalization the predicted x0 is clamped to its sample range, the
-    box its latents occupy, instead of the reference's [-1, 1]."""
+    box its latents occupy, instead of the reference's [-1, 1]. The stage's feature-cache schedule comes from
+    the options (`options.full_steps(stage)`)."""
     scheduler = dataclasses.replace(stage.scheduler, num_inference_steps=steps)
     if normalization is not None:
       scheduler = dataclasses.replace(scheduler, thresholding=False, clip_sample=True,
                                       clip_sample_range=normalization.sample_range)
-    return samplers.SamplerOptions(scheduler, options.sampler, on_step, self.batch)
+    return samplers.SamplerOptions(scheduler, options.sampler, on_step, self.batch,
+                                   options.full_steps(stage.cache_interval, steps))
 
   def text(self) -> Callable:
     """(t5 params, projections, token ids (P, N), mask (P, N)) -> projected context (P, N, D)."""

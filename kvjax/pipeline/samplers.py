@@ -44,6 +44,9 @@ class SamplerOptions:
   # Where the UNet's batch (guidance branches x prompts x frames) lives on a mesh: split over its
   # data-parallel axes (kvjax.sharding.batch_sharding); None leaves placement to XLA (one device).
   batch_sharding: jax.sharding.NamedSharding | None = None
+  # Feature caching (kvjax.diffusion.feature_cache.full_steps): per step, True where the UNet runs whole;
+  # None runs it whole at every step (the reference).
+  full_steps: tuple[bool, ...] | None = None
 
 
 def _noise(noise, name: str, draw):
@@ -63,6 +66,25 @@ def _on_batch(options: SamplerOptions, *arrays):
   return tuple(constrain_batch(a, options.batch_sharding) for a in arrays)
 
 
+def _unet(options: SamplerOptions, apply, deep, keep: bool):
+  """`apply(**cache arguments)`, the UNet on the whole guidance batch, and its deep features: (output, deep)
+  when feature caching (`keep`), (output, None) otherwise."""
+  if not keep:
+    return apply(), None
+  out, deep = apply(deep_features=None if deep is None else _on_batch(options, deep)[0], keep_deep_features=True)
+  return out, _on_batch(options, deep)[0]
+
+
+def _cached(output, deep, keep: bool):
+  """What `predict` returns to the loop: the guided output, with the deep features when caching."""
+  return (output, deep) if keep else output
+
+
+def _denoise(options: SamplerOptions, schedule, predict, x, step_rng, noise):
+  return denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
+                 None if noise is None else noise.get("step_noise"), options.on_step, options.full_steps)
+
+
 def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tuple[int, int],
                 options: SamplerOptions = SamplerOptions(), noise=None, context_length=None) -> jax.Array:
   """The key frame, keyframe UNet in image mode: batch [text; unconditional], two-way guidance on eps.
@@ -77,16 +99,16 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
              lambda: jax.random.normal(start_rng, (p, *latent_size, LATENT_CHANNELS), jnp.float32))
   no_condition = jnp.zeros((2 * p, *latent_size, LATENT_CHANNELS + 1), jnp.float32)  # condition and mask
 
-  def predict(x, t):
+  def predict(x, t, deep=None, keep=False):
     unet_in = jnp.concatenate([jnp.concatenate([x, x]), no_condition], axis=-1)
     time = jnp.full((2 * p,), t, jnp.float32)
-    eps = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), input_layer="image",
-                     context_length=context_length)
+    eps, deep = _unet(options, lambda **cache: unet.apply(
+        {"params": params}, *_on_batch(options, unet_in, time, context, mask), input_layer="image",
+        context_length=context_length, **cache), deep, keep)
     eps, = _on_batch(options, eps)
-    return guidance.two_way(eps[:p], eps[p:], guidance_scale)
+    return _cached(guidance.two_way(eps[:p], eps[p:], guidance_scale), deep, keep)
 
-  return denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
-                 None if noise is None else noise.get("step_noise"), options.on_step)
+  return _denoise(options, schedule, predict, x, step_rng, noise)
 
 
 def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_scale, motion_score,
@@ -126,12 +148,13 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
   key_frames, = _on_batch(options, jnp.repeat(key_frame_latent.astype(jnp.float32), n, axis=0))  # (P 12, ...)
   kept = jnp.logical_and(keep_key_frame, jnp.arange(p * n) % n == 0)[:, None, None, None]
 
-  def predict(x, t):
+  def predict(x, t, deep=None, keep=False):
     unet_in = jnp.concatenate([jnp.concatenate([x, x, x]), conditions], axis=-1)
     time = jnp.full((batch,), t, jnp.float32)
-    eps = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), frame_index=frame_index,
-                     num_frames=n, noise_aug_time=noise_aug_time, motion_score=motion, input_layer="video",
-                     context_length=context_length)
+    eps, deep = _unet(options, lambda **cache: unet.apply(
+        {"params": params}, *_on_batch(options, unet_in, time, context, mask), frame_index=frame_index,
+        num_frames=n, noise_aug_time=noise_aug_time, motion_score=motion, input_layer="video",
+        context_length=context_length, **cache), deep, keep)
     eps, = _on_batch(options, eps)
     full, image_only, unconditional = jnp.split(eps, 3)
     guided = guidance.three_way(full, image_only, unconditional, text_scale, image_scale)
@@ -139,10 +162,9 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
     # Both on the batch sharding: left to propagation on a mesh, this select gave other values than one
     # device even when nothing is kept (tests/kvjax/test_text_to_video_mesh.py), as the guidance slices did
     # (see _on_batch).
-    return jnp.where(kept, *_on_batch(options, to_key_frame, guided))
+    return _cached(jnp.where(kept, *_on_batch(options, to_key_frame, guided)), deep, keep)
 
-  x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
-              None if noise is None else noise.get("step_noise"), options.on_step)
+  x = _denoise(options, schedule, predict, x, step_rng, noise)
   return x.reshape(p, n, h, w, LATENT_CHANNELS)
 
 
@@ -172,17 +194,17 @@ def interpolate(unet, params, frames, text, null, guidance_scale, skip_frames: i
   x = _noise(noise, "initial_noise",
              lambda: jax.random.normal(start_rng, (p * g, h, w, FRAMES_PER_GROUP * c), jnp.float32))
 
-  def predict(x, t):
+  def predict(x, t, deep=None, keep=False):
     unet_in = jnp.concatenate([lefts, jnp.concatenate([x, x]), rights], axis=-1)
     time = jnp.full((batch,), t, jnp.int32)
-    v = unet.apply({"params": params}, *_on_batch(options, unet_in, time, context, mask), num_groups=g,
-                   perturbation_time=perturbation, skip_frames=skip, temporal_mask=temporal_mask,
-                   context_length=context_length)
+    v, deep = _unet(options, lambda **cache: unet.apply(
+        {"params": params}, *_on_batch(options, unet_in, time, context, mask), num_groups=g,
+        perturbation_time=perturbation, skip_frames=skip, temporal_mask=temporal_mask,
+        context_length=context_length, **cache), deep, keep)
     v, = _on_batch(options, v)
-    return guidance.two_way(v[:p * g], v[p * g:], guidance_scale)
+    return _cached(guidance.two_way(v[:p * g], v[p * g:], guidance_scale), deep, keep)
 
-  x = denoise(options.scheduler, schedule, predict, x, step_rng, options.sampler,
-              None if noise is None else noise.get("step_noise"), options.on_step)
+  x = _denoise(options, schedule, predict, x, step_rng, noise)
   new = x.reshape(p, g, h, w, FRAMES_PER_GROUP, c).transpose(0, 1, 4, 2, 3, 5)  # channels (t c)
   interleaved = jnp.concatenate([frames[:, :-1, None], new], axis=2).reshape(p, 4 * g, h, w, c)
   return jnp.concatenate([interleaved, frames[:, -1:]], axis=1)

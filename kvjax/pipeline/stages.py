@@ -23,14 +23,17 @@ class Stage:
   scheduler: SchedulerConfig | None = None
   steps: str | None = None
   sampler: Callable | None = None
+  cache_interval: str | None = None  # the GenerationOptions field of its feature-cache interval
 
 
 TEXT = Stage("text", ("text_encoder", "projections"))
-KEY_FRAME = Stage("key frame", ("keyframe", "image_movq"), KEYFRAME_SCHEDULER, "key_frame_steps", samplers.first_frame)
+KEY_FRAME = Stage("key frame", ("keyframe", "image_movq"), KEYFRAME_SCHEDULER, "key_frame_steps", samplers.first_frame,
+                  "key_frame_cache_interval")
 ENCODE = Stage("encode key frame", ("image_movq",))
-BASE_FRAMES = Stage("base frames", ("keyframe",), KEYFRAME_SCHEDULER, "base_frame_steps", samplers.base_frames)
+BASE_FRAMES = Stage("base frames", ("keyframe",), KEYFRAME_SCHEDULER, "base_frame_steps", samplers.base_frames,
+                    "base_frame_cache_interval")
 INTERPOLATION = Stage("interpolation", ("interpolation",), INTERPOLATION_SCHEDULER, "interpolation_steps",
-                      samplers.interpolate)
+                      samplers.interpolate, "interpolation_cache_interval")
 DECODE = Stage("decode", ("video_movq",))
 
 # In the order they run (the key frame only when no image is given; interpolation once per pass).
