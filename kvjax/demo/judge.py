@@ -71,3 +71,31 @@ def first_frame_match(frame: np.ndarray, image: np.ndarray, colour: str) -> floa
   a, b = shapes.colour_mask(frame, colour), shapes.colour_mask(image, colour)
   union = np.logical_or(a, b).sum()
   return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+# Against an exact result: how far a faster setting's video (feature caching, a faster sampler) is from the
+# reference setting's at the same seed and prompt. Written here (a few lines of numpy and scipy) rather than
+# taking scikit-image for two functions.
+
+def psnr(video: np.ndarray, reference: np.ndarray) -> float:
+  """Peak signal-to-noise ratio in dB of uint8 `video` against `reference` (same shape), over every pixel;
+  inf when they are equal."""
+  mse = np.mean(np.square(video.astype(np.float64) - reference.astype(np.float64)))
+  return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def ssim(video: np.ndarray, reference: np.ndarray, window: int = 7) -> float:
+  """Mean structural similarity of uint8 frames (..., H, W, 3) against `reference`: Wang et al. 2004 with a
+  uniform `window` x `window` window per frame and channel (scikit-image's default form), constants for
+  255-level data."""
+  from scipy.ndimage import uniform_filter
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  x, y = (a.astype(np.float64).reshape(-1, *a.shape[-3:]) for a in (video, reference))
+  size = (1, window, window, 1)  # per frame and channel
+  mean = lambda a: uniform_filter(a, size, mode="reflect")
+  mx, my = mean(x), mean(y)
+  unbiased = window ** 2 / (window ** 2 - 1)  # sample (co)variances over the window, as scikit-image
+  vx, vy, cov = (unbiased * (mean(a * b) - ma * mb) for a, b, ma, mb in ((x, x, mx, mx), (y, y, my, my), (x, y, mx, my)))
+  ratio = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+  pad = window // 2  # the border, where the window leaves the frame, is left out as scikit-image does
+  return float(ratio[:, pad:-pad, pad:-pad].mean())

@@ -122,6 +122,43 @@ def test_image_to_video_skips_the_key_frame(pipeline):
   assert frames.shape == (1, 12, 32, 64, 3)
 
 
+def test_cache_interval_1_is_the_uncached_path_bit_for_bit(pipeline, two_prompts):
+  every_step = dataclasses.replace(OPTIONS, key_frame_cache_interval=1, base_frame_cache_interval=1,
+                                   interpolation_cache_interval=1, cache_schedule="ends")
+  with CompileCounter() as compiles:
+    frames = pipeline(["a red fox in the snow", "waves"], every_step, step_progress=record_step)
+  assert compiles.count == 0  # the very programs of the uncached run
+  np.testing.assert_array_equal(frames, two_prompts[0])
+
+
+def test_a_cached_schedule_compiles_once_and_its_cached_step_repeats_a_full_one(pipeline):
+  # Image-to-video as the test above, so that only the base frames compile again, with their cache.
+  image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8))
+  uncached = GenerationOptions(width=64, height=32, fps="low", key_frame_steps=2, base_frame_steps=2, seed=1)
+  cached = dataclasses.replace(uncached, base_frame_cache_interval=2)  # step 0 whole, step 1 cached
+  frames = pipeline("a boat", cached, images=[image])
+  assert frames.shape == (1, 12, 32, 64, 3) and not np.array_equal(frames, pipeline("a boat", uncached, images=[image]))
+  with CompileCounter() as compiles:
+    pipeline("another boat", dataclasses.replace(cached, seed=7, guidance_weight_prompt=3.0, motion="high"),
+             images=[image])
+  assert compiles.count == 0
+  # A full step that keeps the deep features is the uncached step, and a cached step on the same input as
+  # that full step repeats it, bit for bit (the shallow levels are wired as in the whole UNet).
+  unet, params = pipeline.programs.keyframe_unet, pipeline._weights(BASE_FRAMES).keyframe
+  (context, mask), *_ = pipeline.encode_text(["a red fox", "waves"])
+  inputs = (jax.random.normal(jax.random.key(0), (2, 8, 16, CONFIG.keyframe.num_channels)), jnp.array([10.0, 500.0]),
+            context, mask)
+
+  @jax.jit
+  def steps(params):
+    apply = lambda **kw: unet.apply({"params": params}, *inputs, input_layer="image", **kw)
+    kept, deep = apply(keep_deep_features=True)
+    return apply(), kept, apply(deep_features=deep)[0]
+  plain, kept, cached_out = steps(params)
+  np.testing.assert_array_equal(kept, plain)
+  np.testing.assert_array_equal(cached_out, plain)
+
+
 def test_bad_sizes_and_options_are_named(pipeline):
   m = CONFIG.size_multiple
   with pytest.raises(ValueError, match=f"multiples of {m}"):
