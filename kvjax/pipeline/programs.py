@@ -43,7 +43,7 @@ class StagePrograms:
     """The static sampling choices of a denoising stage (KEY_FRAME, BASE_FRAMES or INTERPOLATION of
     kvjax.pipeline.stages). Under a latent normalization the predicted x0 is clamped to its sample range, the
     box its latents occupy, instead of the reference's [-1, 1]. The stage's feature-cache schedule comes from
-    the options (`options.full_steps(stage)`)."""
+    the options (`GenerationOptions.full_steps`)."""
     scheduler = dataclasses.replace(stage.scheduler, num_inference_steps=steps)
     if normalization is not None:
       scheduler = dataclasses.replace(scheduler, thresholding=False, clip_sample=True,
