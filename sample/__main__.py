@@ -4,6 +4,7 @@
   python -m sample "waves at sunset" --image beach.jpg --fps medium --motion high --out waves.gif --weights converted/
 
   python -m sample "a blue square moving left" --out demo.gif         # the embedded demo weights
+  python -m sample "a red circle moving right slowly" --windows 3 --fps medium --out long.gif   # 3 windows
 
 --out takes .mp4, .gif, or a folder (no suffix) of PNG frames; with several prompts, files are numbered.
 Without --weights, the embedded demo runs: a small Kandinsky Video that kvjax trained on a synthetic world of
@@ -22,14 +23,16 @@ import time
 from kvjax.cli import program_name
 from kvjax.diffusion.loop import SAMPLERS
 from kvjax.layers.attention import ATTENTION_IMPLEMENTATIONS
-from kvjax.pipeline.pipeline_config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MOTION_SCORES, GenerationOptions
+from kvjax.pipeline.pipeline_config import (FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MAX_WINDOWS, MOTION_SCORES,
+                                            GenerationOptions)
 
 
 def _parser() -> argparse.ArgumentParser:
   d = GenerationOptions()
   p = argparse.ArgumentParser(prog=program_name("sample", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch)")
+  p.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch); with "
+                 "--prompt-per-window, one video's prompts, one per window")
   p.add_argument("--out", required=True, help="output .mp4, .gif, or folder for PNG frames")
   p.add_argument("--image", nargs="+", help="first-frame image(s) for image-to-video (one, or one per prompt)")
   p.add_argument("--weights", help="folder written by `python -m convert all`, or 'random' (the tiny preset, "
@@ -39,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--video-movq", help="converted video MoVQ decoder folder replacing the one of --weights")
   p.add_argument("--tokenizer", help="SentencePiece model of FLAN-UL2 (spiece.model); default: WEIGHTS/spiece.model")
   p.add_argument("--fps", choices=sorted(FPS_PASSES), help=f"low: 12 frames, medium: 45, high: 177 (default {d.fps})")
+  p.add_argument("--windows", type=int, help=f"a longer video: this many windows of 12 base frames chained in "
+                 f"latent space, each going on from the last frame of the one before (default 1; at most "
+                 f"{MAX_WINDOWS}); see docs/sampling.md")
+  p.add_argument("--prompt-per-window", action="store_true", help="the prompts are one video's, one per window "
+                 "in order (the last holds for the windows after it)")
   p.add_argument("--motion", choices=list(MOTION_SCORES), help=f"default {d.motion} (the demo: its own)")
   p.add_argument("--width", type=int, help="video width (default 512; 64 for the demo and random weights; at most "
                  f"{MAX_SIDE}, and {MAX_FRAME_PIXELS} pixels a frame)")
@@ -168,20 +176,23 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
                key_frame_guidance_scale=args.key_frame_guidance, guidance_weight_prompt=args.text_guidance,
                guidance_weight_image=args.image_guidance, interpolation_guidance_scale=args.interpolation_guidance,
                noise_augmentation=args.noise_augmentation, seed=args.seed, keep_image=args.keep_image,
+               windows=args.windows,
                **({} if args.steps is None else dict(key_frame_steps=args.steps[0], base_frame_steps=args.steps[1],
                                                      interpolation_steps=args.steps[2])))
   return GenerationOptions(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 
 
 def run(args) -> int:
-  from .writers import check_output_path, write_videos
+  import dataclasses
+  from .writers import CLIP_SECONDS, check_output_path, write_videos
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
 
-  outputs = _outputs(args.out, len(args.prompts))
+  videos = 1 if args.prompt_per_window else len(args.prompts)
+  outputs = _outputs(args.out, videos)
   for out in outputs:  # fail before any work on a bad, taken or unwritable output path
     check_output_path(out, args.overwrite)
   _check_prompts(args.prompts)
-  images = _images(args.image, len(args.prompts))
+  images = _images(args.image, videos)
   from kvjax import demo
   weights_dir = args.weights
   if weights_dir is None:
@@ -195,6 +206,10 @@ def run(args) -> int:
     defaults = dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
   options = generation_options(args, defaults)
   options.check_size(PIPELINE_PRESETS["tiny"] if random else None)
+  if args.prompt_per_window and len(args.prompts) > options.windows:
+    raise ValueError(f"--prompt-per-window: {len(args.prompts)} prompts for {options.windows} "
+                     f"window{'s' * (options.windows > 1)} (--windows): give one per window at most")
+  prompts = [args.prompts] if args.prompt_per_window else args.prompts
   mesh = _mesh(args.mesh)  # before any weights load
   if not random and not os.path.isdir(weights_dir):
     raise FileNotFoundError(f"--weights {weights_dir}: no such folder (make one with `python -m convert all`, or "
@@ -239,8 +254,10 @@ def run(args) -> int:
 
   report = lambda stage, seconds: print(f"\r  {stage:<18} {'done':<32} {seconds:7.1f} s", file=sys.stderr)
   steps = bar if args.progress or sys.stderr.isatty() else None
-  videos = pipeline(args.prompts, options, images, progress=report, step_progress=steps)
-  write_videos(videos, outputs, overwrite=args.overwrite)  # all of them or none
+  videos = pipeline(prompts, options, images, progress=report, step_progress=steps)
+  # One window lasts CLIP_SECONDS, as the reference shows it; a longer video keeps that frame rate.
+  seconds = CLIP_SECONDS * options.num_frames / dataclasses.replace(options, windows=1).num_frames
+  write_videos(videos, outputs, overwrite=args.overwrite, seconds=seconds)  # all of them or none
   for video, out in zip(videos, outputs):
     print(f"wrote {out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]}")
   print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

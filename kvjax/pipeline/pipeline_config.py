@@ -8,6 +8,7 @@ import numbers
 
 from kvjax import model_configs
 from kvjax.diffusion.loop import SAMPLERS
+from kvjax.pipeline.samplers import NUM_BASE_FRAMES
 
 MOTION_SCORES = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
 FPS_PASSES = {"low": (), "medium": (3,), "high": (3, 1)}  # skip-frame index of each interpolation pass
@@ -20,6 +21,9 @@ FPS_PASSES = {"low": (), "medium": (3,), "high": (3, 1)}  # skip-frame index of 
 MAX_FRAME_PIXELS = 2048 * 2048
 MAX_SIDE = 4096
 MAX_STEPS = 1000  # the schedulers' training timesteps
+# A long video (GenerationOptions.windows) is held whole in host memory as uint8 frames: at the reference's
+# 512x512 and fps high, 20 windows are 3521 frames, 2.6 GiB a video (16 times that at 2048x2048).
+MAX_WINDOWS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,12 +100,16 @@ class GenerationOptions:
   # Image-to-video: the video starts with the given picture itself (its latent held as base frame 0, the
   # other frames denoised around it). The reference (False) generates frame 0 anew, conditioned on it.
   keep_image: bool = False
+  # Long videos: windows chained in latent space (TextToVideo). Window 1 is the video above; each next
+  # window's first frame is the last base frame of the one before, and adds 11 base frames.
+  windows: int = 1
 
   def __post_init__(self):
     for name, kind in (("width", numbers.Integral), ("height", numbers.Integral),
                        ("key_frame_steps", numbers.Integral), ("base_frame_steps", numbers.Integral),
                        ("interpolation_steps", numbers.Integral), ("noise_augmentation", numbers.Integral),
-                       ("seed", numbers.Integral), ("key_frame_guidance_scale", numbers.Real),
+                       ("seed", numbers.Integral), ("windows", numbers.Integral),
+                       ("key_frame_guidance_scale", numbers.Real),
                        ("guidance_weight_prompt", numbers.Real), ("guidance_weight_image", numbers.Real),
                        ("interpolation_guidance_scale", numbers.Real)):
       value = getattr(self, name)
@@ -123,6 +131,9 @@ class GenerationOptions:
     if bad:
       raise ValueError(f"denoising steps (--steps KEY BASE INTERP) must be in [1, {MAX_STEPS}], got "
                        + ", ".join(f"{name} {value}" for name, value in bad.items()))
+    if not 1 <= self.windows <= MAX_WINDOWS:
+      raise ValueError(f"windows (--windows) must be in [1, {MAX_WINDOWS}] (the frames are held in host memory), "
+                       f"got {self.windows}")
     if not 0 <= self.seed < 2 ** 32:  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
       raise ValueError(f"seed (--seed) must be in [0, 2**32), got {self.seed}")
     guidance = {"key_frame_guidance_scale": "--key-frame-guidance", "guidance_weight_prompt": "--text-guidance",
@@ -135,6 +146,15 @@ class GenerationOptions:
   @property
   def motion_score(self) -> int:
     return MOTION_SCORES[self.motion]
+
+  @property
+  def num_frames(self) -> int:
+    """The video's frames: 12 base frames, 11 more a window after the first, and 3 more between each pair per
+    interpolation pass (fps low: 12 a window; medium: 45, then 44 a window; high: 177, then 176)."""
+    frames = NUM_BASE_FRAMES + (NUM_BASE_FRAMES - 1) * (self.windows - 1)
+    for _ in FPS_PASSES[self.fps]:
+      frames = 4 * (frames - 1) + 1
+    return frames
 
   def check_size(self, config: PipelineConfig | None = None) -> None:
     """Refuses a video size the pipeline cannot make, before any work: sides must be positive, at most
