@@ -110,7 +110,9 @@ def main(argv=None) -> int:
   p.add_argument("--windows", type=int, default=3)
   p.add_argument("--fps", choices=sorted(FPS_PASSES), default="medium")
   p.add_argument("--motion", choices=list(MOTION_SCORES), default="low")
+  p.add_argument("--routes", default="latent,naive", help="comma-separated, of latent, naive, anchored")
   p.add_argument("--save", help="also write every video's measures to this JSON file (after each seed)")
+  p.add_argument("--no-compile-cache", action="store_true", help="as python -m sample's")
   args = p.parse_args(argv)
 
   from PIL import Image
@@ -119,13 +121,18 @@ def main(argv=None) -> int:
   from kvjax.pipeline.pipeline_weights import load_pipeline_weights
   from kvjax.text.tokenizer import T5Tokenizer
 
+  routes = tuple(args.routes.split(","))
+  if set(routes) - {"latent", "naive", "anchored"}:
+    p.error(f"--routes: unknown {', '.join(sorted(set(routes) - {'latent', 'naive', 'anchored'}))}")
+  if not args.no_compile_cache:
+    from kvjax import compile_cache
+    compile_cache.enable()
   config, weights = load_pipeline_weights(args.weights, tokens_length=16)
   pipeline = TextToVideo(config, weights, T5Tokenizer(os.path.join(args.weights, "spiece.model"), 16))
   cases = judge.prompt_grid()
   prompts = [judge.prompt(*case) for case in cases]
   stride = 4 ** len(FPS_PASSES[args.fps])
   start = time.perf_counter()
-  routes = ("latent", "anchored", "naive")
   rows = {route: [] for route in routes}
   for seed in range(args.seeds):
     options = GenerationOptions(**{**demo.DEMO_OPTIONS, "seed": seed, "windows": args.windows, "fps": args.fps,
@@ -133,10 +140,12 @@ def main(argv=None) -> int:
     reencode = lambda last, pixels, options=options: pipeline.encode_images(
         [Image.fromarray(video[-1]) for video in pixels], options)
     bounds = window_bounds(options)
-    for route, carry in zip(routes, (None, Anchor(), reencode)):
+    carries = {"latent": None, "naive": reencode, "anchored": Anchor()}
+    for route in routes:
+      carry = carries[route]
       videos = pipeline(prompts, options, next_condition=carry)
       rows[route] += [measure(v, c, d, bounds, stride) for v, (c, _, d) in zip(videos, cases)]
-    print(f"seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+      print(f"seed {seed}, {route}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.save:
       with open(args.save, "w") as f:
         json.dump(rows, f)
