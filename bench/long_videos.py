@@ -106,13 +106,16 @@ class Anchor:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--weights", default=demo.DEMO_WEIGHTS)
-  p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1, every colour x direction each (20 videos)")
+  p.add_argument("--seeds", type=int, default=2, help="this many seeds, every colour x direction each (20 videos)")
+  p.add_argument("--first-seed", type=int, default=0)
   p.add_argument("--windows", type=int, default=3)
   p.add_argument("--fps", choices=sorted(FPS_PASSES), default="medium")
   p.add_argument("--motion", choices=list(MOTION_SCORES), default="low")
   p.add_argument("--routes", default="latent,naive", help="comma-separated, of latent, naive, anchored")
   p.add_argument("--save", help="also write every video's measures to this JSON file (after each seed)")
   p.add_argument("--no-compile-cache", action="store_true", help="as python -m sample's")
+  p.add_argument("--load", nargs="+", metavar="JSON", help="print the table of measures saved by --save (runs of "
+                 "other seeds, side by side), generating nothing")
   args = p.parse_args(argv)
 
   from PIL import Image
@@ -121,6 +124,13 @@ def main(argv=None) -> int:
   from kvjax.pipeline.pipeline_weights import load_pipeline_weights
   from kvjax.text.tokenizer import T5Tokenizer
 
+  if args.load:
+    rows = {}
+    for path in args.load:
+      with open(path) as f:
+        for route, measures in json.load(f).items():
+          rows.setdefault(route, []).extend(measures)
+    return print_table(rows, args)
   routes = tuple(args.routes.split(","))
   if set(routes) - {"latent", "naive", "anchored"}:
     p.error(f"--routes: unknown {', '.join(sorted(set(routes) - {'latent', 'naive', 'anchored'}))}")
@@ -134,7 +144,7 @@ def main(argv=None) -> int:
   stride = 4 ** len(FPS_PASSES[args.fps])
   start = time.perf_counter()
   rows = {route: [] for route in routes}
-  for seed in range(args.seeds):
+  for seed in range(args.first_seed, args.first_seed + args.seeds):
     options = GenerationOptions(**{**demo.DEMO_OPTIONS, "seed": seed, "windows": args.windows, "fps": args.fps,
                                    "motion": args.motion})
     reencode = lambda last, pixels, options=options: pipeline.encode_images(
@@ -149,11 +159,18 @@ def main(argv=None) -> int:
     if args.save:
       with open(args.save, "w") as f:
         json.dump(rows, f)
+  print_table(rows, args)
+  print(f"\n{time.perf_counter() - start:.0f} s")
+  return 0
+
+
+def print_table(rows: dict, args) -> int:
+  routes = list(rows)
 
   def stat(route, key, kind="median"):
     values = np.array([row.get(key, np.nan) for row in rows[route]], np.float64)
     if kind == "mean":
-      return f"{np.mean(values):.2f}"
+      return f"{np.nanmean(values):.2f}"
     finite = values[np.isfinite(values)]
     if not len(finite):
       return "n/a"
@@ -170,14 +187,12 @@ def main(argv=None) -> int:
     lines += [(f"window {k}: shape colour drift %", f"colour_drift_{k}", "tail"),
               (f"window {k}: shape size / window 1", f"size_{k}", "tail"),
               (f"window {k}: background drift %", f"background_drift_{k}", "tail")]
-  n = len(rows["latent"])
-  print(f"{n} videos ({args.seeds} seeds x {len(cases)} prompts), {args.windows} windows, fps {args.fps}, motion "
-        f"{args.motion}; median (90th percentile)")
+  print(f"{len(rows[routes[0]])} videos a route, {args.windows} windows, fps {args.fps}, motion {args.motion}; "
+        "shares, means, or medians (90th percentile)")
   print("| measure | " + " | ".join(routes) + " |")
   print("|---" * (len(routes) + 1) + "|")
   for label, key, kind in lines:
     print(f"| {label} | " + " | ".join(stat(route, key, kind) for route in routes) + " |")
-  print(f"\n{time.perf_counter() - start:.0f} s")
   return 0
 
 

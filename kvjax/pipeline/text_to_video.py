@@ -247,10 +247,14 @@ class TextToVideo:
       if k:  # from the second window on: its own draws, and its first frame held at the carried latent
         base_rng, *pass_rngs = jax.random.split(jax.random.fold_in(rng, k), 1 + len(passes))
         keep_key_frame = True
+        condition = jax.device_put(condition, placed[0])  # placed as window 1's inputs (on a mesh: no recompile)
       frames = stage(tag(BASE_FRAMES.name, k), self.base_frames, condition, text, keyframe_null, length, options,
                      base_rng, keep_key_frame=keep_key_frame, **steps)
       if k:  # the seam frame exactly the carried latent (the held frame comes back within rounding)
         frames = jnp.concatenate([condition[:, None].astype(frames.dtype), frames[:, 1:]], axis=1)
+        frames = jax.device_put(frames, placed[1])
+      else:
+        placed = (condition.sharding, frames.sharding)
       last = frames[:, -1]
       for i, skip in enumerate(passes):
         name = f"{INTERPOLATION.name} {i + 1}"  # the steps' name, the same in every window (no recompile)
