@@ -4,6 +4,7 @@
   python -m sample "waves at sunset" --image beach.jpg --fps medium --motion high --out waves.gif --weights converted/
 
   python -m sample "a blue square moving left" --out demo.gif         # the embedded demo weights
+  python -m sample "a red circle moving right slowly" --windows 3 --fps medium --out long.gif   # 3 windows
 
 --out takes .mp4, .gif, or a folder (no suffix) of PNG frames; with several prompts, files are numbered.
 Without --weights, the embedded demo runs: a small Kandinsky Video that kvjax trained on a synthetic world of
@@ -20,15 +21,18 @@ import sys
 import time
 
 from kvjax.cli import program_name
+from kvjax.diffusion import feature_cache
 from kvjax.diffusion.loop import SAMPLERS
 from kvjax.layers.attention import ATTENTION_IMPLEMENTATIONS
-from kvjax.pipeline.pipeline_config import FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MOTION_SCORES, GenerationOptions
+from kvjax.pipeline.pipeline_config import (FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MAX_WINDOWS, MOTION_SCORES,
+                                            GenerationOptions)
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog=program_name("sample", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch)")
+  p.add_argument("prompts", nargs="+", help="one or more prompts (generated as one batch); with "
+                 "--prompt-per-window, one video's prompts, one per window")
   p.add_argument("--out", required=True, help="output .mp4, .gif, or folder for PNG frames")
   p.add_argument("--image", nargs="+", help="first-frame image(s) for image-to-video (one, or one per prompt)")
   add_model_options(p)
@@ -66,6 +70,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
   the fields of the app's page (sample/app.py), where those it does not name go under the "advanced" fold."""
   d = GenerationOptions()
   p.add_argument("--fps", choices=sorted(FPS_PASSES), help=f"low: 12 frames, medium: 45, high: 177 (default {d.fps})")
+  p.add_argument("--windows", type=int, help=f"a longer video: this many windows of 12 base frames chained in "
+                 f"latent space, each going on from the last frame of the one before (default 1; at most "
+                 f"{MAX_WINDOWS}); see docs/sampling.md")
+  p.add_argument("--prompt-per-window", action="store_true", help="the prompts are one video's, one per window "
+                 "in order (the last holds for the windows after it)")
   p.add_argument("--motion", choices=list(MOTION_SCORES), help=f"default {d.motion} (the demo: its own)")
   p.add_argument("--width", type=int, help="video width (default 512; 64 for the demo and random weights; at most "
                  f"{MAX_SIDE}, and {MAX_FRAME_PIXELS} pixels a frame)")
@@ -89,7 +98,7 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                  help="feature caching (not the reference): the UNets run whole every N-th denoising step and only "
                  "their shallowest levels in between; one N for every stage or three (KEY BASE INTERP); default 1 "
                  "(every step whole)")
-  p.add_argument("--cache-schedule", help=f"where the full steps fall: uniform (every N-th) or ends (as many, "
+  p.add_argument("--cache-schedule", choices=feature_cache.SCHEDULES, help=f"where the full steps fall: uniform (every N-th) or ends (as many, "
                  f"denser at both ends of each stage) (default {d.cache_schedule})")
   p.add_argument("--cache-full-ends", type=int, metavar="K", help="with caching, the first and last K steps of "
                  f"each stage always run whole (default {d.cache_full_ends}; the first step always does)")
@@ -101,7 +110,10 @@ OPTION_FIELDS = {"width": "width", "height": "height", "sampler": "sampler", "mo
                  "key_frame_guidance": "key_frame_guidance_scale", "text_guidance": "guidance_weight_prompt",
                  "image_guidance": "guidance_weight_image", "interpolation_guidance": "interpolation_guidance_scale",
                  "noise_augmentation": "noise_augmentation", "seed": "seed", "keep_image": "keep_image",
-                 "steps": ("key_frame_steps", "base_frame_steps", "interpolation_steps")}
+                 "steps": ("key_frame_steps", "base_frame_steps", "interpolation_steps"), "windows": "windows",
+                 # one interval for every stage or three (_cache_intervals)
+                 "cache_interval": ("key_frame_cache_interval", "base_frame_cache_interval", "interpolation_cache_interval"),
+                 "cache_schedule": "cache_schedule", "cache_full_ends": "cache_full_ends"}
 
 
 def _mesh(spec: str | None):
@@ -197,22 +209,19 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
     value = getattr(args, dest)
     if value is not None:
       given.update(zip(field, value) if isinstance(field, tuple) else {field: value})
-  given.update(_cache_fields(args))
+  given.update(_cache_intervals(args))
   return GenerationOptions(**{**defaults, **given})
 
 
-def _cache_fields(args) -> dict:
-  """The feature-cache options' GenerationOptions fields (not in OPTION_FIELDS: --cache-interval takes one
-  value for every stage or three)."""
-  given = {"cache_schedule": args.cache_schedule, "cache_full_ends": args.cache_full_ends}
+def _cache_intervals(args) -> dict:
+  """--cache-interval's GenerationOptions fields: one interval for every stage, or three (KEY BASE INTERP)."""
   intervals = args.cache_interval
-  if intervals is not None and len(intervals) not in (1, 3):
+  if intervals is None:
+    return {}
+  if len(intervals) not in (1, 3):
     raise ValueError(f"--cache-interval takes one interval for every stage or three (KEY BASE INTERP), got "
                      f"{len(intervals)}")
-  if intervals is not None:
-    given.update(zip(("key_frame_cache_interval", "base_frame_cache_interval", "interpolation_cache_interval"),
-                     intervals * 3 if len(intervals) == 1 else intervals))
-  return {field: value for field, value in given.items() if value is not None}
+  return dict(zip(OPTION_FIELDS["cache_interval"], intervals * 3 if len(intervals) == 1 else intervals))
 
 
 def weights_and_defaults(weights: str | None) -> tuple[str, dict]:
@@ -277,17 +286,22 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
 
 
 def run(args) -> int:
-  from .writers import check_output_path, write_videos
+  from .writers import check_output_path, video_seconds, write_videos
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
 
-  outputs = _outputs(args.out, len(args.prompts))
+  videos = 1 if args.prompt_per_window else len(args.prompts)
+  outputs = _outputs(args.out, videos)
   for out in outputs:  # fail before any work on a bad, taken or unwritable output path
     check_output_path(out, args.overwrite)
   _check_prompts(args.prompts)
-  images = _images(args.image, len(args.prompts))
+  images = _images(args.image, videos)
   weights_dir, defaults = weights_and_defaults(args.weights)
   options = generation_options(args, defaults)
   options.check_size(PIPELINE_PRESETS["tiny"] if weights_dir == "random" else None)
+  if args.prompt_per_window and len(args.prompts) > options.windows:
+    raise ValueError(f"--prompt-per-window: {len(args.prompts)} prompts for {options.windows} "
+                     f"window{'s' * (options.windows > 1)} (--windows): give one per window at most")
+  prompts = [args.prompts] if args.prompt_per_window else args.prompts
   mesh, overrides = check_model_options(args, weights_dir)  # before any weights load
   pipeline = load_pipeline(args, weights_dir, defaults, mesh, overrides, seed=options.seed)
   options.check_size(pipeline.config)
@@ -300,8 +314,8 @@ def run(args) -> int:
 
   report = lambda stage, seconds: print(f"\r  {stage:<18} {'done':<32} {seconds:7.1f} s", file=sys.stderr)
   steps = bar if args.progress or sys.stderr.isatty() else None
-  videos = pipeline(args.prompts, options, images, progress=report, step_progress=steps)
-  write_videos(videos, outputs, overwrite=args.overwrite)  # all of them or none
+  videos = pipeline(prompts, options, images, progress=report, step_progress=steps)
+  write_videos(videos, outputs, overwrite=args.overwrite, seconds=video_seconds(options))  # all of them or none
   for video, out in zip(videos, outputs):
     print(f"wrote {out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]}")
   print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

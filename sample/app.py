@@ -77,10 +77,14 @@ class Request:
 
 
 def plan(options, picture: bool) -> tuple[str, ...]:
+  """The stages a request runs, as the pipeline names them in its progress reports (the page lists them)."""
   from kvjax.pipeline.pipeline_config import FPS_PASSES
   from kvjax.pipeline.stages import BASE_FRAMES, DECODE, ENCODE, INTERPOLATION, KEY_FRAME, TEXT
+  from kvjax.pipeline.text_to_video import window_stage
   passes = [f"{INTERPOLATION.name} {i + 1}" for i in range(len(FPS_PASSES[options.fps]))]
-  return (TEXT.name, *(() if picture else (KEY_FRAME.name,)), ENCODE.name, BASE_FRAMES.name, *passes, DECODE.name)
+  windows = [window_stage(name, k, options.windows) for k in range(options.windows)
+             for name in (BASE_FRAMES.name, *passes, DECODE.name)]
+  return (TEXT.name, *(() if picture else (KEY_FRAME.name,)), ENCODE.name, *windows)
 
 
 class Studio:
@@ -104,6 +108,12 @@ class Studio:
       self._reports[0](stage, seconds)
 
   @staticmethod
+  def _count(dest: str, action) -> int:
+    """How many values the page gives option `dest`: one per field it sets (--steps, --cache-interval: three)."""
+    field = OPTION_FIELDS[dest]
+    return len(field) if isinstance(field, tuple) else action.nargs if isinstance(action.nargs, int) else 1
+
+  @staticmethod
   def _value(options, dest: str):
     """The value of generation option `dest` in GenerationOptions `options` (a list for --steps)."""
     field = OPTION_FIELDS[dest]
@@ -120,8 +130,9 @@ class Studio:
       fields.append({"dest": dest, "flag": action.option_strings[0],
                      "label": LABELS.get(dest, dest.replace("_", " ").capitalize()), "kind": kind,
                      "choices": list(action.choices or []), "default": self._value(effective, dest),
-                     "count": action.nargs if isinstance(action.nargs, int) else 1,
-                     "names": list(action.metavar) if isinstance(action.metavar, tuple) else None,
+                     "count": self._count(dest, action),
+                     "names": list(action.metavar) if isinstance(action.metavar, tuple) else
+                              ["key", "base", "interp"] if self._count(dest, action) == 3 else None,
                      "help": action.help or "", "advanced": dest not in MAIN_FIELDS})
     fields.sort(key=lambda f: (f["advanced"], MAIN_FIELDS.index(f["dest"]) if f["dest"] in MAIN_FIELDS else 0))
     from kvjax import demo
@@ -143,7 +154,7 @@ class Studio:
           raise ValueError(f"{flag} is yes or no, got {value!r}")
         argv.append(flag if value else f"--no-{flag[2:]}")
         continue
-      count = action.nargs if isinstance(action.nargs, int) else 1
+      count = self._count(dest, action)
       values = value if isinstance(value, list) else [value]
       if len(values) != count or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
         raise ValueError(f"{flag} takes {count} value{'s' if count > 1 else ''}, got {value!r}")
@@ -193,7 +204,7 @@ class Studio:
 
   def run(self, request: Request, folder: str, progress, step_progress) -> list[str]:
     from kvjax.app.jobs import JobError
-    from .writers import write_videos
+    from .writers import video_seconds, write_videos
     n = len(request.prompts)
     images = None if request.picture is None else [request.picture] * n
     self._reports = (progress, step_progress)
@@ -205,7 +216,8 @@ class Studio:
     finally:
       self._reports = None
     mp4s, gifs = (_outputs(os.path.join(folder, f"video.{kind}"), n) for kind in ("mp4", "gif"))
-    write_videos([*videos, *videos], [*mp4s, *gifs])
+    seconds = video_seconds(request.options)
+    write_videos([*videos, *videos], [*mp4s, *gifs], seconds=seconds)
     return [os.path.basename(path) for pair in zip(mp4s, gifs) for path in pair]
 
 

@@ -64,20 +64,28 @@ def check_output_path(path: str, overwrite: bool) -> str:
   return kind
 
 
-def write_frames(frames: np.ndarray, path: str, overwrite: bool = False) -> str:
-  """frames: uint8 (T, H, W, 3)."""
+def write_frames(frames: np.ndarray, path: str, overwrite: bool = False, seconds: float = CLIP_SECONDS) -> str:
+  """frames: uint8 (T, H, W, 3), shown over `seconds` (.gif and .mp4)."""
   with contextlib.ExitStack() as stack:
-    return _write(stack, frames, path, overwrite)
+    return _write(stack, frames, path, overwrite, seconds)
 
 
-def write_videos(videos: Sequence[np.ndarray], paths: Sequence[str], overwrite: bool = False) -> list[str]:
+def video_seconds(options) -> float:
+  """A video's length in seconds: CLIP_SECONDS a window, as the reference shows one (a longer video of
+  several windows keeps that frame rate)."""
+  import dataclasses
+  return CLIP_SECONDS * options.num_frames / dataclasses.replace(options, windows=1).num_frames
+
+
+def write_videos(videos: Sequence[np.ndarray], paths: Sequence[str], overwrite: bool = False,
+                 seconds: float = CLIP_SECONDS) -> list[str]:
   """Writes every video (uint8 (T, H, W, 3)) to its path, all or none: each is staged, and they are moved
   into place only once all are written."""
   with contextlib.ExitStack() as stack:
-    return [_write(stack, frames, path, overwrite) for frames, path in zip(videos, paths)]
+    return [_write(stack, frames, path, overwrite, seconds) for frames, path in zip(videos, paths)]
 
 
-def _write(stack: contextlib.ExitStack, frames: np.ndarray, path: str, overwrite: bool) -> str:
+def _write(stack: contextlib.ExitStack, frames: np.ndarray, path: str, overwrite: bool, seconds: float) -> str:
   """Writes the staging of `path`; it is moved into place when `stack` closes without an error."""
   kind = check_output_path(path, overwrite)
   staging = stack.enter_context(staged(path.rstrip("/"), overwrite=overwrite, folder=kind == "png"))
@@ -87,13 +95,13 @@ def _write(stack: contextlib.ExitStack, frames: np.ndarray, path: str, overwrite
   elif kind == "gif":
     images = (Image.fromarray(frame) for frame in frames)  # made as PIL writes them
     next(images).save(staging, format="GIF", save_all=True, append_images=images, loop=0,
-                      duration=int(CLIP_SECONDS * 1000 / len(frames)))
+                      duration=int(seconds * 1000 / len(frames)))
   else:
     import imageio_ffmpeg
     import warnings
     warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)  # ffmpeg runs as a child
     height, width = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(staging, (width, height), fps=len(frames) / CLIP_SECONDS,
+    writer = imageio_ffmpeg.write_frames(staging, (width, height), fps=len(frames) / seconds,
                                          codec="libx264", pix_fmt_out="yuv420p", quality=8,
                                          macro_block_size=1, output_params=["-f", "mp4"])
     writer.send(None)

@@ -9,6 +9,7 @@ import numbers
 from kvjax import model_configs
 from kvjax.diffusion import feature_cache
 from kvjax.diffusion.loop import SAMPLERS
+from kvjax.pipeline.samplers import NUM_BASE_FRAMES
 
 MOTION_SCORES = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
 FPS_PASSES = {"low": (), "medium": (3,), "high": (3, 1)}  # skip-frame index of each interpolation pass
@@ -21,6 +22,9 @@ FPS_PASSES = {"low": (), "medium": (3,), "high": (3, 1)}  # skip-frame index of 
 MAX_FRAME_PIXELS = 2048 * 2048
 MAX_SIDE = 4096
 MAX_STEPS = 1000  # the schedulers' training timesteps
+# A long video (GenerationOptions.windows) is held whole in host memory as uint8 frames: at the reference's
+# 512x512 and fps high, 20 windows are 3521 frames, 2.6 GiB a video (16 times that at 2048x2048).
+MAX_WINDOWS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +108,9 @@ class GenerationOptions:
   interpolation_cache_interval: int = 1
   cache_schedule: str = "uniform"  # where the full steps fall: feature_cache.SCHEDULES
   cache_full_ends: int = 0  # the first and last this many steps of each stage always run whole
+  # Long videos: windows chained in latent space (TextToVideo). Window 1 is the video above; each next
+  # window's first frame is the last base frame of the one before, and adds 11 base frames.
+  windows: int = 1
 
   def __post_init__(self):
     for name, kind in (("width", numbers.Integral), ("height", numbers.Integral),
@@ -111,7 +118,8 @@ class GenerationOptions:
                        ("interpolation_steps", numbers.Integral), ("noise_augmentation", numbers.Integral),
                        ("key_frame_cache_interval", numbers.Integral), ("base_frame_cache_interval", numbers.Integral),
                        ("interpolation_cache_interval", numbers.Integral), ("cache_full_ends", numbers.Integral),
-                       ("seed", numbers.Integral), ("key_frame_guidance_scale", numbers.Real),
+                       ("seed", numbers.Integral), ("windows", numbers.Integral),
+                       ("key_frame_guidance_scale", numbers.Real),
                        ("guidance_weight_prompt", numbers.Real), ("guidance_weight_image", numbers.Real),
                        ("interpolation_guidance_scale", numbers.Real)):
       value = getattr(self, name)
@@ -145,6 +153,9 @@ class GenerationOptions:
                        f"got {self.cache_schedule!r}")
     if self.cache_full_ends < 0:
       raise ValueError(f"cache_full_ends (--cache-full-ends) must be at least 0, got {self.cache_full_ends}")
+    if not 1 <= self.windows <= MAX_WINDOWS:
+      raise ValueError(f"windows (--windows) must be in [1, {MAX_WINDOWS}] (the frames are held in host memory), "
+                       f"got {self.windows}")
     if not 0 <= self.seed < 2 ** 32:  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
       raise ValueError(f"seed (--seed) must be in [0, 2**32), got {self.seed}")
     guidance = {"key_frame_guidance_scale": "--key-frame-guidance", "guidance_weight_prompt": "--text-guidance",
@@ -163,6 +174,15 @@ class GenerationOptions:
     (kvjax.pipeline.stages): per step, True where the UNet runs whole; None without caching."""
     interval = 1 if interval_field is None else getattr(self, interval_field)
     return feature_cache.full_steps(steps, min(interval, steps), self.cache_schedule, self.cache_full_ends)
+
+  @property
+  def num_frames(self) -> int:
+    """The video's frames: 12 base frames, 11 more a window after the first, and 3 more between each pair per
+    interpolation pass (fps low: 12 a window; medium: 45, then 44 a window; high: 177, then 176)."""
+    frames = NUM_BASE_FRAMES + (NUM_BASE_FRAMES - 1) * (self.windows - 1)
+    for _ in FPS_PASSES[self.fps]:
+      frames = 4 * (frames - 1) + 1
+    return frames
 
   def check_size(self, config: PipelineConfig | None = None) -> None:
     """Refuses a video size the pipeline cannot make, before any work: sides must be positive, at most

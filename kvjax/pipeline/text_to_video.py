@@ -66,6 +66,11 @@ def weight_shardings(config: PipelineConfig, mesh: Mesh) -> PipelineWeights:
       projections=model(config.projections), latent_normalization=replicated(mesh))
 
 
+def window_stage(name: str, window: int, windows: int) -> str:
+  """A stage's name in progress reports: "base frames", or "base frames [2/3]" in window 2 of a long video."""
+  return name if windows == 1 else f"{name} [{window + 1}/{windows}]"
+
+
 class TextToVideo:
   """`pipeline(prompts, options, images=None) -> uint8 frames (P, T, H, W, 3)`.
 
@@ -209,16 +214,33 @@ class TextToVideo:
 
   # --- the whole pipeline -----------------------------------------------------------------------------
 
-  def __call__(self, prompts: str | Sequence[str], options: GenerationOptions = GenerationOptions(),
+  def __call__(self, prompts: str | Sequence[str | Sequence[str]], options: GenerationOptions = GenerationOptions(),
                images: Sequence[Image.Image] | None = None, progress: Progress | None = None,
-               step_progress: StepProgress | None = None) -> np.ndarray:
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if images is not None and len(images) != len(prompts):
-      raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+               step_progress: StepProgress | None = None,
+               next_condition: Callable[[jax.Array, np.ndarray], jax.Array] | None = None) -> np.ndarray:
+    """uint8 (videos, options.num_frames, H, W, 3). `prompts`: one per video; with `options.windows` > 1 a
+    video's prompt may be a list, one per window (see window_prompts).
+
+    Long videos (`options.windows`): window 1 is the video of one window; window k+1 holds window k's last
+    base-frame latent as its first frame (its condition, noise-augmented as usual, and the frame itself, as
+    `keep_image` holds a picture) and denoises 11 new base frames around it. Each window's 12 base frames (the
+    seam frame and its 11 new ones) are interpolated as one clip, so the seam pair is interpolated like any
+    other, and decoded in the reference's chunks without the seam frame, which the window before already
+    has. Every window runs the programs of the first (the same shapes: nothing compiles again after window
+    2, whose decode chunks are new), one window's latents on the devices at a time, the frames gathered on
+    the host. `next_condition(last latents (P, h, w, 4), window frames (P, T, H, W, 3))` replaces the carried
+    latent (bench/long_videos.py measures decoding and re-encoding the last frame with it); window 1 equals
+    the one-window video of the same seed.
+    """
+    videos = window_prompts(prompts, options.windows)
+    if images is not None and len(images) != len(videos):
+      raise ValueError(f"{len(images)} images for {len(videos)} prompts")
     options.check_size(self.config)
     report = progress or (lambda stage, seconds: None)
+    windows, passes = options.windows, FPS_PASSES[options.fps]
     rng = jax.random.key(options.seed)
-    key_rng, base_rng, *pass_rngs = jax.random.split(rng, 2 + len(FPS_PASSES[options.fps]))
+    key_rng, base_rng, *pass_rngs = jax.random.split(rng, 2 + len(passes))
+    tag = lambda name, k: window_stage(name, k, windows)
 
     def stage(label, fn, *args, **kwargs):
       start = time.perf_counter()
@@ -227,16 +249,53 @@ class TextToVideo:
       return out
 
     steps = dict(step_progress=step_progress)
-    text, keyframe_null, interpolation_null, length = stage(TEXT.name, self.encode_text, prompts)
+    # Every window's text first: with offload, T5 is placed once.
+    texts, batches = {}, [tuple(video[k] for video in videos) for k in range(windows)]
+    for k, batch in enumerate(batches):
+      if batch not in texts:
+        texts[batch] = stage(TEXT.name if k == 0 else tag(TEXT.name, k), self.encode_text, list(batch))
+    text, keyframe_null, interpolation_null, length = texts[batches[0]]
     keep_key_frame = images is not None and options.keep_image  # a given picture, not a generated key frame
     if images is None:
       key_images = stage(KEY_FRAME.name, self.key_frames, text, keyframe_null, length, options, key_rng, **steps)
       images = [Image.fromarray(image) for image in key_images]
-    key_latents = stage(ENCODE.name, self.encode_images, images, options)
-    frames = stage(BASE_FRAMES.name, self.base_frames, key_latents, text, keyframe_null, length, options, base_rng,
-                   keep_key_frame=keep_key_frame, **steps)
-    for i, skip in enumerate(FPS_PASSES[options.fps]):
-      name = f"{INTERPOLATION.name} {i + 1}"
-      frames = stage(name, self.interpolate, frames, text, interpolation_null, length, options, skip,
-                     pass_rngs[i], name=name, **steps)
-    return stage(DECODE.name, self.decode_video, frames)
+    condition = stage(ENCODE.name, self.encode_images, images, options)
+    out = []
+    for k in range(windows):
+      text, keyframe_null, interpolation_null, length = texts[batches[k]]
+      if k:  # from the second window on: its own draws, and its first frame held at the carried latent
+        base_rng, *pass_rngs = jax.random.split(jax.random.fold_in(rng, k), 1 + len(passes))
+        keep_key_frame = True
+        condition = jax.device_put(condition, placed[0])  # placed as window 1's inputs (on a mesh: no recompile)
+      frames = stage(tag(BASE_FRAMES.name, k), self.base_frames, condition, text, keyframe_null, length, options,
+                     base_rng, keep_key_frame=keep_key_frame, **steps)
+      if k:  # the seam frame exactly the carried latent (the held frame comes back within rounding)
+        frames = jnp.concatenate([condition[:, None].astype(frames.dtype), frames[:, 1:]], axis=1)
+        frames = jax.device_put(frames, placed[1])
+      else:
+        placed = (condition.sharding, frames.sharding)
+      last = frames[:, -1]
+      for i, skip in enumerate(passes):
+        name = f"{INTERPOLATION.name} {i + 1}"  # the steps' name, the same in every window (no recompile)
+        frames = stage(tag(name, k), self.interpolate, frames, text, interpolation_null, length, options, skip,
+                       pass_rngs[i], name=name, **steps)
+      out.append(stage(tag(DECODE.name, k), self.decode_video, frames[:, 1:] if k else frames))
+      if k + 1 < windows:
+        condition = last if next_condition is None else next_condition(last, out[-1])
+    return out[0] if windows == 1 else np.concatenate(out, axis=1)
+
+
+def window_prompts(prompts: str | Sequence[str | Sequence[str]], windows: int) -> list[tuple[str, ...]]:
+  """Each video's prompt in every window: `prompts` is one video's prompt or one entry per video, each a
+  string (for every window) or a list, one per window in order, whose last holds for the windows after it."""
+  videos = [prompts] if isinstance(prompts, str) else list(prompts)
+  out = []
+  for i, video in enumerate(videos):
+    given = [video] if isinstance(video, str) else list(video)
+    if not all(isinstance(prompt, str) for prompt in given):
+      raise ValueError(f"video {i + 1}: a prompt is a string or a list of strings, one per window, got {video!r}")
+    if not 1 <= len(given) <= windows:
+      raise ValueError(f"video {i + 1}: {len(given)} prompts for {windows} window{'s' * (windows > 1)} "
+                       "(windows, --windows): give one per window at most")
+    out.append(tuple(given + given[-1:] * (windows - len(given))))
+  return out

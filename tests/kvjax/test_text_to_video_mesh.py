@@ -92,3 +92,22 @@ def test_offloading_makes_the_same_frames_and_keeps_one_stage_on_the_devices(sin
   assert pipeline.placed_models() == []
   np.testing.assert_array_equal(pipeline(PROMPTS, OPTIONS), frames)
   assert pipeline.placed_models() == ["video_movq"]  # the last stage's; T5 left after the text
+
+
+@pytest.mark.slow  # two more sharded compiles of every stage; tests/kvjax/test_text_to_video.py chains on one device
+def test_windows_chain_on_a_mesh_and_with_offloading(single_device):
+  import dataclasses
+  reference = single_device[0]
+  options = dataclasses.replace(OPTIONS, windows=2)
+  expected = reference(PROMPTS, options)
+  assert expected.shape[1] == options.num_frames == 45 + 44
+  offloaded = _pipeline(offload=True)
+  offloaded._compiled = reference._compiled
+  np.testing.assert_array_equal(offloaded(PROMPTS, options), expected)
+  sharded = _pipeline(mesh=make_mesh("data=2,fsdp=2,tensor=2"))
+  frames = sharded(PROMPTS, options)
+  assert frames.shape == expected.shape
+  # Window 2 ran window 1's programs (one base-frame and one interpolation program; see test_text_to_video.py).
+  for name in ("base frames", "interpolation"):
+    programs = [f for key, f in sharded._compiled.items() if key[0] == name]
+    assert len(programs) == 1 and programs[0]._cache_size() <= 2, name

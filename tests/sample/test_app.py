@@ -125,6 +125,13 @@ def test_the_equivalent_command_makes_the_same_options():
   assert generation_options(args, {}) == request.options
   assert request.settings["--seed"] == "7" and request.settings["--steps"] == "3 4 2"
   assert request.plan == ("text", "key frame", "encode key frame", "base frames", "interpolation 1", "decode")
+  # the speed options: caching (three intervals on the page) and windows, with their stages in the plan
+  longer = s.prepare(["a red circle moving right"], {"cache_interval": ["2", "3", "1"], "cache_schedule": "ends",
+                                                     "windows": "2", "fps": "low"})
+  args = sample_parser().parse_args(shlex.split(longer.command)[3:])
+  assert args.cache_interval == [2, 3, 1] and generation_options(args, {}) == longer.options
+  assert (longer.options.base_frame_cache_interval, longer.options.windows) == (3, 2)
+  assert longer.plan[3:] == ("base frames [1/2]", "decode [1/2]", "base frames [2/2]", "decode [2/2]")
 
 
 def test_every_generation_option_is_on_the_page_the_unnamed_ones_advanced():
@@ -132,6 +139,8 @@ def test_every_generation_option_is_on_the_page_the_unnamed_ones_advanced():
   assert set(fields) == {a.dest for a in sample_parser()._actions if a.dest in OPTION_FIELDS}
   assert not fields["fps"]["advanced"] and fields["width"]["advanced"] and fields["keep_image"]["kind"] == "bool"
   assert fields["steps"]["default"] == [50, 50, 10] and fields["motion"]["default"] == "high"  # the demo's
+  assert fields["cache_interval"]["advanced"] and fields["cache_interval"]["count"] == 3
+  assert fields["cache_schedule"]["kind"] == "choice" and fields["windows"]["kind"] == "int"
 
 
 # --- where it listens ---------------------------------------------------------------------------------

@@ -26,7 +26,10 @@ def test_writers_produce_whole_files(tmp_path, suffix):
   assert os.listdir(tmp_path) == [f"clip{suffix}"]  # no staging left behind
   if suffix == ".gif":
     with Image.open(path) as gif:
-      assert gif.n_frames == 5 and gif.size == (48, 32)
+      assert gif.n_frames == 5 and gif.size == (48, 32) and gif.info["duration"] == 1100  # 5.5 s
+    write_frames(frames, str(tmp_path / "long.gif"), seconds=11.0)  # a longer video keeps the frame rate it is given
+    with Image.open(tmp_path / "long.gif") as gif:
+      assert gif.info["duration"] == 2200
   elif suffix == ".mp4":
     assert os.path.getsize(path) > 1000
   else:
@@ -64,6 +67,9 @@ def test_unknown_option_is_refused(capsys):
   with pytest.raises(SystemExit) as exit_info:
     main(["x", "--out", "v.gif", "--frames", "9"])
   assert exit_info.value.code == 2 and "unrecognized arguments: --frames" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:  # a choice the program does not have
+    main(["x", "--out", "v.gif", "--cache-schedule", "middle"])
+  assert exit_info.value.code == 2 and "argument --cache-schedule: invalid choice: 'middle'" in capsys.readouterr().err
 
 
 def test_options_given_win_over_the_weights_folders_sampling_json_which_wins_over_the_defaults():
@@ -76,7 +82,8 @@ def test_options_given_win_over_the_weights_folders_sampling_json_which_wins_ove
   assert options.guidance_weight_prompt == 5.0 and options.fps == "low"  # GenerationOptions' own
   assert options.keep_image and not generation_options(_parser().parse_args(["x", "--out", "v.gif"]), {}).keep_image
   given = _parser().parse_args(["x", "--out", "v.gif", "--image-guidance", "2", "--seed", "0", "--fps", "medium",
-                                "--no-keep-image"])
+                                "--no-keep-image", "--windows", "3"])
   options = generation_options(given, recommended)
   assert (options.guidance_weight_image, options.seed, options.fps, options.sampler) == (2.0, 0, "medium", "ddpm")
+  assert options.windows == 3 and options.num_frames == 45 + 44 + 44
   assert not options.keep_image
