@@ -32,7 +32,7 @@ def optimised_xla():
   """XLA's optimisations back on (tests/conftest.py turns them off): these tests run the shipped model for its
   full steps, which then take longer than compiling it."""
   import jax
-  before = jax.config.jax_disable_most_optimizations
+  before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", False)
   yield
   jax.config.update("jax_disable_most_optimizations", before)
