@@ -25,7 +25,8 @@ from kvjax.diffusion import feature_cache
 from kvjax.diffusion.loop import SAMPLERS
 from kvjax.layers.attention import ATTENTION_IMPLEMENTATIONS
 from kvjax.pipeline.pipeline_config import (FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MAX_WINDOWS, MOTION_SCORES,
-                                            GenerationOptions)
+                                            RANDOM_WEIGHTS_OPTIONS, SAMPLING_DEFAULTS, GenerationOptions,
+                                            read_sampling_defaults)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,23 +166,11 @@ def _model_overrides(args) -> dict[str, str]:
 
 
 def _sampling_defaults(weights_dir: str) -> dict:
-  """WEIGHTS/sampling.json: the options a weights folder recommends (GenerationOptions fields), if any."""
-  import dataclasses
-  import json
-  from kvjax.demo import SAMPLING_DEFAULTS
-  path = os.path.join(weights_dir, SAMPLING_DEFAULTS)
-  if not os.path.isfile(path):
+  """WEIGHTS/sampling.json (read_sampling_defaults), its values checked and said."""
+  values = read_sampling_defaults(weights_dir)
+  if not values:
     return {}
-  if os.path.getsize(path) > 1 << 16:
-    raise ValueError(f"{path}: larger than 64 KiB; not a sampling defaults file")
-  try:
-    with open(path) as f:
-      values = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: not JSON ({e})") from None
-  fields = {f.name for f in dataclasses.fields(GenerationOptions)}
-  if not isinstance(values, dict) or set(values) - fields:
-    raise ValueError(f"{path}: expected an object of generation options ({', '.join(sorted(fields))})")
+  path = os.path.join(weights_dir, SAMPLING_DEFAULTS)
   try:
     GenerationOptions(**values).check_size()  # bad values are the file's errors, not the flags'
   except ValueError as e:
@@ -235,7 +224,7 @@ def weights_and_defaults(weights: str | None) -> tuple[str, dict]:
       print(f"the embedded demo weights are not installed ({demo.DEMO_WEIGHTS}; `python -m train.demo OUT "
             "--install` makes them)", file=sys.stderr)
   if weights_dir == "random":
-    return weights_dir, dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
+    return weights_dir, dict(RANDOM_WEIGHTS_OPTIONS)
   return weights_dir, _sampling_defaults(weights_dir)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
+import os
 
 from kvjax import model_configs
+from kvjax.demo import SAMPLING_DEFAULTS
 from kvjax.diffusion import feature_cache
 from kvjax.diffusion.loop import SAMPLERS
 from kvjax.pipeline.samplers import NUM_BASE_FRAMES
@@ -201,3 +204,27 @@ class GenerationOptions:
     if self.width % m or self.height % m:
       raise ValueError(f"width and height (--width, --height) must be positive multiples of {m} for this "
                        f"pipeline, got {size}")
+
+
+# Random weights (`python -m sample --weights random`, training without --weights): a smoke test's size and steps.
+RANDOM_WEIGHTS_OPTIONS = dict(width=64, height=64, key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
+
+
+def read_sampling_defaults(weights_dir: str) -> dict:
+  """WEIGHTS/sampling.json (train.demo writes one): the generation options a weights folder recommends ({}
+  where it has none). Read bounded; ValueError naming the file where it is too large, not JSON, or not an
+  object of GenerationOptions fields."""
+  path = os.path.join(weights_dir, SAMPLING_DEFAULTS)
+  if not os.path.isfile(path):
+    return {}
+  if os.path.getsize(path) > 1 << 16:
+    raise ValueError(f"{path}: larger than 64 KiB; not a sampling defaults file")
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not JSON ({e})") from None
+  fields = {f.name for f in dataclasses.fields(GenerationOptions)}
+  if not isinstance(values, dict) or set(values) - fields:
+    raise ValueError(f"{path}: expected an object of generation options ({', '.join(sorted(fields))})")
+  return values

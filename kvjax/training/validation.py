@@ -10,7 +10,6 @@ the data position is the loader's, and validation only reads the state.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -18,10 +17,6 @@ import time
 MAX_PROMPTS = 16  # validation samples one video per prompt, at every validation
 MAX_PROMPTS_BYTES = 64 << 10
 MAX_PROMPT_CHARS = 1000
-# The run's weights folder may say how its models sample (`train.demo` writes one), as for `python -m sample`.
-SAMPLING_DEFAULTS = "sampling.json"
-# Without --weights (random models) sampling is a smoke test: as `python -m sample --weights random`.
-RANDOM_WEIGHTS_STEPS = dict(key_frame_steps=4, base_frame_steps=4, interpolation_steps=2)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -54,19 +49,11 @@ def validation_options(config, weights_dir: str | None):
   """The GenerationOptions of a run's validation: the run's frame size; the 12 base frames for keyframe runs,
   and one interpolation pass (fps medium) for interpolation runs; the weights folder's sampling.json where it
   has one, else the reference's steps (4 4 2 with random weights)."""
-  from kvjax.pipeline.pipeline_config import GenerationOptions
-  values = dict(RANDOM_WEIGHTS_STEPS) if weights_dir is None else {}
+  from kvjax.pipeline.pipeline_config import (RANDOM_WEIGHTS_OPTIONS, SAMPLING_DEFAULTS, GenerationOptions,
+                                               read_sampling_defaults)
+  # Without --weights (random models) sampling is a smoke test, as `python -m sample --weights random`.
+  values = dict(RANDOM_WEIGHTS_OPTIONS) if weights_dir is None else read_sampling_defaults(weights_dir)
   path = None if weights_dir is None else os.path.join(weights_dir, SAMPLING_DEFAULTS)
-  if path is not None and os.path.isfile(path):
-    if os.path.getsize(path) > 1 << 16:
-      raise ValueError(f"{path}: larger than 64 KiB; not a sampling defaults file")
-    try:
-      with open(path) as f:
-        values = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise ValueError(f"{path}: not JSON ({e})") from None
-    if not isinstance(values, dict):
-      raise ValueError(f"{path}: expected an object of generation options")
   height, width = config.resolution
   values = {**values, "width": width, "height": height, "fps": "medium" if config.model == "interpolation" else "low"}
   try:
