@@ -55,6 +55,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
   p.add_argument("--tokenizer", help="SentencePiece model of FLAN-UL2 (spiece.model); default: WEIGHTS/spiece.model")
   p.add_argument("--bf16", action="store_true", help="compute every model in bfloat16 (T5, UNets, MoVQs; "
                  "bench/bf16_error.py measures the error against float32)")
+  p.add_argument("--quantize", metavar="int8|MODEL=int8,...", help="weight-only int8 (not the reference): int8 "
+                 "for T5 and both UNets, or per model, e.g. t5=int8,keyframe=int8 (models: t5, keyframe, "
+                 "interpolation, image-movq, video-movq); quantized as they load (a folder written by `convert "
+                 "--quantize int8` needs no flag); bench/int8_error.py measures the error")
   p.add_argument("--mesh", help="shard weights and batches over the devices, e.g. data=2,fsdp=2,tensor=2 (axes "
                  "data, fsdp, tensor; default: one device)")
   p.add_argument("--offload", action="store_true", help="keep the weights in host memory and place only the "
@@ -228,9 +232,16 @@ def weights_and_defaults(weights: str | None) -> tuple[str, dict]:
   return weights_dir, _sampling_defaults(weights_dir)
 
 
+def _quantize(args) -> dict[str, str]:
+  """--quantize as {PipelineConfig field: "int8"} (kvjax.quantization.parse_quantize)."""
+  from kvjax.quantization import parse_quantize
+  return {} if args.quantize is None else parse_quantize(args.quantize)
+
+
 def check_model_options(args, weights_dir: str):
-  """The mesh of --mesh and the model folders of --image-movq and --video-movq, checked before any weights
-  load."""
+  """The mesh of --mesh, --quantize and the model folders of --image-movq and --video-movq, checked before any
+  weights load."""
+  _quantize(args)
   mesh = _mesh(args.mesh)
   if weights_dir != "random" and not os.path.isdir(weights_dir):
     raise FileNotFoundError(f"--weights {weights_dir}: no such folder (make one with `python -m convert all`, or "
@@ -245,7 +256,8 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
   import jax.numpy as jnp
   from kvjax.pipeline.text_to_video import TextToVideo
-  from kvjax.pipeline.pipeline_weights import random_weights, with_models
+  from kvjax.pipeline.pipeline_weights import quantize_weights, random_weights, with_models
+  quantize = _quantize(args)
   if weights_dir == demo.DEMO_WEIGHTS:
     print(f"weights: the embedded demo ({weights_dir}): a small model kvjax trained on moving shapes, "
           f"{defaults.get('width')}x{defaults.get('height')}; pass --weights for others", file=sys.stderr)
@@ -256,6 +268,7 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
     config = PIPELINE_PRESETS["tiny"]
     config, weights = with_models(config, random_weights(config, seed), overrides)
+    weights = quantize_weights(weights, quantize)
     tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, config.tokens_length)
   else:
     from kvjax.pipeline.pipeline_weights import load_pipeline_weights
@@ -263,7 +276,8 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
     tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=mesh, offload=args.offload)
+    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=mesh, offload=args.offload,
+                                            quantize=quantize)
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
   if not args.no_compile_cache:
     from kvjax import compile_cache

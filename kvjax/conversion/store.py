@@ -1,8 +1,12 @@
 """Converted checkpoints on disk: an orbax PyTree checkpoint plus `config.json`, written atomically.
 
 Layout of a converted folder:
-  config.json   {"format": "kvjax-converted", "kind": ..., "config": {...}, "dtype": ..., "source": ...}
+  config.json   {"format": "kvjax-converted", "kind": ..., "config": {...}, "dtype": ..., "source": ...,
+                 ["quantization": "int8"]}
   state/        orbax checkpoint of {"params": <Flax tree>, <extras such as "null_embedding">}
+
+In an int8 folder (`python -m convert ... --quantize int8`) a quantized kernel is stored as {"int8": values,
+"scale": scales} (kvjax.quantization); loaded, it is an Int8Weight, which the layers read as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kvjax import model_configs
+from kvjax import model_configs, quantization
 from kvjax.atomic import staged
 
 FORMAT = "kvjax-converted"
@@ -51,10 +55,13 @@ def save_converted(model: ConvertedModel, out_dir: str | os.PathLike, *, source:
                    overwrite: bool = False) -> str:
   """Writes `model` to `out_dir`; on any failure nothing is left behind (the folder appears whole or not)."""
   with staged(out_dir, overwrite=overwrite) as staging:
+    params = quantization.to_stored(model.params)
     with _checkpointer() as checkpointer:
-      checkpointer.save(os.path.join(staging, "state"), {"params": model.params, **model.extras})
+      checkpointer.save(os.path.join(staging, "state"), {"params": params, **model.extras})
     meta = {"format": FORMAT, "kind": model.kind, "config": model.config.to_dict(),
-            "dtype": _dtype_name(model.params), "extras": sorted(model.extras), "source": source}
+            "dtype": _dtype_name(params), "extras": sorted(model.extras), "source": source}
+    if quantization.is_quantized(model.params):
+      meta["quantization"] = quantization.INT8
     with open(os.path.join(staging, "config.json"), "w") as f:
       json.dump(meta, f, indent=1)
   out_dir = os.path.abspath(os.fspath(out_dir))
@@ -166,18 +173,32 @@ def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...
     raise WeightsError(f"{where}: config.json: its {kind} configuration makes no model ({e})") from None
   found = dict(jax.tree_util.tree_leaves_with_path(stored["params"], is_leaf=lambda x: hasattr(x, "shape")))
   found = {_key(k): v for k, v in found.items()}
-  for key in sorted(set(wanted) | set(found)):
-    if key not in found:
+  quantized = meta.get("quantization")
+  if quantized not in (None, *quantization.QUANTIZATIONS) or (quantized and kind not in quantization.KINDS):
+    raise WeightsError(f"{where}: config.json: unknown quantization {quantized!r} for a {kind}")
+  parts: dict[str, dict] = {}  # float parameter -> {None: stored as float} or {"int8": ..., "scale": ...}
+  for key, leaf in found.items():
+    base, part = quantization.stored_key_base(key) if quantized else (key, None)
+    parts.setdefault(base, {})[part] = leaf
+  for key in sorted(set(wanted) | set(parts)):
+    if key not in parts:
       raise WeightsError(f"{where}: {kind} parameter {key} is missing from the store")
     if key not in wanted:
       raise WeightsError(f"{where}: {kind} parameter {key} is not a parameter of this model")
-    shape, dtype = tuple(found[key].shape), np.dtype(found[key].dtype)
-    if shape != tuple(wanted[key].shape):
-      raise WeightsError(f"{where}: {kind} parameter {key} is stored as {shape}, the configuration makes it "
-                         f"{tuple(wanted[key].shape)}")
-    if not jax.numpy.issubdtype(dtype, jax.numpy.floating) or (declared and dtype.name not in declared):  # bfloat16 too
-      raise WeightsError(f"{where}: {kind} parameter {key} is stored as {dtype.name}, config.json declares "
-                         f"{meta.get('dtype')}")
+    if set(parts[key]) not in ({None}, {"int8", "scale"}):
+      raise WeightsError(f"{where}: {kind} parameter {key} is stored as {', '.join(map(str, parts[key]))}, "
+                         "expected an array or int8 values and their scales")
+    for part, leaf in parts[key].items():
+      name = key if part is None else f"{key}/{part}"
+      expected = wanted[key].shape if part != "scale" else quantization.scale_shape(wanted[key].shape)
+      shape, dtype = tuple(leaf.shape), np.dtype(leaf.dtype)
+      if shape != tuple(expected):
+        raise WeightsError(f"{where}: {kind} parameter {name} is stored as {shape}, the configuration makes it "
+                           f"{tuple(expected)}")
+      floating = jax.numpy.issubdtype(dtype, jax.numpy.floating)  # bfloat16 too
+      if (not floating if part != "int8" else dtype != np.int8) or (declared and dtype.name not in declared):
+        raise WeightsError(f"{where}: {kind} parameter {name} is stored as {dtype.name}, config.json declares "
+                           f"{meta.get('dtype')}")
   return CheckedFolder(path, kind, config, stored)
 
 
@@ -194,8 +215,8 @@ def _restore_args(stored, placement):
   if placement is None or isinstance(placement, jax.sharding.Sharding):
     return jax.tree.map(one(placement or default), stored, is_leaf=is_leaf)
   args = {name: jax.tree.map(one(default), tree, is_leaf=is_leaf) for name, tree in stored.items() if name != "params"}
-  args["params"] = jax.tree.map(lambda leaf, sharding: one(sharding)(leaf), stored["params"], placement,
-                                is_leaf=is_leaf)
+  args["params"] = jax.tree.map(lambda leaf, sharding: one(sharding)(leaf), stored["params"],
+                                quantization.to_stored(placement), is_leaf=is_leaf)
   return args
 
 
@@ -222,5 +243,5 @@ def restore_checked(checked: CheckedFolder, role: str = "", placement: Any = "ho
   except Exception as e:  # orbax and tensorstore raise bare Exceptions, ValueErrors, OSErrors...
     raise WeightsError(f"{where}: damaged store: its {checked.kind} arrays cannot be read ({error_reason(e)})") \
         from None
-  params = state.pop("params")
+  params = quantization.from_stored(state.pop("params"))
   return ConvertedModel(checked.kind, checked.config, params, state)

@@ -1,4 +1,5 @@
-"""Dense and convolution layers with logical axis names, in the PyTorch-equivalent parameterisation."""
+"""Dense and convolution layers with logical axis names, in the PyTorch-equivalent parameterisation; each reads
+int8 kernels too (kvjax.quantization)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kvjax.quantization import Int8Aware
 from kvjax.sharding import logical_init
 
 Dtype = Any
@@ -15,10 +17,18 @@ Dtype = Any
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+class Dense(Int8Aware, nn.Dense):
+  """nn.Dense whose kernel may be an Int8Weight."""
+
+
+class Conv(Int8Aware, nn.Conv):
+  """nn.Conv whose kernel may be an Int8Weight."""
+
+
 def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool, name: str,
-          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, zero_init: bool = False) -> nn.Dense:
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, zero_init: bool = False) -> Dense:
   kernel_init = nn.initializers.zeros if zero_init else torch_default_init
-  return nn.Dense(
+  return Dense(
       features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=param_dtype,
       kernel_init=logical_init(kernel_init, axes),
       bias_init=logical_init(nn.initializers.zeros, (axes[1],)))
@@ -26,18 +36,18 @@ def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
 
 def conv(features: int, kernel_size: tuple[int, ...], *, name: str, strides: int | tuple[int, ...] = 1,
          padding: Any = "SAME", use_bias: bool = True, in_axis: str = "conv_in", out_axis: str = "conv_out",
-         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, zero_init: bool = False) -> nn.Conv:
+         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, zero_init: bool = False) -> Conv:
   """A convolution whose kernel is laid out (*kernel_size, in, out), the transpose of PyTorch's."""
   kernel_init = nn.initializers.zeros if zero_init else torch_default_init
   taps = (None,) * len(kernel_size)
-  return nn.Conv(
+  return Conv(
       features, kernel_size, strides=strides, padding=padding, use_bias=use_bias, name=name,
       dtype=dtype, param_dtype=param_dtype,
       kernel_init=logical_init(kernel_init, (*taps, in_axis, out_axis)),
       bias_init=logical_init(nn.initializers.zeros, (out_axis,)))
 
 
-class ConvTranspose2x2(nn.Module):
+class ConvTranspose2x2(Int8Aware, nn.Module):
   """Transposed convolution with kernel 2 and stride 2: every input pixel becomes a 2x2 output patch.
 
   out[n, 2a+p, 2b+q, o] = bias[o] + sum_c x[n, a, b, c] * kernel[p, q, c, o]. Written as one matmul (no

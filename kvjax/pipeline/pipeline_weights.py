@@ -1,7 +1,8 @@
 """Every model's weights of a pipeline: random ones, or the output of `python -m convert all` (one converted
 folder per model), where any model may be replaced by another converted folder (a decoder a user trained).
 A folder may also hold `latents.json`, the map between the MoVQ's latents and the UNets'
-(kvjax.models.latent_normalization; none for the official weights)."""
+(kvjax.models.latent_normalization; none for the official weights). Any model may be stored in int8
+(`convert --quantize int8`) or quantized as it loads (`quantize`; kvjax.quantization)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import os
 from typing import Any, Mapping
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kvjax import quantization
 from kvjax.conversion.store import WeightsError, check_converted, restore_checked
 from kvjax.models import latent_normalization
 from kvjax.params import random_params
@@ -52,6 +55,22 @@ def random_weights(config: PipelineConfig, seed: int = 0) -> PipelineWeights:
       random_params(config.text_encoder, seeds[4]), random_params(config.projections, seeds[5]))
 
 
+def check_quantize(quantize: Mapping[str, str] | None) -> dict[str, str]:
+  """{PipelineConfig field: "int8"} (kvjax.quantization.parse_quantize), each field one that takes int8."""
+  quantize = dict(quantize or {})
+  for field, kind in quantize.items():
+    if field not in quantization.MODEL_NAMES.values() or kind not in quantization.QUANTIZATIONS:
+      raise ValueError(f"cannot quantize {field!r} to {kind!r}: int8 is for "
+                       f"{', '.join(quantization.MODEL_NAMES.values())}")
+  return quantize
+
+
+def quantize_weights(weights: PipelineWeights, quantize: Mapping[str, str] | None) -> PipelineWeights:
+  """The models named in `quantize` ({field: "int8"}) with int8 kernels (on the host; kvjax.quantization)."""
+  return weights.replace(**{field: quantization.quantize_params(getattr(weights, field), KINDS[field])
+                            for field in check_quantize(quantize)})
+
+
 def _role(field: str) -> str:
   return f"--{field.replace('_', '-')}"
 
@@ -73,13 +92,16 @@ def with_models(config: PipelineConfig, weights: PipelineWeights,
 
 
 def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapping[str, str] | None = None,
-                          mesh=None, offload: bool = False,
-                          expected: PipelineConfig | None = None) -> tuple[PipelineConfig, PipelineWeights]:
+                          mesh=None, offload: bool = False, expected: PipelineConfig | None = None,
+                          quantize: Mapping[str, str] | None = None) -> tuple[PipelineConfig, PipelineWeights]:
   """A `convert all` folder's models (any replaced by `overrides`' folders). Every folder is checked first (kind,
   configuration, stored shapes and dtypes, store; kvjax.conversion.store.check_converted), then the arrays are
   placed as they are read: on the default device, sharded on `mesh` by the rule table, or kept in host memory
   with `offload` (the text encoder stays in host memory: the pipeline stacks its blocks before placing it).
-  `expected`: the pipeline the models must make (e.g. a training run's), each refused by name if not."""
+  `expected`: the pipeline the models must make (e.g. a training run's), each refused by name if not.
+  `quantize` ({field: "int8"}, kvjax.quantization.parse_quantize): models quantized as they load (read into host
+  memory, quantized, then placed); a folder stored in int8 loads as it is stored."""
+  quantize = check_quantize(quantize)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such weights folder (make one with `python -m convert all`)")
   wanted = {field: name for field, name in FOLDERS.items() if field not in (overrides or {})}
@@ -101,16 +123,27 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
   checked = {field: check_converted(path, KINDS[field], joins(field), roles[field]) for field, path in paths.items()}
   config = PipelineConfig(**{field: c.config for field, c in checked.items()}, tokens_length=tokens_length)
 
-  def placement(field):
+  def placement(field, params):  # `params`: the tree to place, or its stored metadata
     if offload or field == "text_encoder":
       return "host"
     if mesh is None:
       return None
     from kvjax.params import abstract_params
     from kvjax.sharding import param_shardings
-    return param_shardings(abstract_params(getattr(config, field)), mesh)
+    return param_shardings(quantization.boxed_like(abstract_params(getattr(config, field)), params), mesh)
 
-  loaded = {field: restore_checked(checked[field], roles[field], placement(field)) for field in paths}
+  def load(field):
+    stored = checked[field].stored["params"]
+    if field not in quantize or quantization.is_quantized(quantization.from_stored(stored)):
+      return restore_checked(checked[field], roles[field], placement(field, stored))
+    model = restore_checked(checked[field], roles[field], "host")
+    model.params = quantization.quantize_params(model.params, checked[field].kind)
+    where = placement(field, model.params)
+    if where != "host":
+      model.params = jax.device_put(model.params, where)
+    return model
+
+  loaded = {field: load(field) for field in paths}
   for field in ("keyframe", "interpolation"):
     if "null_embedding" not in loaded[field].extras:
       raise WeightsError(f"{paths[field]}: no null embedding (a UNet folder of `convert all` or `train.export` "

@@ -29,6 +29,7 @@ from PIL import Image
 from kvjax.models.movq import reference_chunk_sizes
 from kvjax.models.t5_encoder import scan_layout
 from kvjax.params import abstract_params
+from kvjax.quantization import boxed_like
 from kvjax.pipeline.pipeline_config import FPS_PASSES, GenerationOptions, PipelineConfig
 from kvjax.pipeline.images import fit_and_crop, to_uint8
 from kvjax.pipeline.programs import StagePrograms
@@ -53,17 +54,20 @@ class _StageSteps:
     self.report(self.stage, done, total)
 
 
-def weight_shardings(config: PipelineConfig, mesh: Mesh) -> PipelineWeights:
+def weight_shardings(config: PipelineConfig, mesh: Mesh, weights: PipelineWeights | None = None) -> PipelineWeights:
   """Every model's parameters sharded by the rule table (kvjax.sharding); null embeddings replicated; T5 in
-  its scanned layout (the stacked blocks' leading axis whole)."""
-  model = lambda c: param_shardings(abstract_params(c), mesh)
+  its scanned layout (the stacked blocks' leading axis whole). `weights` (arrays or shapes, T5 in the per-block
+  layout): where a model holds int8 kernels, their values and scales are sharded as the float kernel
+  (kvjax.quantization.boxed_like); None: float models."""
+  def model(field):
+    boxed = abstract_params(getattr(config, field))
+    return param_shardings(boxed if weights is None else boxed_like(boxed, getattr(weights, field)), mesh)
   stacked = lambda first, *rest: NamedSharding(mesh, PartitionSpec(None, *first.spec))
   return PipelineWeights(
-      keyframe=model(config.keyframe), keyframe_null=replicated(mesh), interpolation=model(config.interpolation),
-      interpolation_null=replicated(mesh), image_movq=model(config.image_movq),
-      video_movq=model(config.video_movq),
-      text_encoder=scan_layout(model(config.text_encoder), config.text_encoder.num_layers, stacked),
-      projections=model(config.projections), latent_normalization=replicated(mesh))
+      keyframe=model("keyframe"), keyframe_null=replicated(mesh), interpolation=model("interpolation"),
+      interpolation_null=replicated(mesh), image_movq=model("image_movq"), video_movq=model("video_movq"),
+      text_encoder=scan_layout(model("text_encoder"), config.text_encoder.num_layers, stacked),
+      projections=model("projections"), latent_normalization=replicated(mesh))
 
 
 def window_stage(name: str, window: int, windows: int) -> str:
@@ -75,7 +79,8 @@ class TextToVideo:
   """`pipeline(prompts, options, images=None) -> uint8 frames (P, T, H, W, 3)`.
 
   `dtype`: the computation type of every model (float32, the reference, or bfloat16; softmaxes and norms
-  stay in float32). `attention`: "xla" (ours, the reference's arithmetic), "jax" or "cudnn"
+  stay in float32; int8 kernels, kvjax.quantization, are dequantized to it where each layer reads them).
+  `attention`: "xla" (ours, the reference's arithmetic), "jax" or "cudnn"
   (jax.nn.dot_product_attention; cuDNN on NVIDIA GPUs). `mesh`: a mesh of kvjax.sharding.make_mesh (axes data, fsdp, tensor) to shard weights and batches over;
   None runs on the default device. `offload`: keep weights in host memory, placing each stage's own.
   """
@@ -84,9 +89,9 @@ class TextToVideo:
                mesh: Mesh | None = None, offload: bool = False, attention: str = "xla"):
     self.config, self.tokenizer, self.mesh, self.offload = config, tokenizer, mesh, offload
     self.programs = StagePrograms(config, dtype, attention, mesh)
+    self._shardings = None if mesh is None else weight_shardings(config, mesh, weights)
     weights = weights.replace(text_encoder=scan_layout(weights.text_encoder, config.text_encoder.num_layers))
     self._compiled: dict[Any, Callable] = {}
-    self._shardings = None if mesh is None else weight_shardings(config, mesh)
     if offload:  # the models stay in host memory: `_weights` places a stage's own, freeing the others
       self._host, self._placed = jax.device_get(weights), {}
       # Small: always on the devices.
