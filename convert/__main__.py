@@ -2,7 +2,7 @@
 
   python -m convert keyframe t2v.pt OUT_DIR [--config PRESET|configs.json] [--dtype fp32|bf16|fp16]
   (also: interpolation, movq, video-movq, t5, projections)
-  python -m convert all RELEASE_DIR OUT_DIR [--t5 T5_DIR] [--dtype ...]
+  python -m convert all RELEASE_DIR OUT_DIR [--t5 T5_DIR] [--dtype ...] [--quantize int8|MODEL=int8,...]
   python -m convert lpips vgg.pth OUT_DIR --vgg vgg16-397923af.pth   (or one lpips.LPIPS state dict)
   python -m convert verify FIXTURE_DIR
 
@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                    "production preset")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quantize", choices=["int8"], help="store the kernels in weight-only int8 with per-channel "
+                   "scales (keyframe, interpolation, movq, video-movq, t5; see docs/sampling.md)")
     _add_weight_flags(p)
   p = commands.add_parser("all", help="convert a whole release folder (t2v.pt, interpolation.pt, movq.pt, "
                           "video_movq.pt, t5_projections.pt, configs.json and a T5 folder)")
@@ -64,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--t5", help="the Hugging Face T5 folder (default: the sub-folder of SRC with a T5 config.json)")
   p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  p.add_argument("--quantize", metavar="int8|MODEL=int8,...", help="store kernels in weight-only int8: int8 for T5 "
+                 "and both UNets, or per model, e.g. t5=int8,keyframe=int8 (models: t5, keyframe, interpolation, "
+                 "image-movq, video-movq); see docs/sampling.md")
   _add_weight_flags(p)
   p = commands.add_parser("lpips", help="convert LPIPS (net='vgg') weights for the MoVQ trainer's perceptual loss")
   p.add_argument("src", help="the lpips package's linear heads (lpips/weights/v0.1/vgg.pth), or the state dict "
@@ -88,7 +93,11 @@ def _check_output(out: str, overwrite: bool) -> None:
 
 
 def _convert(args) -> int:
+  from kvjax import quantization
   from kvjax.conversion.registry import COMMANDS, resolve_config
+  kind = COMMANDS[args.command].kind
+  if args.quantize:
+    quantization.check_kind(kind, "--quantize: ")
   _check_output(args.out, args.overwrite)
   from kvjax.conversion.store import save_converted
   from kvjax.params import count_params
@@ -96,10 +105,13 @@ def _convert(args) -> int:
   start = time.perf_counter()
   policy = _policy(args)
   converted = COMMANDS[args.command].convert(args.src, config, DTYPES[args.dtype], policy=policy)
+  count = count_params(converted.params)
+  if args.quantize:
+    converted.params = quantization.quantize_params(converted.params, kind)
   out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
   _warn(policy)
-  print(f"converted {args.src} ({count_params(converted.params):,} parameters, config from {origin}, "
-        f"{args.dtype}) -> {out} in {time.perf_counter() - start:.1f} s")
+  print(f"converted {args.src} ({count:,} parameters, config from {origin}, {args.dtype}"
+        f"{', kernels in int8' if args.quantize else ''}) -> {out} in {time.perf_counter() - start:.1f} s")
   return 0
 
 
@@ -126,10 +138,12 @@ def _convert_lpips(args) -> int:
 
 def _convert_all(args) -> int:
   from kvjax.conversion.release import convert_release
+  from kvjax.quantization import parse_quantize
+  quantize = {} if args.quantize is None else parse_quantize(args.quantize)
   start = time.perf_counter()
   policy = _policy(args)
   out = convert_release(args.src, args.out, DTYPES[args.dtype], t5_dir=args.t5, overwrite=args.overwrite,
-                        policy=policy)
+                        policy=policy, quantize=quantize)
   _warn(policy)
   print(f"converted the release {args.src} ({args.dtype}) -> {out} in {time.perf_counter() - start:.1f} s")
   return 0

@@ -86,9 +86,9 @@ def quantize_array(kernel) -> Int8Weight:
   return Int8Weight(values, scale)
 
 
-def _quantized(kind: str, path: tuple[str, ...], leaf) -> bool:
-  return (path[-1] == "kernel" and np.ndim(leaf) >= 2 and not set(path[:-1]) & set(KEEP_FLOAT[kind])
-          and not is_int8(leaf))
+def _quantized(kind: str, path: tuple[str, ...], leaf, keep: Iterable[str] | None = None) -> bool:
+  keep = KEEP_FLOAT[kind] if keep is None else keep
+  return path[-1] == "kernel" and not is_int8(leaf) and len(leaf.shape) >= 2 and not set(path[:-1]) & set(keep)
 
 
 def check_kind(kind: str, where: str = "") -> None:
@@ -96,14 +96,14 @@ def check_kind(kind: str, where: str = "") -> None:
     raise ValueError(f"{where}int8 weights are for {', '.join(KINDS)}, not a {kind}")
 
 
-def quantize_params(params, kind: str) -> dict[str, Any]:
+def quantize_params(params, kind: str, keep: Iterable[str] | None = None) -> dict[str, Any]:
   """A converted model's parameters (`kind`: its converted-folder kind) with its kernels as Int8Weights
-  (numpy, on the host), those of `KEEP_FLOAT` and every other leaf as they were. Quantizing a quantized tree
-  changes nothing."""
+  (numpy, on the host), those of `KEEP_FLOAT` (or of the layers named in `keep`, for measuring) and every other
+  leaf as they were. Quantizing a quantized tree changes nothing."""
   check_kind(kind)
-  flat = flax.traverse_util.flatten_dict(dict(params), is_leaf=lambda _, x: is_int8(x))
+  flat = flax.traverse_util.flatten_dict(dict(params))
   return flax.traverse_util.unflatten_dict(
-      {path: quantize_array(leaf) if _quantized(kind, path, leaf) else leaf for path, leaf in flat.items()})
+      {path: quantize_array(leaf) if _quantized(kind, path, leaf, keep) else leaf for path, leaf in flat.items()})
 
 
 def dequantize_params(params, dtype=jnp.float32):
@@ -121,19 +121,22 @@ def to_stored(params):
                       is_leaf=is_int8)
 
 
-def from_stored(tree):
-  """`to_stored`'s inverse (any leaves: arrays, shardings, metadata)."""
+def from_stored(tree, name: str = ""):
+  """`to_stored`'s inverse (any leaves: arrays, shardings, metadata): a "kernel" holding exactly "int8" and
+  "scale" is an Int8Weight."""
   if isinstance(tree, Mapping):
-    if set(tree) == {_STORED_VALUES, _STORED_SCALE}:
+    if name == "kernel" and set(tree) == {_STORED_VALUES, _STORED_SCALE}:
       return Int8Weight(tree[_STORED_VALUES], tree[_STORED_SCALE])
-    return {k: from_stored(v) for k, v in tree.items()}
+    return {k: from_stored(v, k) for k, v in tree.items()}
   return tree
 
 
 def stored_key_base(key: str) -> tuple[str, str | None]:
-  """A stored parameter's '/'-joined key -> (the float parameter it stands for, "int8" / "scale" / None)."""
+  """A stored parameter's '/'-joined key -> (the float parameter it stands for, "int8" / "scale" / None): the
+  parts of a quantized kernel are ".../kernel/int8" and ".../kernel/scale"."""
   base, _, last = key.rpartition("/")
-  return (base, last) if last in (_STORED_VALUES, _STORED_SCALE) else (key, None)
+  quantized = last in (_STORED_VALUES, _STORED_SCALE) and base.rpartition("/")[2] == "kernel"
+  return (base, last) if quantized else (key, None)
 
 
 def scale_shape(shape: Iterable[int]) -> tuple[int, ...]:
@@ -150,25 +153,27 @@ def boxed_like(boxed_abstract, params):
   flat = flax.traverse_util.flatten_dict(dict(to_stored(params)))
   out = {}
   for path, leaf in flat.items():
-    if path in abstract:
-      out[path] = abstract[path]
+    if path in abstract:  # a float leaf, in its own dtype
+      box = abstract[path]
+      out[path] = box.replace_boxed(jax.ShapeDtypeStruct(box.value.shape, getattr(leaf, "dtype", box.value.dtype)))
       continue
-    box = abstract[path[:-1]]
+    box = abstract[path[:-1]]  # a quantized kernel's part
     shape = box.value.shape if path[-1] == _STORED_VALUES else scale_shape(box.value.shape)
     dtype = jnp.int8 if path[-1] == _STORED_VALUES else jnp.float32
     out[path] = box.replace_boxed(jax.ShapeDtypeStruct(shape, dtype))
   return from_stored(flax.traverse_util.unflatten_dict(out))
 
 
-def quantized_abstract(config, kind: str):
-  """The abstract parameters of `config`'s model with the kernels `quantize_params` makes int8 (for compiling
-  or measuring a quantized model without weights)."""
+def quantized_abstract(config, kind: str, dtype=jnp.float32, keep: Iterable[str] | None = None):
+  """The abstract parameters of `config`'s model (boxed, float leaves in `dtype`) with the kernels
+  `quantize_params` makes int8 (for compiling or measuring a quantized model without weights)."""
   from kvjax.params import abstract_params
   boxed = abstract_params(config)
   flat = flax.traverse_util.flatten_dict(dict(nn.unbox(boxed)))
   shapes = {path: (Int8Weight(jax.ShapeDtypeStruct(leaf.shape, jnp.int8),
                               jax.ShapeDtypeStruct(scale_shape(leaf.shape), jnp.float32))
-                   if _quantized(kind, path, leaf) else leaf) for path, leaf in flat.items()}
+                   if _quantized(kind, path, leaf, keep) else jax.ShapeDtypeStruct(leaf.shape, dtype))
+            for path, leaf in flat.items()}
   return boxed_like(boxed, flax.traverse_util.unflatten_dict(shapes))
 
 

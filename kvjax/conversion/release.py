@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from kvjax.atomic import staged
 from kvjax.conversion.registry import COMMANDS, resolve_config
 from kvjax.conversion.state_dict import WeightPolicy
 from kvjax.conversion.store import save_converted
 from kvjax.params import count_params
+from kvjax.quantization import quantize_params
 
 T5_COMMAND = "t5"
 
@@ -67,15 +68,23 @@ def output_name(command: str) -> str:
 
 def convert_release(src_dir: str, out_dir: str, dtype: Any, *, t5_dir: str | None = None,
                     overwrite: bool = False, log: Callable[[str], None] = print,
-                    policy: WeightPolicy | None = None) -> str:
+                    policy: WeightPolicy | None = None, quantize: Mapping[str, str] | None = None) -> str:
+  """`quantize`: {pipeline model field: "int8"} (kvjax.quantization.parse_quantize): those models are written with
+  int8 kernels."""
+  from kvjax.pipeline.pipeline_weights import FOLDERS, check_quantize
+  int8_folders = {FOLDERS[field] for field in check_quantize(quantize)}
   sources = release_sources(src_dir, t5_dir)
   with staged(out_dir, overwrite=overwrite) as staging:
     for command, src in sources.items():
       start = time.perf_counter()
       config, origin = resolve_config(command, src)  # configs.json beside src when it has the section
       converted = COMMANDS[command].convert(src, config, dtype, policy=policy)
+      count = count_params(converted.params)
+      if output_name(command) in int8_folders:
+        converted.params = quantize_params(converted.params, COMMANDS[command].kind)
       save_converted(converted, os.path.join(staging, output_name(command)), source=src)
-      log(f"{command}: {src} ({count_params(converted.params):,} parameters, config from {origin}) "
+      log(f"{command}: {src} ({count:,} parameters, config from {origin}"
+          f"{', kernels in int8' if output_name(command) in int8_folders else ''}) "
           f"in {time.perf_counter() - start:.1f} s")
       del converted
   out_dir = os.path.abspath(out_dir)

@@ -66,6 +66,20 @@ def test_convert_casts(tmp_path, flag, dtype):
   assert loaded.extras["null_embedding"].dtype == np.dtype(dtype)
 
 
+def test_convert_writes_int8_kernels_and_refuses_models_without_them(tmp_path, capsys):
+  from kvjax.quantization import is_int8
+  out = tmp_path / "int8"
+  assert main(["keyframe", T2V, str(out), "--config", "keyframe-tiny", "--dtype", "bf16", "--quantize", "int8"]) == 0
+  assert "kernels in int8" in capsys.readouterr().out
+  flat = flax.traverse_util.flatten_dict(load_converted(out).params)
+  assert is_int8(flat[("to_time_embed_1", "kernel")]) and flat[("to_time_embed_1", "kernel")].values.dtype == np.int8
+  assert flat[("in_layer", "kernel")].dtype == ml_dtypes.bfloat16  # kept in float, in the --dtype
+  assert main(["projections", str(tmp_path / "p.pt"), str(tmp_path / "p"), "--quantize", "int8"]) == 2
+  assert "--quantize: int8 weights are for" in capsys.readouterr().err and not (tmp_path / "p").exists()
+  assert main(["all", str(tmp_path), str(tmp_path / "a"), "--quantize", "t5=int8,projections=int8"]) == 2
+  assert "--quantize 't5=int8,projections=int8': expected" in capsys.readouterr().err
+
+
 def test_configs_json_beside_the_checkpoint_is_used(tmp_path, keyframe_fixture, capsys):
   (keyframe_fixture / "model_configs.json").write_text(json.dumps({"t2v": {"configs": CFG.to_dict()}}))
   assert main(["keyframe", str(keyframe_fixture / "t2v.pt"), str(tmp_path / "out")]) == 0

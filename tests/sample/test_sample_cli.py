@@ -50,6 +50,8 @@ def test_writers_produce_whole_files(tmp_path, suffix):
     (["x", "--out", "{tmp}/v.gif", "--image", "{tmp}/corrupt.png"], "not a readable image"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--mesh", "data=3"], "--mesh: mesh 'data=3' has 3 devices"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--mesh", "pipe=2"], "--mesh: mesh 'pipe=2': expected"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--quantize", "int4"], "--quantize 'int4': expected int8"),
+    (["x", "--out", "{tmp}/v.gif", "--quantize", "projections=int8"], "--quantize 'projections=int8': expected"),
 ])
 def test_bad_arguments_are_named_and_leave_nothing(tmp_path, capsys, argv, message):
   (tmp_path / "taken.gif").write_bytes(b"keep")
