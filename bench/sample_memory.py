@@ -2,6 +2,7 @@
   python bench/sample_memory.py                                   # production, 512x512, fps medium, bf16
   python bench/sample_memory.py --devices 1 4 8 --prompts 1 --dtype bfloat16
   python bench/sample_memory.py --preset tiny --width 64 --height 64 --dtype float32   # seconds, a smoke run
+  python bench/sample_memory.py --devices 1 --quantize int8 --skip-flops     # T5 and the UNets in int8
 Each stage's program (kvjax.pipeline.programs, the functions TextToVideo compiles) is lowered with abstract
 weights sharded by the rule table over `fsdp=N` simulated CPU devices and compiled; XLA's buffer assignment
 gives one device's bytes (the CPU backend's: a GPU or TPU compile fuses differently, so its temp differs).
@@ -46,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--devices", type=int, nargs="+", default=[1, 4, 8], help="meshes fsdp=N")
   p.add_argument("--stages", help="comma-separated subset of the stage names (default: all)")
   p.add_argument("--skip-flops", action="store_true")
+  p.add_argument("--quantize", help="weights in int8 as `python -m sample --quantize` takes them (e.g. int8, or "
+                 "t5=int8,keyframe=int8): int8 kernels with float32 scales, the rest in --dtype")
   return p.parse_args(argv)
 
 
@@ -66,7 +69,8 @@ from kvjax.pipeline.pipeline_config import FPS_PASSES, PIPELINE_PRESETS, Generat
 from kvjax.pipeline.programs import StagePrograms  # noqa: E402
 from kvjax.pipeline.stages import BASE_FRAMES, DECODE, ENCODE, INTERPOLATION, KEY_FRAME, TEXT  # noqa: E402
 from kvjax.pipeline.text_to_video import weight_shardings  # noqa: E402
-from kvjax.pipeline.pipeline_weights import PipelineWeights  # noqa: E402
+from kvjax.pipeline.pipeline_weights import KINDS, PipelineWeights  # noqa: E402
+from kvjax.quantization import parse_quantize, quantized_abstract  # noqa: E402
 from kvjax.sharding import make_mesh, replicated  # noqa: E402
 from train_memory import GIB, per_device_bytes as sharded_bytes  # noqa: E402  (bench/ is the script's path)
 
@@ -76,14 +80,26 @@ DEVICE_SIZES_GB = (16, 24, 40, 80)
 
 # --- abstract weights and inputs ---------------------------------------------------------------------------
 
-def abstract_weights(config, dtype, shardings: PipelineWeights) -> PipelineWeights:
-  """Every model's parameters as ShapeDtypeStructs in `dtype`, placed as `shardings` says (T5 scanned)."""
-  model = lambda c: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), nn.unbox(abstract_params(c)))
-  t5 = jax.eval_shape(lambda t: scan_layout(t, config.text_encoder.num_layers, lambda *xs: jnp.stack(xs)),
-                      model(config.text_encoder))
+def weight_shapes(config, dtype, quantize=None) -> PipelineWeights:
+  """Every model's parameters as ShapeDtypeStructs in `dtype` (T5 per block, as loaded); the models of
+  `quantize` ({field: "int8"}) with int8 kernels (kvjax.quantization.quantized_abstract)."""
+  def model(field):
+    c = getattr(config, field)
+    if field in (quantize or {}):
+      return nn.unbox(quantized_abstract(c, KINDS[field], dtype))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), nn.unbox(abstract_params(c)))
   null = jax.ShapeDtypeStruct((config.keyframe.context_dim,), jnp.float32)
-  tree = PipelineWeights(model(config.keyframe), null, model(config.interpolation), null,
-                         model(config.image_movq), model(config.video_movq), t5, model(config.projections))
+  return PipelineWeights(model("keyframe"), null, model("interpolation"), null, model("image_movq"),
+                         model("video_movq"), model("text_encoder"), model("projections"))
+
+
+def abstract_weights(config, dtype, shardings: PipelineWeights, quantize=None) -> PipelineWeights:
+  """Every model's parameters as ShapeDtypeStructs in `dtype` (`weight_shapes`), placed as `shardings` says
+  (T5 scanned)."""
+  tree = weight_shapes(config, dtype, quantize)
+  t5 = jax.eval_shape(lambda t: scan_layout(t, config.text_encoder.num_layers, lambda *xs: jnp.stack(xs)),
+                      tree.text_encoder)
+  tree = tree.replace(text_encoder=t5)
   shardings = shardings.replace(latent_normalization=None)  # the official weights have none
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
@@ -135,10 +151,11 @@ def _placed(args, mesh):
 
 # --- the tables ----------------------------------------------------------------------------------------------
 
-def memory_rows(config, options, dtype, devices: int, prompts: int, wanted):
+def memory_rows(config, options, dtype, devices: int, prompts: int, wanted, quantize=None):
   mesh = make_mesh(f"fsdp={devices}", jax.devices()[:devices])
   programs = StagePrograms(config, dtype, mesh=mesh)
-  weights = abstract_weights(config, dtype, weight_shardings(config, mesh))
+  shardings = weight_shardings(config, mesh, weight_shapes(config, dtype, quantize))
+  weights = abstract_weights(config, dtype, shardings, quantize)
   every_model = per_device_bytes(weights)  # what stays on the devices without offload
   rows = []
   for name, fields, fn, args in stage_calls(programs, weights, options, prompts):
@@ -183,10 +200,11 @@ def main(args) -> None:
   options.check_size(config)
   dtype = jnp.dtype(args.dtype)
   wanted = args.stages.split(",") if args.stages else None
-  print(f"# {args.preset}, {args.width}x{args.height}, fps {args.fps}, {args.prompts} prompt(s), {args.dtype}; "
-        f"jax {jax.__version__}, {jax.default_backend()} backend")
+  quantize = parse_quantize(args.quantize) if args.quantize else None
+  print(f"# {args.preset}, {args.width}x{args.height}, fps {args.fps}, {args.prompts} prompt(s), {args.dtype}"
+        f"{'; int8: ' + ', '.join(quantize) if quantize else ''}; jax {jax.__version__}, {jax.default_backend()} backend")
   for devices in args.devices:
-    rows = memory_rows(config, options, dtype, devices, args.prompts, wanted)
+    rows = memory_rows(config, options, dtype, devices, args.prompts, wanted, quantize)
     print(f"\n## fsdp={devices}: GiB per device")
     print(f"{'stage':<22} {'weights':>8} {'temp':>8} {'io':>8} {'offload':>8} {'resident':>9} {'compile s':>10}")
     for r in rows:
