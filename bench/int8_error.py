@@ -17,9 +17,9 @@ the kept layers in float32), and int8 with the kept layers in bfloat16 (`convert
 int8`); for T5 also with wo in int8.
 
 Demo table (--demo): the embedded demo, float32 weights and `--quantize int8` (T5 and both UNets; also
-int8 for every model with the MoVQs), 20 prompts (every colour x direction) at seed 0: the judges'
+int8 for every model with the MoVQs: --demo-every-model), 20 prompts (every colour x direction) at seed 0: the judges'
 text-to-video direction pass rate and travel, image-to-video direction and first-frame IoU, the 45-frame
-videos' evenness (as bench/feature_cache.py), and PSNR of each video against float32's at the same seed.
+videos' evenness (as bench/feature_cache.py; --skip-45f leaves them out), and PSNR of each video against float32's at the same seed.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def weights_table() -> None:
     print(f"{field:<16} " + " ".join(f"{s / GIB:>{w}.2f}" for s, w in zip(sizes, (8, 9, 8, 10))) + " " + wo)
 
 
-def demo_table() -> None:
+def demo_table(every_model: bool, medium: bool) -> None:
   from PIL import Image
   from kvjax import demo
   from kvjax.data import shapes
@@ -135,7 +135,8 @@ def demo_table() -> None:
         f"{'PSNR':>7}{'PSNR i2v':>9}{'PSNR 45f':>9}", flush=True)
   reference = None
   every = ",".join(f"{name}=int8" for name in quantization.MODEL_NAMES)
-  for label, spec in (("float32", None), ("int8 (T5, UNets)", "int8"), ("int8 (every model)", every)):
+  runs = (("float32", None), ("int8 (T5, UNets)", "int8"), ("int8 (every model)", every))[:2 + every_model]
+  for label, spec in runs:
     quantize = quantization.parse_quantize(spec) if spec else None
     config, weights = load_pipeline_weights(demo.DEMO_WEIGHTS, tokens_length=16, quantize=quantize)
     size = sum(quantization.weight_bytes(getattr(weights, f)) for f in quantization.MODEL_NAMES.values())
@@ -146,11 +147,12 @@ def demo_table() -> None:
     verdicts = [judge.judge_motion(v, c, d) for v, (c, _, d) in zip(videos, cases)]
     i2v = pipeline(prompts, base, pictures)
     iou = [judge.first_frame_match(v[0], np.asarray(p), c) for v, p, (c, _, _) in zip(i2v, pictures, cases)]
-    medium = pipeline(prompts, dataclasses.replace(base, fps="medium"))
-    evenness = np.array([judge.step_evenness(v, c) for v, (c, _, _) in zip(medium, cases)])
+    medium = pipeline(prompts, dataclasses.replace(base, fps="medium")) if medium else None
+    evenness = np.array([judge.step_evenness(v, c) for v, (c, _, _) in zip(medium, cases)] if medium else [np.nan])
     if reference is None:
       reference = (videos, i2v, medium)
-    psnr = [np.mean([judge.psnr(v, r) for v, r in zip(a, b)]) for a, b in zip((videos, i2v, medium), reference)]
+    psnr = [np.mean([judge.psnr(v, r) for v, r in zip(a, b)]) if a is not None else np.nan
+            for a, b in zip((videos, i2v, medium), reference)]
     print(f"{label:<22}{size / 2 ** 20:>7.1f}{seconds:>9.1f}{np.mean([v.passed for v in verdicts]):>10.2f}"
           f"{np.nanmean([v.along for v in verdicts]):>8.3f}"
           f"{np.mean([judge.judge_motion(v, c, d).passed for v, (c, _, d) in zip(i2v, cases)]):>8.2f}"
@@ -162,15 +164,19 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("fixtures", nargs="?", default=FIXTURES)
   p.add_argument("--demo", action="store_true", help="also the embedded demo's judges (minutes)")
+  p.add_argument("--demo-every-model", action="store_true", help="with --demo, also int8 for every model")
+  p.add_argument("--skip-45f", action="store_true", help="with --demo, no 45-frame videos (evenness)")
   p.add_argument("--skip-fixtures", action="store_true")
+  p.add_argument("--skip-weights", action="store_true")
   args = p.parse_args(argv)
   print(f"# jax {jax.__version__}, {jax.default_backend()} backend")
   if not args.skip_fixtures:
     fixture_table(args.fixtures)
-    t5_table(args.fixtures)
-  weights_table()
+    t5_table(FIXTURES)
+  if not args.skip_weights:
+    weights_table()
   if args.demo:
-    demo_table()
+    demo_table(args.demo_every_model, not args.skip_45f)
   return 0
 
 
