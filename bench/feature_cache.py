@@ -128,10 +128,22 @@ def production_table(configs) -> None:
 
 # --- the demo -----------------------------------------------------------------------------------------------
 
-def demo_table(configs, seeds: int) -> None:
+def demo_inputs(options: GenerationOptions):
+  """The demo's judged inputs: (colour, shape, direction) cases, their prompts (every colour x direction), and one
+  rendered first frame each for image-to-video (a fixed draw)."""
   from PIL import Image
-  from kvjax import demo
   from kvjax.data import shapes
+  from kvjax.demo import judge
+  cases = judge.prompt_grid()
+  rng = np.random.default_rng(5)
+  pictures = [Image.fromarray(shapes.render_clip(
+      shapes.sample_spec(rng, 45, colour=c, shape=s, direction=d, speed_class="fast"), 1, options.height,
+      options.width)[0]) for c, s, d in cases]
+  return cases, [judge.prompt(*case) for case in cases], pictures
+
+
+def demo_table(configs, seeds: int) -> None:
+  from kvjax import demo
   from kvjax.demo import judge
   from kvjax.pipeline.pipeline_weights import load_pipeline_weights
   from kvjax.pipeline.text_to_video import TextToVideo
@@ -141,12 +153,7 @@ def demo_table(configs, seeds: int) -> None:
   pipeline = TextToVideo(config, weights, T5Tokenizer(os.path.join(demo.DEMO_WEIGHTS, "spiece.model"), 16))
   base = GenerationOptions(**demo.DEMO_OPTIONS)
   per_stage = step_flops(config, base, jnp.float32)
-  cases = judge.prompt_grid()
-  prompts = [judge.prompt(*case) for case in cases]
-  rng = np.random.default_rng(5)
-  pictures = [Image.fromarray(shapes.render_clip(
-      shapes.sample_spec(rng, 45, colour=c, shape=s, direction=d, speed_class="fast"), 1, base.height,
-      base.width)[0]) for c, s, d in cases]
+  cases, prompts, pictures = demo_inputs(base)
 
   print(f"\n## the embedded demo: {len(prompts)} prompts x {seeds} seeds, {base.sampler} "
         f"{base.key_frame_steps}/{base.base_frame_steps}/{base.interpolation_steps} steps, motion {base.motion}")

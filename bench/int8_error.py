@@ -30,6 +30,7 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # feature_cache's demo inputs
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax.linen as nn  # noqa: E402
@@ -112,9 +113,8 @@ def weights_table() -> None:
 
 
 def demo_table(every_model: bool, medium: bool) -> None:
-  from PIL import Image
+  from feature_cache import demo_inputs
   from kvjax import demo
-  from kvjax.data import shapes
   from kvjax.demo import judge
   from kvjax.pipeline.pipeline_config import GenerationOptions
   from kvjax.pipeline.pipeline_weights import load_pipeline_weights
@@ -122,12 +122,7 @@ def demo_table(every_model: bool, medium: bool) -> None:
   from kvjax.text.tokenizer import T5Tokenizer
 
   base = GenerationOptions(**demo.DEMO_OPTIONS)
-  cases = judge.prompt_grid()
-  prompts = [judge.prompt(*case) for case in cases]
-  rng = np.random.default_rng(5)
-  pictures = [Image.fromarray(shapes.render_clip(
-      shapes.sample_spec(rng, 45, colour=c, shape=s, direction=d, speed_class="fast"), 1, base.height,
-      base.width)[0]) for c, s, d in cases]
+  cases, prompts, pictures = demo_inputs(base)
   tokenizer = T5Tokenizer(os.path.join(demo.DEMO_WEIGHTS, "spiece.model"), 16)
   print(f"\n## the embedded demo: {len(prompts)} prompts, seed 0, {base.sampler} {base.key_frame_steps}/"
         f"{base.base_frame_steps}/{base.interpolation_steps} steps; PSNR against float32 at the same seed")
