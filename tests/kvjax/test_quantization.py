@@ -25,7 +25,7 @@ def _converted(name):
 
 
 def test_quantize_dequantize_error_is_bounded_on_a_fixture(tmp_path):
-  converted = _converted("keyframe_unet_small")
+  converted = _converted("keyframe_unet")  # the tiny pipeline's keyframe config, traced once for both tests
   quantized = quantization.quantize_params(converted.params, "keyframe_unet")
   floats = flax.traverse_util.flatten_dict(converted.params)
   flat = flax.traverse_util.flatten_dict(quantized)
@@ -65,61 +65,54 @@ def test_parse_quantize():
       quantization.parse_quantize(bad)
 
 
-@pytest.fixture(scope="module")
-def int8_folder(tmp_path_factory):
-  """The tiny pipeline's random weights as `convert all --quantize int8` writes them (T5 and the UNets int8)."""
-  from kvjax.conversion.store import ConvertedModel
-  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
-  from kvjax.pipeline.pipeline_weights import FOLDERS, quantize_weights, random_weights
-  config = PIPELINE_PRESETS["tiny"]
-  weights = quantize_weights(random_weights(config, 0), quantization.parse_quantize("int8"))
-  out = tmp_path_factory.mktemp("int8") / "weights"
-  for field, folder in FOLDERS.items():
-    extras = {"null_embedding": np.asarray(getattr(weights, f"{field}_null"))} if field in ("keyframe", "interpolation") else {}
-    model_config = getattr(config, field)
-    save_converted(ConvertedModel(model_config.kind, model_config, getattr(weights, field), extras), out / folder)
-  return str(out)
-
-
-def test_a_converted_int8_folder_loads_on_a_mesh_sharded_as_float_and_encodes(int8_folder):
-  """No --quantize: the folder's int8 kernels load as stored, each read straight into its float kernel's
-  sharding (the rule table's); T5's stacked blocks keep their leading axis whole; the text stage runs."""
+def test_int8_kernels_shard_as_their_float_kernels():
+  """Each int8 kernel takes its float kernel's sharding under the rule table, its scales split over the output
+  channels alike (abstract weights: nothing is placed; the slow test below loads a folder on a mesh)."""
   from kvjax.params import abstract_params
-  from kvjax.pipeline.pipeline_weights import load_pipeline_weights
-  from kvjax.pipeline.text_to_video import TextToVideo, weight_shardings
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
   from kvjax.sharding import make_mesh, param_shardings
-  from kvjax.text.hashed_tokenizer import HashedWordTokenizer
-  assert read_metadata(os.path.join(int8_folder, "keyframe"))["quantization"] == "int8"
+  config = PIPELINE_PRESETS["tiny"]
   mesh = make_mesh("fsdp=2,tensor=2", jax.devices()[:4])
-  config, weights = load_pipeline_weights(int8_folder, tokens_length=8, mesh=mesh)
-  assert all(quantization.is_quantized(getattr(weights, f)) for f in quantization.DEFAULT_MODELS)
-  assert not quantization.is_quantized(weights.video_movq)
   floats = flax.traverse_util.flatten_dict(param_shardings(abstract_params(config.keyframe), mesh))
-  int8 = {path: leaf for path, leaf in flax.traverse_util.flatten_dict(weights.keyframe).items()
+  quantized = quantization.quantized_abstract(config.keyframe, "keyframe_unet")
+  int8 = {path: leaf for path, leaf in flax.traverse_util.flatten_dict(param_shardings(quantized, mesh)).items()
           if quantization.is_int8(leaf)}
   assert any("tensor" in floats[path].spec for path in int8) and any("fsdp" in floats[path].spec for path in int8)
   for path, leaf in int8.items():
-    assert leaf.values.sharding.spec == floats[path].spec
-    if floats[path].spec[-1] is not None:  # scales split over the output channels as the values are
-      assert leaf.scale.sharding.spec[-1] == floats[path].spec[-1]
-  stacked = weight_shardings(config, mesh, weights).text_encoder["encoder"]
-  scanned = [s for s in jax.tree.leaves(stacked, is_leaf=quantization.is_int8) if quantization.is_int8(s)]
-  assert scanned and all(s.values.spec[0] is None for s in scanned if len(s.values.spec) == 3)
-  pipeline = TextToVideo(config, weights, HashedWordTokenizer(config.text_encoder.vocab_size, 8), mesh=mesh)
-  (context, mask), *_ = pipeline.encode_text(["a red fox", "waves"])
-  assert context.shape[:2] == (2, 8) and np.all(np.isfinite(np.asarray(context)))
+    assert leaf.values.spec == floats[path].spec
+    if floats[path].spec[-1] is not None:
+      assert leaf.scale.spec[-1] == floats[path].spec[-1]
 
 
-@pytest.mark.slow  # the whole tiny pipeline's compile; the fast tests above load, shard and run T5 in int8
-def test_a_converted_int8_folder_samples_with_offload(int8_folder):
-  """The whole tiny pipeline samples from the int8 folder with --offload (weights in host memory, each stage's
-  placed as it runs)."""
-  from kvjax.pipeline.pipeline_config import GenerationOptions
-  from kvjax.pipeline.pipeline_weights import load_pipeline_weights
+@pytest.mark.slow  # the tiny pipeline's random weights, six orbax folders and the whole pipeline's compile
+def test_a_converted_int8_folder_loads_on_a_mesh_and_samples_with_offload(tmp_path):
+  """The tiny pipeline's random weights as `convert all --quantize int8` writes them: with no --quantize the
+  int8 kernels load as stored, on a mesh each straight into its float kernel's sharding (the text stage runs
+  there), and the whole pipeline samples with --offload (weights in host memory, each stage's placed)."""
+  from kvjax.conversion.store import ConvertedModel
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions
+  from kvjax.pipeline.pipeline_weights import FOLDERS, load_pipeline_weights, quantize_weights, random_weights
   from kvjax.pipeline.text_to_video import TextToVideo
+  from kvjax.sharding import make_mesh
   from kvjax.text.hashed_tokenizer import HashedWordTokenizer
-  config, weights = load_pipeline_weights(int8_folder, tokens_length=8, offload=True)
-  pipeline = TextToVideo(config, weights, HashedWordTokenizer(config.text_encoder.vocab_size, 8), offload=True)
+  config = PIPELINE_PRESETS["tiny"]
+  weights = quantize_weights(random_weights(config, 0), quantization.parse_quantize("int8"))
+  for field, folder in FOLDERS.items():
+    extras = {"null_embedding": np.asarray(getattr(weights, f"{field}_null"))} if field in ("keyframe", "interpolation") else {}
+    model_config = getattr(config, field)
+    save_converted(ConvertedModel(model_config.kind, model_config, getattr(weights, field), extras), tmp_path / folder)
+  assert read_metadata(tmp_path / "keyframe")["quantization"] == "int8"
+  tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, 8)
+  mesh = make_mesh("fsdp=2,tensor=2", jax.devices()[:4])
+  config, weights = load_pipeline_weights(str(tmp_path), tokens_length=8, mesh=mesh)
+  assert all(quantization.is_quantized(getattr(weights, f)) for f in quantization.DEFAULT_MODELS)
+  kernel = next(leaf for leaf in jax.tree.leaves(weights.keyframe, is_leaf=quantization.is_int8)
+                if quantization.is_int8(leaf) and "tensor" in leaf.values.sharding.spec)
+  assert kernel.values.dtype == np.int8
+  (context, _), *_ = TextToVideo(config, weights, tokenizer, mesh=mesh).encode_text(["a red fox", "waves"])
+  assert context.shape[:2] == (2, 8) and np.all(np.isfinite(np.asarray(context)))
+  config, weights = load_pipeline_weights(str(tmp_path), tokens_length=8, offload=True)
+  pipeline = TextToVideo(config, weights, tokenizer, offload=True)
   video = pipeline(["a red fox"], GenerationOptions(width=32, height=32, key_frame_steps=1, base_frame_steps=1,
                                                     interpolation_steps=1, fps="low"))
   assert video.shape == (1, 12, 32, 32, 3) and video.dtype == np.uint8 and video.std() > 0
