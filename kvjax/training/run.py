@@ -125,7 +125,7 @@ def run(config, *, workdir: str, data: str = "synthetic", mesh: str = "", weight
         say("no --weights: the encoders and the UNet start from RANDOM weights, captions use a stand-in tokenizer")
       pipeline, text_tokenizer = training_weights(config, weights, tokenizer)
       if init is not None:
-        pipeline = unet_start(config, pipeline, init)
+        pipeline = unet_start(config, pipeline, init, device_mesh)
         say(f"the {config.model} UNet starts from {init}")
       if config.model == "keyframe" and config.keyframe.mode == "video" and config.keyframe.video_input_from_image:
         from kvjax.training.keyframe_loss import video_input_from_image

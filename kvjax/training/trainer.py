@@ -81,10 +81,13 @@ class _Trainer:
     """A fresh state from the initial parameters (host or device arrays), placed as the rules say.
 
     The parameters go to their shards straight from host memory and the optimiser state is made in one
-    compiled call: resharding device arrays leaf by leaf would compile a slicing program per shape.
+    compiled call: resharding device arrays leaf by leaf would compile a slicing program per shape. Device
+    arrays already in float32 on their shards (training's `--init` loads them so) are taken as they are.
     """
-    host = jax.tree.map(lambda p: np.asarray(p, np.float32), params)
-    placed = jax.device_put(host, param_shardings(self._initial, self.mesh))
+    shardings = param_shardings(self._initial, self.mesh)
+    host = jax.tree.map(lambda p, s: p if isinstance(p, jax.Array) and p.dtype == jnp.float32 and p.sharding == s
+                        else np.asarray(p, np.float32), params, shardings)
+    placed = jax.device_put(host, shardings)
     return jax.jit(self._create, out_shardings=self.shardings)(placed)
 
   def lower(self):

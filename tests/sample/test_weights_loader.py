@@ -139,3 +139,36 @@ def test_training_init_refuses_another_configuration_by_name(demo_weights):
     unet_start(TRAIN_PRESETS["keyframe-tiny"], None, os.path.join(demo_weights, "keyframe"))
   with pytest.raises(WeightsError, match=r"--init .*/movq: a movq folder, not a keyframe_unet"):
     unet_start(TRAIN_PRESETS["keyframe-tiny"], None, os.path.join(demo_weights, "movq"))
+
+
+def test_arrays_go_to_their_shards_as_they_are_read_and_init_takes_them_as_they_are(demo_weights, monkeypatch):
+  """Training's --init on a mesh (8 simulated devices): orbax is asked for every parameter as a jax.Array on its
+  train-state sharding, in float32 (no numpy tree read first), and the trainer starts from those arrays without a
+  host round trip."""
+  import dataclasses
+  from kvjax.conversion import store
+  from kvjax.params import abstract_params
+  from kvjax.pipeline.pipeline_weights import PipelineWeights
+  from kvjax.sharding import make_mesh, param_shardings
+  from kvjax.training.starting_weights import unet_start
+  from kvjax.training.train_config import TRAIN_PRESETS
+  from kvjax.training.trainer import make_trainer
+  config = dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], pipeline="demo")
+  mesh = make_mesh("data=2,fsdp=2,tensor=2")
+  wanted = param_shardings(abstract_params(config.model_config), mesh)
+  asked = []
+  real = store._restore_args
+  monkeypatch.setattr(store, "_restore_args", lambda *a, **k: asked.append(real(*a, **k)) or asked[-1])
+  weights = unet_start(config, PipelineWeights(*[None] * 8), os.path.join(demo_weights, "keyframe"), mesh)
+  args = jax.tree.leaves(asked[0]["params"], is_leaf=lambda x: hasattr(x, "restore_type"))
+  assert args and all(type(a).__name__ == "ArrayRestoreArgs" and a.dtype == np.float32 for a in args)
+  loaded = jax.tree.leaves(weights.keyframe)
+  for leaf, sharding in zip(loaded, jax.tree.leaves(wanted)):
+    assert isinstance(leaf, jax.Array) and leaf.dtype == np.float32 and leaf.sharding == sharding
+  placed = []
+  real_put = jax.device_put
+  monkeypatch.setattr(jax, "device_put", lambda tree, *a, **k: placed.append(tree) or real_put(tree, *a, **k))
+  trainer = make_trainer(config, mesh, null_embedding=weights.keyframe_null)
+  placed.clear()
+  trainer.init_state(weights.keyframe)
+  assert all(a is b for a, b in zip(jax.tree.leaves(placed[0]), loaded))  # the loaded arrays themselves
