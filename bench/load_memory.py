@@ -9,13 +9,17 @@ another child: a child's ru_maxrss starts from its parent's, so the measuring pa
            the pipeline's placement (`jax.device_put` to the same shardings, a no-op)
   init     training's `--init` (kvjax.training.starting_weights.unet_start with the run's mesh): float32 arrays
            read onto the train state's shardings, then `init_state`'s placement (a no-op for them)
+With `--preset flan-ul2-encoder` (the text encoder; no init way), sample reads it block by block into the
+scanned layout the pipeline runs (kvjax.pipeline.pipeline_weights), and before is its path before issue 34:
+numpy, the blocks stacked on the host, then placed.
   offload  `python -m sample --offload`: the model kept in host memory as numpy (a host copy asked for)
   before   the loader before issue 34: the whole model as numpy, then `jax.device_put` in one piece (glibc's
            default allocation policy, which the loader now changes while it reads)
 On a CPU-only machine the "device" is host memory, so a placed model counts once in the peak; on an accelerator
 the placed arrays leave host memory and the peak of verify, sample and init is about the reads in flight.
 
-  python bench/load_memory.py [--preset keyframe-1.1] [--channels N] [--dtype float32|bfloat16] [--workdir DIR]
+  python bench/load_memory.py [--preset keyframe-1.1] [--channels N] [--set FIELD=N] [--dtype float32|bfloat16]
+      [--ways verify,sample,init,offload,before] [--workdir DIR]
 
 --channels overrides model_channels (and init_channels) for a smaller model that shows the same ratio.
 --workdir keeps the model in DIR/model: a later run with the same DIR and options reads it instead of writing it.
@@ -62,6 +66,9 @@ def rss():
 before = rss()
 if way == 'verify':
   params = load_converted(path, checked.kind, checked.config, placement=None).params
+elif way == 'sample' and checked.kind == 't5_encoder':  # read block by block into the scanned layout
+  from kvjax.pipeline.pipeline_weights import _scanned_text_encoder
+  params = _scanned_text_encoder(checked, '', mesh)
 elif way == 'sample':
   params = load_converted(path, checked.kind, checked.config, placement=shardings).params
   params = jax.device_put(params, shardings)
@@ -75,7 +82,11 @@ elif way == 'offload':
   params = load_converted(path, checked.kind, checked.config).params
 else:
   store._freed_reads_returned = contextlib.nullcontext
-  params = jax.device_put(load_converted(path, checked.kind, checked.config).params)
+  params = load_converted(path, checked.kind, checked.config).params
+  if checked.kind == 't5_encoder':  # the pipeline stacked the host copy's blocks, then placed them
+    from kvjax.models.t5_encoder import scan_layout
+    params = scan_layout(params, checked.config.num_layers)
+  params = jax.device_put(params)
 jax.block_until_ready(jax.tree.leaves(params))
 print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'BEFORE_KIB', before)
 """
@@ -86,8 +97,8 @@ def write_model(path: str, config, dtype) -> int:
   block = (np.random.default_rng(0).standard_normal(1 << 20) * 0.02).astype(dtype)
   params = jax.tree.map(lambda leaf: np.resize(block, int(np.prod(leaf.shape))).reshape(leaf.shape),
                         nn.unbox(abstract_params(config)))
-  null = block[: config.context_dim].astype(np.float32)
-  save_converted(ConvertedModel(config.kind, config, params, {"null_embedding": null}), path)
+  extras = {} if config.kind == "t5_encoder" else {"null_embedding": block[: config.context_dim].astype(np.float32)}
+  save_converted(ConvertedModel(config.kind, config, params, extras), path)
   return sum(a.nbytes for a in jax.tree.leaves(params))
 
 
@@ -108,6 +119,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", default="keyframe-1.1")
   parser.add_argument("--channels", type=int, help="model_channels (and init_channels) instead of the preset's")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
+                      help="another integer field of the model's config, e.g. d_model=1024 for flan-ul2-encoder")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
   parser.add_argument("--ways", default="verify,sample,init,offload,before")
   parser.add_argument("--workdir", default=None)
@@ -116,26 +129,33 @@ def main():
   config = model_configs.get_preset(args.preset)
   if args.channels:
     config = dataclasses.replace(config, model_channels=args.channels, init_channels=args.channels)
+  for item in args.set:
+    field, value = item.split("=")
+    config = dataclasses.replace(config, **{field: int(value)})
+  if config.kind not in ("keyframe_unet", "interpolation_unet", "t5_encoder"):
+    parser.error(f"--preset {args.preset}: a UNet or the text encoder")
   dtype = np.dtype(jax.numpy.dtype(args.dtype))
   workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="kvjax-bench-"))
   path = os.path.join(workdir, "model")
   start = time.perf_counter()
-  if args.write:
-    shutil.rmtree(path, ignore_errors=True)  # the writer's own process: a child's ru_maxrss starts from its parent's, so this one must
-    size = write_model(path, config, dtype)  # not have held the model when the loads are measured
+  if args.write:  # the writer's own process: a child's ru_maxrss starts from its parent's, so this one must
+    shutil.rmtree(path, ignore_errors=True)  # not have held the model when the loads are measured
+    size = write_model(path, config, dtype)
     print("SIZE", size)
     return
   size = kept_size(path, config, dtype)
   if size is None:
     argv = ["--preset", args.preset, "--dtype", args.dtype]
     argv += ["--channels", str(args.channels)] if args.channels else []
+    argv += [f"--set={item}" for item in args.set]
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--workdir", workdir, "--write"],
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
     if proc.returncode:
       print(proc.stdout, proc.stderr, file=sys.stderr)
       raise SystemExit("writing the model failed")
     size = int(proc.stdout.split("SIZE")[1].split()[0])
-  print(f"{path}: {args.preset}{f' with {args.channels} channels' if args.channels else ''}, {args.dtype}, "
+  print(f"{path}: {args.preset}{f' with {args.channels} channels' if args.channels else ''} {' '.join(args.set)}, "
+        f"{args.dtype}, "
         f"{size / GIB:.2f} GiB, ready in {time.perf_counter() - start:.0f} s", flush=True)
   print(f"\n{'way':<8} {'model GiB':>10} {'before GiB':>11} {'peak GiB':>9} {'load GiB':>9} {'load/model':>11} "
         f"{'seconds':>8}", flush=True)

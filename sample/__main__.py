@@ -263,7 +263,8 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
     tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=mesh, offload=args.offload)
+    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=mesh, offload=args.offload,
+                                            scan_text_encoder=True)
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
   if not args.no_compile_cache:
     from kvjax import compile_cache

@@ -30,9 +30,14 @@ FORMAT = "kvjax-converted"
 _CONCURRENT_GB = 1
 
 
-def _checkpointer() -> ocp.Checkpointer:
+# Reads in flight while loading: a quarter GB, or the largest array where that is larger (orbax reads an array
+# whole within the bound). On a CPU host they are the excess of a load over the model's size.
+_READ_GB = 0.25
+
+
+def _checkpointer(restore_gb: float = _CONCURRENT_GB) -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
-      save_concurrent_gb=_CONCURRENT_GB, restore_concurrent_gb=_CONCURRENT_GB,
+      save_concurrent_gb=_CONCURRENT_GB, restore_concurrent_gb=restore_gb,
       save_device_host_concurrent_gb=_CONCURRENT_GB, use_compression=False))
 
 
@@ -235,23 +240,34 @@ def load_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...]
   then the arrays restored one bounded group at a time, each placed as it is read: `placement` "host" gives numpy
   arrays (host memory, e.g. for --offload), None jax arrays on the default device, a Sharding or a tree of them
   (matching the parameters) jax arrays placed so: orbax reads each array's shards into host buffers of its own,
-  places them and frees them (at most `_CONCURRENT_GB` in flight), so no host copy of the model is made on the
-  way. `dtype`: the parameters cast to it as they are read (None: as stored). A store that fails to read raises
+  places them and frees them (at most `_READ_GB` in flight, or the largest array), so no host copy of the model
+  is made on the way. `dtype`: the parameters cast to it as they are read (None: as stored). A store that fails to read raises
   WeightsError naming the folder and the first problem."""
   return restore_checked(check_converted(path, expected_kind, expected_config, role), role, placement, dtype)
 
 
 def restore_checked(checked: CheckedFolder, role: str = "", placement: Any = "host",
-                    dtype: Any = None) -> ConvertedModel:
+                    dtype: Any = None, part: dict[str, Any] | None = None) -> ConvertedModel:
   """`load_converted`'s second half, for a folder `check_converted` has passed (callers that check every folder
-  before reading any, as the pipeline does, read each store's metadata once)."""
+  before reading any, as the pipeline does, read each store's metadata once). `part`: a subtree of
+  `checked.stored` ({"params": {...}}) to read alone, the rest left on disk (`placement` a tree then matches
+  its params)."""
   where = f"{role} {checked.path}" if role else checked.path
   from kvjax.training.checkpointing import _quiet_abandoned_reads, error_reason
   _quiet_abandoned_reads()
   state_path = os.path.join(os.path.abspath(checked.path), "state")
   try:
-    with _checkpointer() as checkpointer, _freed_reads_returned():
-      state = checkpointer.restore(state_path, restore_args=_restore_args(checked.stored, placement, dtype))
+    largest = max((int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for leaf in
+                   jax.tree.leaves(checked.stored if part is None else part, is_leaf=lambda x: hasattr(x, "shape"))),
+                  default=0)
+    with _checkpointer(max(_READ_GB, largest / 1e9)) as checkpointer, _freed_reads_returned():
+      if part is None:
+        state = checkpointer.restore(state_path, restore_args=_restore_args(checked.stored, placement, dtype))
+      else:
+        item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), part,
+                            is_leaf=lambda x: hasattr(x, "shape"))
+        state = checkpointer.restore(state_path, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=_restore_args(part, placement, dtype), partial_restore=True))
   except Exception as e:  # orbax and tensorstore raise bare Exceptions, ValueErrors, OSErrors...
     raise WeightsError(f"{where}: damaged store: its {checked.kind} arrays cannot be read ({error_reason(e)})") \
         from None

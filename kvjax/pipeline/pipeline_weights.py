@@ -9,10 +9,11 @@ import os
 from typing import Any, Mapping
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvjax.conversion.store import WeightsError, check_converted, restore_checked
+from kvjax.conversion.store import ConvertedModel, WeightsError, check_converted, restore_checked
 from kvjax.models import latent_normalization
 from kvjax.params import random_params
 from kvjax.pipeline.pipeline_config import PipelineConfig
@@ -72,14 +73,60 @@ def with_models(config: PipelineConfig, weights: PipelineWeights,
   return config, weights
 
 
+def _set_layer(stacked, layer, index):
+  """`stacked` with `layer` at `index` of its leading axis; its buffer donated, so written in place."""
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer.astype(stacked.dtype), index, 0)
+
+
+_set_layer_in_place = jax.jit(_set_layer, donate_argnums=0)
+
+
+def _scanned_text_encoder(checked, role: str, mesh):
+  """A checked T5 encoder folder read onto the devices in the pipeline's scanned layout
+  (kvjax.models.t5_encoder.scan_layout): the stacked arrays of blocks 1..N-1 made first (zeros, on their
+  shardings), then each block read alone, written into its slot and freed. Memory holds the model once plus one
+  block; stacking blocks read whole would hold a second copy of them."""
+  from kvjax.models.t5_encoder import SCANNED_BLOCKS
+  from kvjax.params import abstract_params
+  from kvjax.sharding import param_shardings
+  config = checked.config
+  stored = checked.stored["params"]
+  blocks = [f"block_{i}" for i in range(1, config.num_layers)]
+  is_leaf = lambda x: hasattr(x, "shape")
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, stored, is_leaf=is_leaf)
+    stacked_shardings = jax.tree.map(lambda _: device, stored["encoder"].get("block_1", {}), is_leaf=is_leaf)
+  else:
+    shardings = param_shardings(abstract_params(config), mesh)
+    stacked_shardings = jax.tree.map(
+        lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *s.spec)),
+        shardings["encoder"].get("block_1", {}))
+  without_blocks = lambda tree: {**tree, "encoder": {k: v for k, v in tree["encoder"].items() if k not in blocks}}
+  params = restore_checked(checked, role, without_blocks(shardings), part={"params": without_blocks(stored)}).params
+  if not blocks:
+    return params
+  stacked = jax.tree.map(lambda leaf, sharding: jnp.zeros((len(blocks), *leaf.shape), leaf.dtype, device=sharding),
+                         stored["encoder"][blocks[0]], stacked_shardings, is_leaf=is_leaf)
+  for index, name in enumerate(blocks):
+    block = restore_checked(checked, role, {"encoder": {name: shardings["encoder"][name]}},
+                            part={"params": {"encoder": {name: stored["encoder"][name]}}}).params["encoder"][name]
+    stacked = jax.tree.map(lambda s, b: _set_layer_in_place(s, b, index), stacked, block)
+    del block
+  params["encoder"][SCANNED_BLOCKS] = stacked
+  return params
+
+
 def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapping[str, str] | None = None,
-                          mesh=None, offload: bool = False,
-                          expected: PipelineConfig | None = None) -> tuple[PipelineConfig, PipelineWeights]:
+                          mesh=None, offload: bool = False, expected: PipelineConfig | None = None,
+                          scan_text_encoder: bool = False) -> tuple[PipelineConfig, PipelineWeights]:
   """A `convert all` folder's models (any replaced by `overrides`' folders). Every folder is checked first (kind,
   configuration, stored shapes and dtypes, store; kvjax.conversion.store.check_converted), then the arrays are
   placed as they are read: on the default device, sharded on `mesh` by the rule table, or kept in host memory
-  with `offload` (the text encoder stays in host memory: the pipeline stacks its blocks before placing it).
-  `expected`: the pipeline the models must make (e.g. a training run's), each refused by name if not."""
+  with `offload`. The text encoder: with `scan_text_encoder` (what TextToVideo runs) read onto the devices
+  block by block into its scanned layout; without, in host memory in its per-block layout (TextToVideo stacks
+  it, training encodes captions with it). `expected`: the pipeline the models must make (e.g. a training
+  run's), each refused by name if not."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such weights folder (make one with `python -m convert all`)")
   wanted = {field: name for field, name in FOLDERS.items() if field not in (overrides or {})}
@@ -102,7 +149,7 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
   config = PipelineConfig(**{field: c.config for field, c in checked.items()}, tokens_length=tokens_length)
 
   def placement(field):
-    if offload or field == "text_encoder":
+    if offload or (field == "text_encoder" and not scan_text_encoder):
       return "host"
     if mesh is None:
       return None
@@ -110,7 +157,13 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
     from kvjax.sharding import param_shardings
     return param_shardings(abstract_params(getattr(config, field)), mesh)
 
-  loaded = {field: restore_checked(checked[field], roles[field], placement(field)) for field in paths}
+  def restore(field):
+    if field == "text_encoder" and scan_text_encoder and not offload:
+      return ConvertedModel(checked[field].kind, checked[field].config,
+                            _scanned_text_encoder(checked[field], roles[field], mesh))
+    return restore_checked(checked[field], roles[field], placement(field))
+
+  loaded = {field: restore(field) for field in paths}
   for field in ("keyframe", "interpolation"):
     if "null_embedding" not in loaded[field].extras:
       raise WeightsError(f"{paths[field]}: no null embedding (a UNet folder of `convert all` or `train.export` "

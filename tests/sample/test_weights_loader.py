@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -152,7 +153,7 @@ def test_arrays_go_to_their_shards_as_they_are_read_and_init_takes_them_as_they_
   from kvjax.sharding import make_mesh, param_shardings
   from kvjax.training.starting_weights import unet_start
   from kvjax.training.train_config import TRAIN_PRESETS
-  from kvjax.training.trainer import make_trainer
+  from kvjax.training.trainer import _Trainer
   config = dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], pipeline="demo")
   mesh = make_mesh("data=2,fsdp=2,tensor=2")
   wanted = param_shardings(abstract_params(config.model_config), mesh)
@@ -168,7 +169,31 @@ def test_arrays_go_to_their_shards_as_they_are_read_and_init_takes_them_as_they_
   placed = []
   real_put = jax.device_put
   monkeypatch.setattr(jax, "device_put", lambda tree, *a, **k: placed.append(tree) or real_put(tree, *a, **k))
-  trainer = make_trainer(config, mesh, null_embedding=weights.keyframe_null)
-  placed.clear()
-  trainer.init_state(weights.keyframe)
+  # The trainer's own init_state on a stand-in whose state is the parameters (the optimiser's compile left out).
+  trainer = types.SimpleNamespace(_initial=abstract_params(config.model_config), mesh=mesh, _create=lambda p: p,
+                                  shardings=wanted)
+  _Trainer.init_state(trainer, weights.keyframe)
   assert all(a is b for a, b in zip(jax.tree.leaves(placed[0]), loaded))  # the loaded arrays themselves
+
+
+def test_the_text_encoder_is_read_block_by_block_into_the_scanned_layout_on_its_shards(demo_weights):
+  """What `python -m sample --weights --mesh` runs: the same arrays as the host copy stacked by scan_layout, each
+  on the pipeline's sharding (its blocks' with a whole leading axis)."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  from kvjax.conversion.store import check_converted
+  from kvjax.models.t5_encoder import scan_layout
+  from kvjax.params import abstract_params
+  from kvjax.pipeline.pipeline_weights import _scanned_text_encoder
+  from kvjax.sharding import make_mesh, param_shardings
+  path = os.path.join(demo_weights, "t5")
+  checked = check_converted(path)
+  layers = checked.config.num_layers
+  mesh = make_mesh("data=2,fsdp=2,tensor=2")
+  placed = _scanned_text_encoder(checked, "", mesh)
+  wanted = scan_layout(load_converted(path).params, layers)
+  shardings = scan_layout(param_shardings(abstract_params(checked.config), mesh), layers,
+                          lambda first, *rest: NamedSharding(mesh, PartitionSpec(None, *first.spec)))
+  assert jax.tree.structure(placed) == jax.tree.structure(wanted)
+  for leaf, expected, sharding in zip(jax.tree.leaves(placed), jax.tree.leaves(wanted), jax.tree.leaves(shardings)):
+    assert isinstance(leaf, jax.Array) and leaf.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(leaf), expected)
