@@ -154,8 +154,8 @@ def main():
       print(proc.stdout, proc.stderr, file=sys.stderr)
       raise SystemExit("writing the model failed")
     size = int(proc.stdout.split("SIZE")[1].split()[0])
-  print(f"{path}: {args.preset}{f' with {args.channels} channels' if args.channels else ''} {' '.join(args.set)}, "
-        f"{args.dtype}, "
+  what = " ".join([args.preset, *([f"with {args.channels} channels"] if args.channels else []), *args.set])
+  print(f"{path}: {what}, {args.dtype}, "
         f"{size / GIB:.2f} GiB, ready in {time.perf_counter() - start:.0f} s", flush=True)
   print(f"\n{'way':<8} {'model GiB':>10} {'before GiB':>11} {'peak GiB':>9} {'load GiB':>9} {'load/model':>11} "
         f"{'seconds':>8}", flush=True)

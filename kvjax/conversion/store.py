@@ -241,8 +241,8 @@ def load_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...]
   arrays (host memory, e.g. for --offload), None jax arrays on the default device, a Sharding or a tree of them
   (matching the parameters) jax arrays placed so: orbax reads each array's shards into host buffers of its own,
   places them and frees them (at most `_READ_GB` in flight, or the largest array), so no host copy of the model
-  is made on the way. `dtype`: the parameters cast to it as they are read (None: as stored). A store that fails to read raises
-  WeightsError naming the folder and the first problem."""
+  is made on the way. `dtype`: the parameters cast to it as they are read (None: as stored). A store that fails
+  to read raises WeightsError naming the folder and the first problem."""
   return restore_checked(check_converted(path, expected_kind, expected_config, role), role, placement, dtype)
 
 

@@ -74,10 +74,11 @@ def with_models(config: PipelineConfig, weights: PipelineWeights,
 
 
 def _set_layer(stacked, layer, index):
-  """`stacked` with `layer` at `index` of its leading axis; its buffer donated, so written in place."""
+  """`stacked` with `layer` at `index` of its leading axis."""
   return jax.lax.dynamic_update_index_in_dim(stacked, layer.astype(stacked.dtype), index, 0)
 
 
+# `stacked` donated: written in place (one program per shape and sharding, the index traced).
 _set_layer_in_place = jax.jit(_set_layer, donate_argnums=0)
 
 
