@@ -147,6 +147,7 @@ def test_arrays_go_to_their_shards_as_they_are_read_and_init_takes_them_as_they_
   train-state sharding, in float32 (no numpy tree read first), and the trainer starts from those arrays without a
   host round trip."""
   import dataclasses
+  import orbax.checkpoint as ocp
   from kvjax.conversion import store
   from kvjax.params import abstract_params
   from kvjax.pipeline.pipeline_weights import PipelineWeights
@@ -162,8 +163,9 @@ def test_arrays_go_to_their_shards_as_they_are_read_and_init_takes_them_as_they_
   monkeypatch.setattr(store, "_restore_args", lambda *a, **k: asked.append(real(*a, **k)) or asked[-1])
   weights = unet_start(config, PipelineWeights(*[None] * 8), os.path.join(demo_weights, "keyframe"), mesh)
   args = jax.tree.leaves(asked[0]["params"], is_leaf=lambda x: hasattr(x, "restore_type"))
-  assert args and all(type(a).__name__ == "ArrayRestoreArgs" and a.dtype == np.float32 for a in args)
+  assert args and all(isinstance(a, ocp.ArrayRestoreArgs) and a.dtype == np.float32 for a in args)
   loaded = jax.tree.leaves(weights.keyframe)
+  assert len(loaded) == len(jax.tree.leaves(wanted))
   for leaf, sharding in zip(loaded, jax.tree.leaves(wanted)):
     assert isinstance(leaf, jax.Array) and leaf.dtype == np.float32 and leaf.sharding == sharding
   placed = []
