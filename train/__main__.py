@@ -25,6 +25,9 @@ Any field of the preset's settings (kvjax.training.train_config.TrainConfig) is 
 WORKDIR/config.json records the settings; a run resumed with other settings (its length and --nonfinite
 aside) is refused, naming the fields that differ.
 
+LoRA: --lora-rank R [--lora-targets GROUPS] trains low-rank adapters alone over the frozen UNet (any UNet
+preset); `python -m train.export WORKDIR adapter.safetensors` writes the adapter, `python -m sample --lora` uses it.
+
 Watching a run: `tensorboard --logdir WORKDIR` shows every logged metric, the throughput, the learning rate
 and the devices' memory; --validation-prompts FILE samples videos every --validation-every steps into
 WORKDIR/validation/step_N/ and TensorBoard. On a terminal a progress bar with an ETA stays under the log.
