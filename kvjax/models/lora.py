@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from typing import Any
 
 import flax.linen as nn
@@ -103,6 +102,9 @@ def is_adapter(path) -> bool:
 def abstract_adapters(unet_config, config: LoraConfig) -> dict[str, Any]:
   """The adapter parameters of a UNet (boxed with their logical axes; shapes and dtypes only, float32)."""
   from kvjax.params import build_model, example_inputs
+  if (config.dropout, config.init, config.base_dtype, config.trigger_words) != (0.0, "kaiming", "float32", ()):
+    # the shapes depend on the rank and the targets alone: one trace for every other setting
+    return abstract_adapters(unet_config, LoraConfig(rank=config.rank, alpha=config.alpha, targets=config.targets))
   model = with_lora(build_model(unet_config), config)
   boxed = jax.eval_shape(lambda rng, inputs: model.init(rng, **inputs)["params"], jax.random.key(0),
                          example_inputs(unet_config))
@@ -159,7 +161,3 @@ def check_target_names(names) -> tuple[str, ...]:
   if bad or not targets:
     raise ValueError(f"no LoRA target group {', '.join(bad) or '(none)'}; choose from {', '.join(LORA_TARGETS)}")
   return targets
-
-
-def matches(path: str, targets) -> bool:
-  return re.fullmatch(target_pattern(targets), path) is not None
