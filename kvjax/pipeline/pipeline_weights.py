@@ -6,7 +6,7 @@ A folder may also hold `latents.json`, the map between the MoVQ's latents and th
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -178,3 +178,26 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
       latent_normalization=latent_normalization.load(os.path.join(folder, latent_normalization.LATENTS_FILE),
                                                      config.image_movq.z_channels))
   return config, weights
+
+
+# The pipeline field of each UNet kind an adapter is made for.
+ADAPTED_FIELDS = {"keyframe_unet": "keyframe", "interpolation_unet": "interpolation"}
+
+
+def with_adapters(config: PipelineConfig, weights: PipelineWeights, adapters: Sequence[tuple[Any, float]],
+                  role: str = "--lora") -> PipelineWeights:
+  """Merges LoRA adapters into the UNets they were made for, once: each adapted kernel becomes kernel + scale x
+  alpha / rank x A @ B, added in float32 and cast back to the kernel's type, so sampling costs what it costs
+  without them. `adapters`: (adapter file path or `kvjax.conversion.adapters.Adapter`, scale) pairs, applied in
+  order (several may adapt the same UNet); every file is read and checked against its UNet (kind, configuration,
+  keys, shapes) before any is merged. The merged UNets are host (numpy) arrays: merge before placing the weights
+  (TextToVideo places them on its mesh, or keeps them in host memory with offload)."""
+  from kvjax.conversion.adapters import check_base, read_adapter
+  from kvjax.models.lora import merge
+  read = [(read_adapter(a, role) if isinstance(a, (str, os.PathLike)) else a, scale) for a, scale in adapters]
+  for adapter, _ in read:
+    check_base(adapter, getattr(config, ADAPTED_FIELDS[adapter.kind]), role)
+  for adapter, scale in read:
+    field = ADAPTED_FIELDS[adapter.kind]
+    weights = weights.replace(**{field: merge(getattr(weights, field), adapter.adapters, adapter.scale * scale)})
+  return weights
