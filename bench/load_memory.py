@@ -5,16 +5,24 @@ then loads it in a child process per way and reports the child's peak resident m
 held before the load (the interpreter, jax and the model's abstract parameters). The model is written by
 another child: a child's ru_maxrss starts from its parent's, so the measuring parent never holds the model.
   verify   `python -m convert verify`'s read-back: every array placed on the default device as it is read
-  sample   `python -m sample --weights`: the same, then the pipeline's placement (`jax.device_put`, a no-op)
-  init     training's `--init` (kvjax.training.starting_weights.unet_start): numpy in host memory, then placed
-           from host as the trainer places the initial parameters
-  before   the loader before issue 34: the whole model as numpy, then `jax.device_put` in one piece
+  sample   `python -m sample --weights --mesh ...`: every array read onto its shards of a one-device mesh, then
+           the pipeline's placement (`jax.device_put` to the same shardings, a no-op)
+  init     training's `--init` (kvjax.training.starting_weights.unet_start with the run's mesh): float32 arrays
+           read onto the train state's shardings, then `init_state`'s placement (a no-op for them)
+With `--preset flan-ul2-encoder` (the text encoder; no init way), sample reads it block by block into the
+scanned layout the pipeline runs (kvjax.pipeline.pipeline_weights), and before is its path before issue 34:
+numpy, the blocks stacked on the host, then placed.
+  offload  `python -m sample --offload`: the model kept in host memory as numpy (a host copy asked for)
+  before   the loader before issue 34: the whole model as numpy, then `jax.device_put` in one piece (glibc's
+           default allocation policy, which the loader now changes while it reads)
 On a CPU-only machine the "device" is host memory, so a placed model counts once in the peak; on an accelerator
-the placed arrays leave host memory and the peak of verify and sample is about one array.
+the placed arrays leave host memory and the peak of verify, sample and init is about the reads in flight.
 
-  python bench/load_memory.py [--preset keyframe-1.1] [--channels N] [--dtype float32|bfloat16] [--workdir DIR]
+  python bench/load_memory.py [--preset keyframe-1.1] [--channels N] [--set FIELD=N] [--dtype float32|bfloat16]
+      [--ways verify,sample,init,offload,before] [--workdir DIR]
 
 --channels overrides model_channels (and init_channels) for a smaller model that shows the same ratio.
+--workdir keeps the model in DIR/model: a later run with the same DIR and options reads it instead of writing it.
 """
 
 from __future__ import annotations
@@ -42,26 +50,44 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each way, run in a child: the load, then `peak` (ru_maxrss) and `before` (VmRSS just before the load).
 CHILD = """
-import resource, sys
+import contextlib, resource, sys, types
 import jax, numpy as np
+from kvjax.conversion import store
 from kvjax.conversion.store import check_converted, load_converted
+from kvjax.params import abstract_params
+from kvjax.sharding import make_mesh, param_shardings
 way, path = sys.argv[1:]
 checked = check_converted(path)  # the abstract parameters, traced once (cached), before the measured load
+mesh = make_mesh('')
+shardings = param_shardings(abstract_params(checked.config), mesh)
 def rss():
   with open('/proc/self/status') as f:
     return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
 before = rss()
-if way in ('verify', 'sample'):
-  model = load_converted(path, checked.kind, checked.config, placement=None)
-  if way == 'sample':
-    model.params = jax.device_put(model.params)
+if way == 'verify':
+  params = load_converted(path, checked.kind, checked.config, placement=None).params
+elif way == 'sample' and checked.kind == 't5_encoder':  # read block by block into the scanned layout
+  from kvjax.pipeline.pipeline_weights import _scanned_text_encoder
+  params = _scanned_text_encoder(checked, '', mesh)
+elif way == 'sample':
+  params = load_converted(path, checked.kind, checked.config, placement=shardings).params
+  params = jax.device_put(params, shardings)
 elif way == 'init':
-  model = load_converted(path, checked.kind, checked.config, '--init')
-  placed = jax.device_put(jax.tree.map(lambda p: np.asarray(p, np.float32), model.params))
+  from kvjax.pipeline.pipeline_weights import PipelineWeights
+  from kvjax.training.starting_weights import unet_start
+  run = types.SimpleNamespace(model='keyframe', model_config=checked.config)
+  params = unet_start(run, PipelineWeights(*[None] * 8), path, mesh).keyframe
+  params = jax.device_put(params, shardings)
+elif way == 'offload':
+  params = load_converted(path, checked.kind, checked.config).params
 else:
-  model = load_converted(path, checked.kind, checked.config)
-  placed = jax.device_put(model.params)
-jax.block_until_ready(jax.tree.leaves(model.params))
+  store._freed_reads_returned = contextlib.nullcontext
+  params = load_converted(path, checked.kind, checked.config).params
+  if checked.kind == 't5_encoder':  # the pipeline stacked the host copy's blocks, then placed them
+    from kvjax.models.t5_encoder import scan_layout
+    params = scan_layout(params, checked.config.num_layers)
+  params = jax.device_put(params)
+jax.block_until_ready(jax.tree.leaves(params))
 print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'BEFORE_KIB', before)
 """
 
@@ -71,42 +97,66 @@ def write_model(path: str, config, dtype) -> int:
   block = (np.random.default_rng(0).standard_normal(1 << 20) * 0.02).astype(dtype)
   params = jax.tree.map(lambda leaf: np.resize(block, int(np.prod(leaf.shape))).reshape(leaf.shape),
                         nn.unbox(abstract_params(config)))
-  null = block[: config.context_dim].astype(np.float32)
-  save_converted(ConvertedModel(config.kind, config, params, {"null_embedding": null}), path)
+  extras = {} if config.kind == "t5_encoder" else {"null_embedding": block[: config.context_dim].astype(np.float32)}
+  save_converted(ConvertedModel(config.kind, config, params, extras), path)
   return sum(a.nbytes for a in jax.tree.leaves(params))
+
+
+def kept_size(path: str, config, dtype) -> int | None:
+  """The size in bytes of a model an earlier run left in `path`, if it is this `config` in `dtype`; else None."""
+  from kvjax.conversion.store import WeightsError, check_converted
+  try:
+    checked = check_converted(path, config.kind, config)
+  except WeightsError:
+    return None
+  leaves = jax.tree.leaves(checked.stored["params"], is_leaf=lambda x: hasattr(x, "shape"))
+  if {np.dtype(leaf.dtype) for leaf in leaves} != {dtype}:
+    return None
+  return sum(int(np.prod(leaf.shape)) * dtype.itemsize for leaf in leaves)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", default="keyframe-1.1")
   parser.add_argument("--channels", type=int, help="model_channels (and init_channels) instead of the preset's")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
+                      help="another integer field of the model's config, e.g. d_model=1024 for flan-ul2-encoder")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-  parser.add_argument("--ways", default="verify,sample,init,before")
+  parser.add_argument("--ways", default="verify,sample,init,offload,before")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   config = model_configs.get_preset(args.preset)
   if args.channels:
     config = dataclasses.replace(config, model_channels=args.channels, init_channels=args.channels)
+  for item in args.set:
+    field, value = item.split("=")
+    config = dataclasses.replace(config, **{field: int(value)})
+  if config.kind not in ("keyframe_unet", "interpolation_unet", "t5_encoder"):
+    parser.error(f"--preset {args.preset}: a UNet or the text encoder")
   dtype = np.dtype(jax.numpy.dtype(args.dtype))
   workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="kvjax-bench-"))
   path = os.path.join(workdir, "model")
   start = time.perf_counter()
-  shutil.rmtree(path, ignore_errors=True)
   if args.write:  # the writer's own process: a child's ru_maxrss starts from its parent's, so this one must
-    size = write_model(path, config, dtype)  # not have held the model when the loads are measured
+    shutil.rmtree(path, ignore_errors=True)  # not have held the model when the loads are measured
+    size = write_model(path, config, dtype)
     print("SIZE", size)
     return
-  argv = ["--preset", args.preset, "--dtype", args.dtype]
-  argv += ["--channels", str(args.channels)] if args.channels else []
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--workdir", workdir, "--write"],
-                        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
-  if proc.returncode:
-    print(proc.stdout, proc.stderr, file=sys.stderr)
-    raise SystemExit("writing the model failed")
-  size = int(proc.stdout.split("SIZE")[1].split()[0])
-  print(f"wrote {path}: {args.preset}{f' with {args.channels} channels' if args.channels else ''}, {args.dtype}, "
-        f"{size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s", flush=True)
+  size = kept_size(path, config, dtype)
+  if size is None:
+    argv = ["--preset", args.preset, "--dtype", args.dtype]
+    argv += ["--channels", str(args.channels)] if args.channels else []
+    argv += [f"--set={item}" for item in args.set]
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--workdir", workdir, "--write"],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+    if proc.returncode:
+      print(proc.stdout, proc.stderr, file=sys.stderr)
+      raise SystemExit("writing the model failed")
+    size = int(proc.stdout.split("SIZE")[1].split()[0])
+  what = " ".join([args.preset, *([f"with {args.channels} channels"] if args.channels else []), *args.set])
+  print(f"{path}: {what}, {args.dtype}, "
+        f"{size / GIB:.2f} GiB, ready in {time.perf_counter() - start:.0f} s", flush=True)
   print(f"\n{'way':<8} {'model GiB':>10} {'before GiB':>11} {'peak GiB':>9} {'load GiB':>9} {'load/model':>11} "
         f"{'seconds':>8}", flush=True)
   for way in args.ways.split(","):

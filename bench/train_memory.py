@@ -5,6 +5,7 @@
   python bench/train_memory.py --meshes fsdp=64 "fsdp=16,tensor=4" --skip-compile
   python bench/train_memory.py --tiny-only                      # CPU step time of the tiny presets only
   python bench/train_memory.py --models image_movq,video_movq   # the MoVQ-GAN recipes (with LPIPS)
+  python bench/train_memory.py --models keyframe --lora-rank 64 --meshes data=1 fsdp=4 fsdp=8 --skip-compile
 
 The devices are simulated CPU devices (`--xla_force_host_platform_device_count`, set from `--devices`
 before jax is imported); a mesh of fewer devices uses the first ones. Nothing is allocated for the
@@ -17,7 +18,8 @@ production step is slow on a CPU host (2 shared cores: keyframe fsdp=8 6 minutes
 One table per model, one row per mesh, GiB per device. Left of the `|`, the state (exact, from
 `abstract_state()` and `sharding.shard_shape`):
   params     the float32 master weights (every parameter, frozen ones included; MoVQ: generator and
-             discriminator)
+             discriminator); with --lora-rank: the frozen base (in --lora-base-dtype) plus the float32
+             adapters, the moments and EMA then being the adapters' alone
   opt state  AdamW's two moments for the trainable parameters (frozen ones have none; MoVQ: both optimisers)
   EMA        the exponential moving average of the parameters (MoVQ: the generator's)
   state      params + opt state + EMA; the `1 device (unsharded)` row is the whole state
@@ -63,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--frames", type=int, help="keyframe clip frames (default: the preset's, 12)")
   p.add_argument("--groups", type=int, help="interpolation groups per clip (default: the preset's, 2)")
   p.add_argument("--remat", help="remat policy (default: the preset's, levels)")
+  p.add_argument("--lora-rank", type=int, help="UNets: a LoRA run of this rank (the UNet frozen)")
+  p.add_argument("--lora-targets", default="self_attention,cross_attention", help="with --lora-rank: target groups")
+  p.add_argument("--lora-base-dtype", default="bfloat16", help="with --lora-rank: the frozen base's type")
   p.add_argument("--skip-compile", action="store_true", help="state table only (shapes and shardings)")
   p.add_argument("--compile-max-devices", type=int, default=None,
                  help="compile only meshes of at most this many devices (default: all)")
@@ -82,6 +87,7 @@ import dataclasses  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kvjax.models.lora import LoraConfig, check_target_names  # noqa: E402
 from kvjax.params import random_params  # noqa: E402
 from kvjax.training.train_config import TRAIN_PRESETS, TrainConfig  # noqa: E402
 from kvjax.sharding import make_mesh, parse_mesh  # noqa: E402
@@ -129,6 +135,13 @@ def state_row(trainer) -> tuple[dict[str, float], dict[str, float]]:
   row["state"] = per_device_bytes(state, shardings) / GIB
   unsharded = {name: total_bytes(tree) / GIB if tree is not None else 0.0 for name, (tree, _) in parts.items()}
   unsharded["state"] = total_bytes(state) / GIB
+  if getattr(trainer.config, "lora", None) is not None and trainer.config.lora.enabled:
+    # The frozen base (abstract, with its shardings) is the step's argument beside the state: count it as params.
+    base = trainer.frozen
+    per_device = per_device_bytes(base, jax.tree.map(lambda a: a.sharding, base)) / GIB
+    for values, extra in ((row, per_device), (unsharded, total_bytes(base) / GIB)):
+      values["params"] += extra
+      values["state"] += extra
   return row, unsharded
 
 
@@ -148,6 +161,9 @@ def production_config(model: str, args: argparse.Namespace) -> TrainConfig:
   config = TRAIN_PRESETS[f"{model.replace('_', '-')}-1.1"]
   changes = {"global_batch_size": args.batch, "num_frames": args.frames, "num_groups": args.groups,
              "remat": args.remat}
+  if args.lora_rank is not None:
+    changes["lora"] = LoraConfig(rank=args.lora_rank, targets=check_target_names(args.lora_targets),
+                                 base_dtype=args.lora_base_dtype)
   return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -155,8 +171,12 @@ def describe(config: TrainConfig) -> str:
   clip = f"{config.num_groups} groups" if config.model == "interpolation" else f"{config.num_frames} frames"
   extra = (f", {config.movq.discriminator}, {config.movq.lpips}" if config.is_movq
            else f" ({config.clip_frames} latent)")
+  lora = config.lora
+  recipe = (f", LoRA rank {lora.rank} on {','.join(lora.targets)} over a frozen {lora.base_dtype} base"
+            if lora.enabled else "")
   return (f"{config.model}: {config.pipeline}, global batch {config.global_batch_size} x {clip}{extra} "
-          f"at {config.resolution[0]}x{config.resolution[1]}, {config.compute_dtype} compute, remat {config.remat}")
+          f"at {config.resolution[0]}x{config.resolution[1]}, {config.compute_dtype} compute, remat {config.remat}"
+          f"{recipe}")
 
 
 def memory_tables(args: argparse.Namespace) -> None:

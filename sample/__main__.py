@@ -66,6 +66,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
   p.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default="xla", help="attention kernels: xla "
                  "(ours, the reference's arithmetic), jax (jax.nn.dot_product_attention's choice) or cudnn (fused, "
                  "NVIDIA GPUs, with --bf16)")
+  p.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter (`python -m train.export` "
+                 "of a LoRA run) merged into the UNet it was made for at load, at strength SCALE (default 1; 0: no "
+                 "change); repeatable")
   p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs between runs "
                  "(default: a per-user cache, ~/.cache/kvjax/jax or $KVJAX_COMPILE_CACHE)")
 
@@ -249,9 +252,42 @@ def check_model_options(args, weights_dir: str):
   return mesh, _model_overrides(args)
 
 
-def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict, seed: int = 0):
+MAX_LORA_SCALE = 100.0
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+  """--lora FILE[:SCALE] -> (FILE, SCALE); a FILE whose name holds a colon is taken whole when it exists."""
+  path, sep, scale = text.rpartition(":")
+  if not sep or os.path.isfile(text):
+    return text, 1.0
+  try:
+    value = float(scale)
+  except ValueError:
+    raise ValueError(f"--lora {text}: the scale {scale!r} is not a number (FILE:SCALE, e.g. style.safetensors:0.8)") \
+        from None
+  if not abs(value) <= MAX_LORA_SCALE:
+    raise ValueError(f"--lora {text}: the scale must be a number in [-{MAX_LORA_SCALE:g}, {MAX_LORA_SCALE:g}]")
+  return path, value
+
+
+def read_loras(args) -> list:
+  """The adapters of --lora, read and checked (format, keys, shapes) before any weights load: (Adapter, scale)."""
+  from kvjax.conversion.adapters import read_adapter
+  loras = []
+  for text in getattr(args, "lora", None) or []:
+    path, scale = parse_lora(text)
+    adapter = read_adapter(path, "--lora")
+    print(f"LoRA: {path} (rank {adapter.rank} on {','.join(adapter.targets)} of the {adapter.kind}, step "
+          f"{adapter.step}{', trigger words ' + ' '.join(adapter.trigger_words) if adapter.trigger_words else ''}) "
+          f"at scale {scale:g}", file=sys.stderr)
+    loras.append((adapter, scale))
+  return loras
+
+
+def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict, seed: int = 0, loras=()):
   """The pipeline of the model options (add_model_options) over `weights_dir` ("random": the tiny preset's
-  random weights drawn from `seed`), with the compile cache on unless --no-compile-cache."""
+  random weights drawn from `seed`), with the compile cache on unless --no-compile-cache. `loras` (read_loras)
+  are merged into the UNets in host memory before the pipeline places the weights (mesh or offload)."""
   from kvjax import demo
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
   import jax.numpy as jnp
@@ -268,7 +304,6 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
     config = PIPELINE_PRESETS["tiny"]
     config, weights = with_models(config, random_weights(config, seed), overrides)
-    weights = quantize_weights(weights, quantize)
     tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, config.tokens_length)
   else:
     from kvjax.pipeline.pipeline_weights import load_pipeline_weights
@@ -276,9 +311,16 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
     tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=mesh, offload=args.offload,
-                                            quantize=quantize)
+    # With adapters the weights are read into host memory, merged there, quantized, then placed by the pipeline.
+    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=None if loras else mesh,
+                                            offload=args.offload or bool(loras), scan_text_encoder=True,
+                                            quantize=None if loras else quantize)
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
+  if loras:
+    from kvjax.pipeline.pipeline_weights import with_adapters
+    weights = with_adapters(config, weights, loras)
+  if loras or weights_dir == "random":  # quantized here, after any adapters are merged into the float kernels
+    weights = quantize_weights(weights, quantize)
   if not args.no_compile_cache:
     from kvjax import compile_cache
     compile_cache.enable()
@@ -306,7 +348,8 @@ def run(args) -> int:
                      f"window{'s' * (options.windows > 1)} (--windows): give one per window at most")
   prompts = [args.prompts] if args.prompt_per_window else args.prompts
   mesh, overrides = check_model_options(args, weights_dir)  # before any weights load
-  pipeline = load_pipeline(args, weights_dir, defaults, mesh, overrides, seed=options.seed)
+  loras = read_loras(args)
+  pipeline = load_pipeline(args, weights_dir, defaults, mesh, overrides, seed=options.seed, loras=loras)
   options.check_size(pipeline.config)
   _warn_cut_prompts(args.prompts, pipeline.tokenizer)
   start = time.perf_counter()

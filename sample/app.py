@@ -275,7 +275,7 @@ def build(args, sock: socket.socket | None = None):
   from kvjax.app.server import LOOPBACK_NAMES, make_app
   weights_dir, defaults = weights_and_defaults(args.weights)
   mesh, overrides = check_model_options(args, weights_dir)
-  pipeline = load_pipeline(args, weights_dir, defaults, mesh, overrides)
+  pipeline = load_pipeline(args, weights_dir, defaults, mesh, overrides, loras=read_loras(args))
   from kvjax import demo
   label = ("the embedded demo (moving shapes)" if weights_dir == demo.DEMO_WEIGHTS else
            "random weights (the tiny preset: the videos are noise)" if weights_dir == "random" else weights_dir)

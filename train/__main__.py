@@ -25,6 +25,9 @@ Any field of the preset's settings (kvjax.training.train_config.TrainConfig) is 
 WORKDIR/config.json records the settings; a run resumed with other settings (its length and --nonfinite
 aside) is refused, naming the fields that differ.
 
+LoRA: --lora-rank R [--lora-targets GROUPS] trains low-rank adapters alone over the frozen UNet (any UNet
+preset); `python -m train.export WORKDIR adapter.safetensors` writes the adapter, `python -m sample --lora` uses it.
+
 Watching a run: `tensorboard --logdir WORKDIR` shows every logged metric, the throughput, the learning rate
 and the devices' memory; --validation-prompts FILE samples videos every --validation-every steps into
 WORKDIR/validation/step_N/ and TensorBoard. On a terminal a progress bar with an ETA stays under the log.
@@ -36,6 +39,7 @@ import argparse
 import sys
 
 from kvjax.cli import program_name
+from kvjax.models.lora import DEFAULT_TARGETS, LORA_TARGETS, check_target_names
 from kvjax.training.movq_gan import INIT_FROM, TRAIN_SCOPES
 from kvjax.training.optimizer import NONFINITE_POLICIES
 from kvjax.training.overrides import OverrideError, add_config_arguments, config_from_args
@@ -76,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--keep-checkpoints", type=int)
   p.add_argument("--log-every", type=int)
   p.add_argument("--seed", type=int)
+  p.add_argument("--lora-rank", type=int, metavar="R", help="UNet runs: train LoRA adapters of rank R alone, the "
+                 "UNet frozen (lora.rank; other LoRA settings: --set lora.alpha=..., lora.dropout, lora.init, "
+                 "lora.base_dtype, lora.trigger_words)")
+  p.add_argument("--lora-targets", metavar="GROUPS", help="with --lora-rank: comma-separated groups of layers "
+                 f"that get adapters, of {', '.join(LORA_TARGETS)} (default: {','.join(DEFAULT_TARGETS)})")
   p.add_argument("--data-workers", type=int, default=0, help="grain reader processes per host")
   p.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
   p.add_argument("--num-processes", type=int)
@@ -107,6 +116,12 @@ def _train_config(args):
   movq = {"movq.train_scope": args.train_scope, "movq.init_from": args.init_from,
           "movq.discriminator_start": args.discriminator_start}
   movq = {k: v for k, v in movq.items() if v is not None}
+  if args.lora_targets is not None and args.lora_rank is None:
+    raise RunRefused(f"--lora-targets {args.lora_targets}: give --lora-rank R too")
+  try:
+    targets = None if args.lora_targets is None else check_target_names(args.lora_targets)
+  except ValueError as e:
+    raise RunRefused(f"--lora-targets {args.lora_targets}: {e}")
   try:
     if movq and not TRAIN_PRESETS[args.config].is_movq:
       raise ValueError(f"{', '.join('--' + k[5:].replace('_', '-') for k in movq)} apply to the MoVQ presets only")
@@ -115,7 +130,7 @@ def _train_config(args):
         "num_frames": args.num_frames, "compute_dtype": args.compute_dtype, "remat": args.remat,
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
         "log_every": args.log_every, "seed": args.seed, "optimizer.learning_rate": args.learning_rate,
-        "optimizer.nonfinite": args.nonfinite, **movq})
+        "optimizer.nonfinite": args.nonfinite, "lora.rank": args.lora_rank, "lora.targets": targets, **movq})
   except OverrideError as e:
     raise RunRefused(str(e))
   except ValueError as e:

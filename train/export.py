@@ -4,8 +4,12 @@
   python -m train.export runs/decoder my_decoder/ --step 4000 --no-ema
   python -m sample "waves at sunset" --weights converted/ --video-movq my_decoder/ --out waves.mp4
 
-MoVQ runs export the generator; UNet runs export the UNet with the null embedding the run used. All or
-nothing: the folder appears complete or not at all.
+MoVQ runs export the generator; UNet runs export the UNet with the null embedding the run used. A LoRA run
+(`python -m train --lora-rank R`) exports its adapter alone, one safetensors file (OUT, e.g. style.safetensors;
+PEFT-style keys, docs/training.md) that `python -m sample --lora OUT` merges into the UNet it was made for.
+All or nothing: the folder (or file) appears complete or not at all.
+
+  python -m train.export runs/style style.safetensors
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog=program_name("train.export", __package__), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("workdir", help="the --workdir of a `python -m train` run")
-  p.add_argument("out", help="converted-model folder to write")
+  p.add_argument("out", help="converted-model folder to write (a LoRA run: the adapter's .safetensors file)")
   p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
   p.add_argument("--no-ema", action="store_true", help="export the raw weights, not their moving average")
   p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
@@ -71,6 +75,14 @@ def export(workdir: str, out: str, step: int | None = None, ema: bool = True, ov
   checkpoints.close()
   model_state = state.generator if config.is_movq else state
   use_ema = ema and model_state.ema_params is not None
+  if config.lora.enabled:
+    from kvjax.conversion.adapters import write_adapter
+    size = write_adapter(out, model_state.ema_params if use_ema else model_state.params,
+                         unet_config=config.model_config, lora=config.lora, pipeline=config.pipeline, step=step,
+                         overwrite=overwrite)
+    return (f"wrote {out}: the LoRA adapter (rank {config.lora.rank}, {','.join(config.lora.targets)}) of the "
+            f"{config.model} UNet from {os.path.abspath(workdir)} step {step} "
+            f"({'EMA' if use_ema else 'raw'} weights, float32), {size / 2**20:.2f} MiB")
   params = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)),
                         model_state.ema_params if use_ema else model_state.params)
   extras = {} if config.is_movq else {"null_embedding": null}

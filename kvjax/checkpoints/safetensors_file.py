@@ -1,4 +1,4 @@
-"""Reads safetensors files: an 8-byte header length, a JSON header, then raw little-endian tensors."""
+"""Reads and writes safetensors files: an 8-byte header length, a JSON header, then raw little-endian tensors."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def _is_int(value) -> bool:
 
 
 def read_safetensors(path: str) -> dict[str, LazyTensor]:
+  return read_safetensors_with_metadata(path)[0]
+
+
+def read_safetensors_with_metadata(path: str) -> tuple[dict[str, LazyTensor], dict[str, str]]:
+  """The tensors (mapped lazily) and the header's `__metadata__` (string to string; {} when absent)."""
   file_size = os.path.getsize(path)
   with open(path, "rb") as f:
     prefix = f.read(8)
@@ -54,7 +59,9 @@ def read_safetensors(path: str) -> dict[str, LazyTensor]:
       raise CheckpointError(f"{path}: corrupt safetensors header: {type(e).__name__}: {e}"[:500]) from None
   if not isinstance(header, dict):
     raise CheckpointError(f"{path}: corrupt safetensors header")
-  header.pop("__metadata__", None)
+  metadata = header.pop("__metadata__", None) or {}
+  if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    raise CheckpointError(f"{path}: corrupt safetensors header: __metadata__ must map strings to strings")
   data_start = 8 + header_size
   tensors = {}
   for name, entry in header.items():
@@ -82,4 +89,30 @@ def read_safetensors(path: str) -> dict[str, LazyTensor]:
     strides = tuple(int(math.prod(shape[i + 1:])) for i in range(len(shape)))
     tensors[name] = LazyTensor(path=path, offset=data_start + begin, dtype=dtype, shape=shape,
                                strides=strides, span=size, name=name)
-  return tensors
+  return tensors, metadata
+
+
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
+                      overwrite: bool = False) -> None:
+  """Writes `tensors` (numpy, any of the dtypes above) with `metadata` as one safetensors file, all or nothing
+  (kvjax/atomic.py: staged, then renamed into place)."""
+  from kvjax.atomic import staged
+  header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+  offset, arrays = 0, []
+  for name in sorted(tensors):
+    array = np.ascontiguousarray(tensors[name])
+    array = array.astype(array.dtype.newbyteorder("<"))
+    header[name] = {"dtype": _NAMES[np.dtype(array.dtype.newbyteorder("="))], "shape": list(array.shape),
+                    "data_offsets": [offset, offset + array.nbytes]}
+    offset += array.nbytes
+    arrays.append(array)
+  encoded = json.dumps(header, separators=(",", ":")).encode()
+  encoded += b" " * (-len(encoded) % 8)  # tensors start 8-byte aligned, as the safetensors library writes them
+  with staged(path, overwrite=overwrite, folder=False) as staging:
+    with open(staging, "wb") as f:
+      f.write(struct.pack("<Q", len(encoded)) + encoded)
+      for array in arrays:
+        f.write(array.tobytes())

@@ -11,6 +11,8 @@ In an int8 folder (`python -m convert ... --quantize int8`) a quantized kernel i
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import functools
 import json
@@ -32,9 +34,14 @@ FORMAT = "kvjax-converted"
 _CONCURRENT_GB = 1
 
 
-def _checkpointer() -> ocp.Checkpointer:
+# Reads in flight while loading: a quarter GB, or the largest array where that is larger (orbax reads an array
+# whole within the bound). On a CPU host they are the excess of a load over the model's size.
+_READ_GB = 0.25
+
+
+def _checkpointer(restore_gb: float = _CONCURRENT_GB) -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
-      save_concurrent_gb=_CONCURRENT_GB, restore_concurrent_gb=_CONCURRENT_GB,
+      save_concurrent_gb=_CONCURRENT_GB, restore_concurrent_gb=restore_gb,
       save_device_host_concurrent_gb=_CONCURRENT_GB, use_compression=False))
 
 
@@ -202,44 +209,86 @@ def check_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...
   return CheckedFolder(path, kind, config, stored)
 
 
-def _restore_args(stored, placement):
+def _restore_args(stored, placement, dtype=None):
   """Per-leaf restore arguments: numpy in host memory (`placement` "host"), else jax arrays placed as they are read
-  (`placement` None: the default device; a Sharding; or a tree of Shardings matching the parameters)."""
-  if placement == "host":
-    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored,
-                        is_leaf=lambda x: hasattr(x, "shape"))
-  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  one = lambda sharding: lambda leaf: ocp.ArrayRestoreArgs(
-      sharding=sharding, global_shape=tuple(leaf.shape), dtype=None)
+  (`placement` None: the default device; a Sharding; or a tree of Shardings matching the parameters). `dtype`
+  (e.g. np.float32): the parameters cast to it as they are read; the extras keep their stored dtype."""
   is_leaf = lambda x: hasattr(x, "shape")
+  if placement == "host":
+    one = lambda dtype: lambda leaf: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)
+    return {name: jax.tree.map(one(dtype if name == "params" else None), tree, is_leaf=is_leaf)
+            for name, tree in stored.items()}
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  one = lambda sharding, dtype=None: lambda leaf: ocp.ArrayRestoreArgs(
+      sharding=sharding, global_shape=tuple(leaf.shape), dtype=dtype)
   if placement is None or isinstance(placement, jax.sharding.Sharding):
-    return jax.tree.map(one(placement or default), stored, is_leaf=is_leaf)
+    args = {name: jax.tree.map(one(placement or default), tree, is_leaf=is_leaf) for name, tree in stored.items()}
+    args["params"] = jax.tree.map(one(placement or default, dtype), stored["params"], is_leaf=is_leaf)
+    return args
   args = {name: jax.tree.map(one(default), tree, is_leaf=is_leaf) for name, tree in stored.items() if name != "params"}
-  args["params"] = jax.tree.map(lambda leaf, sharding: one(sharding)(leaf), stored["params"],
+  args["params"] = jax.tree.map(lambda leaf, sharding: one(sharding, dtype)(leaf), stored["params"],
                                 quantization.to_stored(placement), is_leaf=is_leaf)
   return args
 
 
+# glibc's mallopt: M_MMAP_THRESHOLD, its starting value and the ceiling its dynamic raise stops at (64-bit).
+_M_MMAP_THRESHOLD, _MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -3, 128 << 10, 32 << 20
+
+
+@contextlib.contextmanager
+def _freed_reads_returned():
+  """Host buffers of 128 KiB and more mapped one by one while arrays are read, so that each read buffer goes
+  back to the OS when it is freed. By default glibc raises its mmap threshold to the size of any mapped buffer
+  freed (up to 32 MiB): after the first freed read every smaller read lands in the heap, between the arrays kept,
+  and the holes the freed reads leave stay resident, about 0.3x the model's size in host memory on top of it
+  (docs/benchmarks.md, bench/load_memory.py). Afterwards the threshold stays at the ceiling that raise reaches.
+  Not glibc (no mallopt): nothing changes."""
+  mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+  if mallopt is None:
+    yield
+    return
+  mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+  try:
+    yield
+  finally:
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+
+
 def load_converted(path: str | os.PathLike, expected_kind: str | tuple[str, ...] | None = None,
-                   expected_config: Any = None, role: str = "", placement: Any = "host") -> ConvertedModel:
+                   expected_config: Any = None, role: str = "", placement: Any = "host",
+                   dtype: Any = None) -> ConvertedModel:
   """The one loader of converted folders: `check_converted` first (nothing read or allocated before it passes),
   then the arrays restored one bounded group at a time, each placed as it is read: `placement` "host" gives numpy
   arrays (host memory, e.g. for --offload), None jax arrays on the default device, a Sharding or a tree of them
-  (matching the parameters) jax arrays placed so. No host copy of the whole model is kept on the way. A store
-  that fails to read raises WeightsError naming the folder and the first problem."""
-  return restore_checked(check_converted(path, expected_kind, expected_config, role), role, placement)
+  (matching the parameters) jax arrays placed so: orbax reads each array's shards into host buffers of its own,
+  places them and frees them (at most `_READ_GB` in flight, or the largest array), so no host copy of the model
+  is made on the way. `dtype`: the parameters cast to it as they are read (None: as stored). A store that fails
+  to read raises WeightsError naming the folder and the first problem."""
+  return restore_checked(check_converted(path, expected_kind, expected_config, role), role, placement, dtype)
 
 
-def restore_checked(checked: CheckedFolder, role: str = "", placement: Any = "host") -> ConvertedModel:
+def restore_checked(checked: CheckedFolder, role: str = "", placement: Any = "host",
+                    dtype: Any = None, part: dict[str, Any] | None = None) -> ConvertedModel:
   """`load_converted`'s second half, for a folder `check_converted` has passed (callers that check every folder
-  before reading any, as the pipeline does, read each store's metadata once)."""
+  before reading any, as the pipeline does, read each store's metadata once). `part`: a subtree of
+  `checked.stored` ({"params": {...}}) to read alone, the rest left on disk (`placement` a tree then matches
+  its params)."""
   where = f"{role} {checked.path}" if role else checked.path
   from kvjax.training.checkpointing import _quiet_abandoned_reads, error_reason
   _quiet_abandoned_reads()
   state_path = os.path.join(os.path.abspath(checked.path), "state")
   try:
-    with _checkpointer() as checkpointer:
-      state = checkpointer.restore(state_path, restore_args=_restore_args(checked.stored, placement))
+    largest = max((int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for leaf in
+                   jax.tree.leaves(checked.stored if part is None else part, is_leaf=lambda x: hasattr(x, "shape"))),
+                  default=0)
+    with _checkpointer(max(_READ_GB, largest / 1e9)) as checkpointer, _freed_reads_returned():
+      if part is None:
+        state = checkpointer.restore(state_path, restore_args=_restore_args(checked.stored, placement, dtype))
+      else:
+        item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), part,
+                            is_leaf=lambda x: hasattr(x, "shape"))
+        state = checkpointer.restore(state_path, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=_restore_args(part, placement, dtype), partial_restore=True))
   except Exception as e:  # orbax and tensorstore raise bare Exceptions, ValueErrors, OSErrors...
     raise WeightsError(f"{where}: damaged store: its {checked.kind} arrays cannot be read ({error_reason(e)})") \
         from None

@@ -202,7 +202,10 @@ class _ScannedBlock(Block):
 
 def scan_layout(params, num_layers: int, stack=lambda *layers: np.stack([np.asarray(a) for a in layers])):
   """Per-block parameters (the converted layout) -> the `scan_layers=True` layout: blocks 1..N-1 stacked
-  (`stack` joins one parameter's N-1 leaves: arrays by default; e.g. shardings gain a leading None axis)."""
+  (`stack` joins one parameter's N-1 leaves: arrays by default; e.g. shardings gain a leading None axis).
+  Parameters already in that layout (e.g. read so by kvjax.pipeline.pipeline_weights) are returned as they are."""
+  if SCANNED_BLOCKS in params["encoder"]:
+    return params
   encoder = dict(params["encoder"])
   rest = [encoder.pop(f"block_{i}") for i in range(1, num_layers)]
   if rest:

@@ -7,7 +7,7 @@ A folder may also hold `latents.json`, the map between the MoVQ's latents and th
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvjax import quantization
-from kvjax.conversion.store import WeightsError, check_converted, restore_checked
+from kvjax.conversion.store import ConvertedModel, WeightsError, check_converted, restore_checked
 from kvjax.models import latent_normalization
 from kvjax.params import random_params
 from kvjax.pipeline.pipeline_config import PipelineConfig
@@ -91,16 +91,64 @@ def with_models(config: PipelineConfig, weights: PipelineWeights,
   return config, weights
 
 
+def _set_layer(stacked, layer, index):
+  """`stacked` with `layer` at `index` of its leading axis."""
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer.astype(stacked.dtype), index, 0)
+
+
+# `stacked` donated: written in place (one program per shape and sharding, the index traced).
+_set_layer_in_place = jax.jit(_set_layer, donate_argnums=0)
+
+
+def _scanned_text_encoder(checked, role: str, mesh):
+  """A checked T5 encoder folder read onto the devices in the pipeline's scanned layout
+  (kvjax.models.t5_encoder.scan_layout): the stacked arrays of blocks 1..N-1 made first (zeros, on their
+  shardings), then each block read alone, written into its slot and freed. Memory holds the model once plus one
+  block; stacking blocks read whole would hold a second copy of them."""
+  from kvjax.models.t5_encoder import SCANNED_BLOCKS
+  from kvjax.params import abstract_params
+  from kvjax.sharding import param_shardings
+  config = checked.config
+  stored = checked.stored["params"]
+  blocks = [f"block_{i}" for i in range(1, config.num_layers)]
+  is_leaf = lambda x: hasattr(x, "shape")
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, stored, is_leaf=is_leaf)
+    stacked_shardings = jax.tree.map(lambda _: device, stored["encoder"].get("block_1", {}), is_leaf=is_leaf)
+  else:  # int8 kernels in the stored layout, each part sharded as its float kernel
+    shardings = quantization.to_stored(param_shardings(quantization.boxed_like(abstract_params(config), stored), mesh))
+    stacked_shardings = jax.tree.map(
+        lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *s.spec)),
+        shardings["encoder"].get("block_1", {}))
+  without_blocks = lambda tree: {**tree, "encoder": {k: v for k, v in tree["encoder"].items() if k not in blocks}}
+  params = restore_checked(checked, role, without_blocks(shardings), part={"params": without_blocks(stored)}).params
+  if not blocks:
+    return params
+  stacked = jax.tree.map(lambda leaf, sharding: jnp.zeros((len(blocks), *leaf.shape), leaf.dtype, device=sharding),
+                         stored["encoder"][blocks[0]], stacked_shardings, is_leaf=is_leaf)
+  for index, name in enumerate(blocks):
+    block = restore_checked(checked, role, {"encoder": {name: shardings["encoder"][name]}},
+                            part={"params": {"encoder": {name: stored["encoder"][name]}}}).params["encoder"][name]
+    stacked = jax.tree.map(lambda s, b: _set_layer_in_place(s, b, index), stacked, quantization.to_stored(block))
+    del block
+  params["encoder"][SCANNED_BLOCKS] = quantization.from_stored(stacked)
+  return params
+
+
 def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapping[str, str] | None = None,
                           mesh=None, offload: bool = False, expected: PipelineConfig | None = None,
+                          scan_text_encoder: bool = False,
                           quantize: Mapping[str, str] | None = None) -> tuple[PipelineConfig, PipelineWeights]:
   """A `convert all` folder's models (any replaced by `overrides`' folders). Every folder is checked first (kind,
   configuration, stored shapes and dtypes, store; kvjax.conversion.store.check_converted), then the arrays are
   placed as they are read: on the default device, sharded on `mesh` by the rule table, or kept in host memory
-  with `offload` (the text encoder stays in host memory: the pipeline stacks its blocks before placing it).
-  `expected`: the pipeline the models must make (e.g. a training run's), each refused by name if not.
-  `quantize` ({field: "int8"}, kvjax.quantization.parse_quantize): models quantized as they load (read into host
-  memory, quantized, then placed); a folder stored in int8 loads as it is stored."""
+  with `offload`. The text encoder: with `scan_text_encoder` (what TextToVideo runs) read onto the devices
+  block by block into its scanned layout; without, in host memory in its per-block layout (TextToVideo stacks
+  it, training encodes captions with it). `expected`: the pipeline the models must make (e.g. a training
+  run's), each refused by name if not. `quantize` ({field: "int8"}, kvjax.quantization.parse_quantize): models
+  quantized as they load (read into host memory, quantized, then placed; T5 then in its per-block layout); a
+  folder stored in int8 loads as it is stored."""
   quantize = check_quantize(quantize)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such weights folder (make one with `python -m convert all`)")
@@ -124,26 +172,27 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
   config = PipelineConfig(**{field: c.config for field, c in checked.items()}, tokens_length=tokens_length)
 
   def placement(field, params):  # `params`: the tree to place, or its stored metadata
-    if offload or field == "text_encoder":
+    if offload or (field == "text_encoder" and not scan_text_encoder):
       return "host"
     if mesh is None:
       return None
     from kvjax.params import abstract_params
     from kvjax.sharding import param_shardings
-    return param_shardings(quantization.boxed_like(abstract_params(getattr(config, field)), params), mesh)
-
-  def load(field):
+  def restore(field):
     stored = checked[field].stored["params"]
-    if field not in quantize or quantization.is_quantized(quantization.from_stored(stored)):
-      return restore_checked(checked[field], roles[field], placement(field, stored))
-    model = restore_checked(checked[field], roles[field], "host")
-    model.params = quantization.quantize_params(model.params, checked[field].kind)
-    where = placement(field, model.params)
-    if where != "host":
-      model.params = jax.device_put(model.params, where)
-    return model
+    if field in quantize and not quantization.is_quantized(quantization.from_stored(stored)):
+      model = restore_checked(checked[field], roles[field], "host")
+      model.params = quantization.quantize_params(model.params, checked[field].kind)
+      where = "host" if field == "text_encoder" else placement(field, model.params)  # T5: stacked by TextToVideo
+      if where != "host":
+        model.params = jax.device_put(model.params, where)
+      return model
+    if field == "text_encoder" and scan_text_encoder and not offload:
+      return ConvertedModel(checked[field].kind, checked[field].config,
+                            _scanned_text_encoder(checked[field], roles[field], mesh))
+    return restore_checked(checked[field], roles[field], placement(field, stored))
 
-  loaded = {field: load(field) for field in paths}
+  loaded = {field: restore(field) for field in paths}
   for field in ("keyframe", "interpolation"):
     if "null_embedding" not in loaded[field].extras:
       raise WeightsError(f"{paths[field]}: no null embedding (a UNet folder of `convert all` or `train.export` "
@@ -157,3 +206,26 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
       latent_normalization=latent_normalization.load(os.path.join(folder, latent_normalization.LATENTS_FILE),
                                                      config.image_movq.z_channels))
   return config, weights
+
+
+# The pipeline field of each UNet kind an adapter is made for.
+ADAPTED_FIELDS = {"keyframe_unet": "keyframe", "interpolation_unet": "interpolation"}
+
+
+def with_adapters(config: PipelineConfig, weights: PipelineWeights, adapters: Sequence[tuple[Any, float]],
+                  role: str = "--lora") -> PipelineWeights:
+  """Merges LoRA adapters into the UNets they were made for, once: each adapted kernel becomes kernel + scale x
+  alpha / rank x A @ B, added in float32 and cast back to the kernel's type, so sampling costs what it costs
+  without them. `adapters`: (adapter file path or `kvjax.conversion.adapters.Adapter`, scale) pairs, applied in
+  order (several may adapt the same UNet); every file is read and checked against its UNet (kind, configuration,
+  keys, shapes) before any is merged. The merged UNets are host (numpy) arrays: merge before placing the weights
+  (TextToVideo places them on its mesh, or keeps them in host memory with offload)."""
+  from kvjax.conversion.adapters import check_base, read_adapter
+  from kvjax.models.lora import merge
+  read = [(read_adapter(a, role) if isinstance(a, (str, os.PathLike)) else a, scale) for a, scale in adapters]
+  for adapter, _ in read:
+    check_base(adapter, getattr(config, ADAPTED_FIELDS[adapter.kind]), role)
+  for adapter, scale in read:
+    field = ADAPTED_FIELDS[adapter.kind]
+    weights = weights.replace(**{field: merge(getattr(weights, field), adapter.adapters, adapter.scale * scale)})
+  return weights

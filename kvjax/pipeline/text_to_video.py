@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from kvjax.models.movq import reference_chunk_sizes
-from kvjax.models.t5_encoder import scan_layout
+from kvjax.models.t5_encoder import SCANNED_BLOCKS, scan_layout
 from kvjax.params import abstract_params
 from kvjax.quantization import boxed_like
 from kvjax.pipeline.pipeline_config import FPS_PASSES, GenerationOptions, PipelineConfig
@@ -61,7 +61,15 @@ def weight_shardings(config: PipelineConfig, mesh: Mesh, weights: PipelineWeight
   (kvjax.quantization.boxed_like); None: float models."""
   def model(field):
     boxed = abstract_params(getattr(config, field))
-    return param_shardings(boxed if weights is None else boxed_like(boxed, getattr(weights, field)), mesh)
+    if weights is None:
+      return param_shardings(boxed, mesh)
+    like = getattr(weights, field)
+    if field == "text_encoder" and SCANNED_BLOCKS in like["encoder"]:  # read scanned: each block is like the stack
+      encoder = dict(like["encoder"])
+      stacked = encoder.pop(SCANNED_BLOCKS)
+      blocks = {f"block_{i}": stacked for i in range(1, config.text_encoder.num_layers)}
+      like = {**like, "encoder": {**encoder, **blocks}}
+    return param_shardings(boxed_like(boxed, like), mesh)
   stacked = lambda first, *rest: NamedSharding(mesh, PartitionSpec(None, *first.spec))
   return PipelineWeights(
       keyframe=model("keyframe"), keyframe_null=replicated(mesh), interpolation=model("interpolation"),

@@ -125,7 +125,7 @@ def run(config, *, workdir: str, data: str = "synthetic", mesh: str = "", weight
         say("no --weights: the encoders and the UNet start from RANDOM weights, captions use a stand-in tokenizer")
       pipeline, text_tokenizer = training_weights(config, weights, tokenizer)
       if init is not None:
-        pipeline = unet_start(config, pipeline, init)
+        pipeline = unet_start(config, pipeline, init, device_mesh)
         say(f"the {config.model} UNet starts from {init}")
       if config.model == "keyframe" and config.keyframe.mode == "video" and config.keyframe.video_input_from_image:
         from kvjax.training.keyframe_loss import video_input_from_image
@@ -156,7 +156,13 @@ def run(config, *, workdir: str, data: str = "synthetic", mesh: str = "", weight
     except OSError as e:
       raise RunRefused(f"writing into {workdir} failed ({e.strerror or e})")
 
-  trainer = make_trainer(config, device_mesh, lpips_params=lpips_params, null_embedding=null)
+  base = getattr(pipeline, config.model) if config.lora.enabled else None
+  trainer = make_trainer(config, device_mesh, lpips_params=lpips_params, null_embedding=null, base=base)
+  if config.lora.enabled:
+    from kvjax.params import count_params
+    say(f"LoRA: rank {config.lora.rank}, alpha {config.lora.alpha or config.lora.rank:g} on "
+        f"{', '.join(config.lora.targets)}: {count_params(trainer.abstract_state().params):,} adapter parameters "
+        f"train; the {config.model} UNet is frozen ({config.lora.base_dtype})")
   try:
     inputs = step_inputs(config, data, weights=pipeline, tokenizer=text_tokenizer, mesh=device_mesh,
                          local_batch_size=config.global_batch_size // jax.process_count(),
@@ -191,7 +197,7 @@ def run(config, *, workdir: str, data: str = "synthetic", mesh: str = "", weight
   if prompts is not None and step < config.total_steps:
     from kvjax.training.validation import Validator
     validate = Validator(config, prompts, pipeline, text_tokenizer, options, workdir, mesh=device_mesh,
-                         events=events, say=say)
+                         events=events, say=say, unet_weights=trainer.unet_weights)
     say(f"validation: {len(prompts)} prompt{'s' * (len(prompts) != 1)} every {validation_every} steps into "
         f"{validate.folder}")
 

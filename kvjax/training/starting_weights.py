@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from kvjax.conversion.store import load_converted
 from kvjax.params import abstract_params, random_params
 from kvjax.pipeline.pipeline_weights import FOLDERS, KINDS, random_weights
@@ -33,12 +35,19 @@ def training_weights(config: TrainConfig, weights_dir: str | None, tokenizer_pat
   return weights, T5Tokenizer(tokenizer_path, pipeline.tokens_length)
 
 
-def unet_start(config: TrainConfig, weights, path: str):
+def unet_start(config: TrainConfig, weights, path: str, mesh=None):
   """`weights` with the training UNet and its null embedding replaced by a converted folder's (checked by the one
-  loader: kind, configuration, stored shapes and dtypes, store; WeightsError in one line)."""
+  loader: kind, configuration, stored shapes and dtypes, store; WeightsError in one line). With `mesh` the UNet's
+  arrays go straight to their shards as they are read, in float32 with the shardings of the train state's
+  parameters (what `_Trainer.init_state` takes without a host copy); without, numpy in host memory."""
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"--init {path}: not a converted model folder (no config.json)")
-  model = load_converted(path, KINDS[config.model], config.model_config, "--init")
+  if mesh is None:
+    model = load_converted(path, KINDS[config.model], config.model_config, "--init")
+  else:
+    from kvjax.sharding import param_shardings
+    model = load_converted(path, KINDS[config.model], config.model_config, "--init",
+                           placement=param_shardings(abstract_params(config.model_config), mesh), dtype=np.float32)
   if "null_embedding" not in model.extras:
     raise ValueError(f"--init {path}: no null embedding (a UNet folder of `convert all` or `train.export` has one)")
   return weights.replace(**{config.model: model.params, f"{config.model}_null": model.extras["null_embedding"]})

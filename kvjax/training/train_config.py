@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from kvjax import model_configs
 from kvjax.data.dataset import WINDOW_STARTS
+from kvjax.models.lora import LoraConfig
 from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, PipelineConfig
 from kvjax.training.interpolation_loss import InterpolationTrainingConfig, clip_frames
 from kvjax.training.keyframe_loss import KeyframeTrainingConfig
@@ -46,6 +47,8 @@ class TrainConfig:
   interpolation: InterpolationTrainingConfig = InterpolationTrainingConfig()
   movq: MoVQTrainingConfig = MoVQTrainingConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
+  # LoRA adapters (UNet runs; rank 0: none): only they train, over the frozen UNet (kvjax.models.lora).
+  lora: LoraConfig = LoraConfig()
   total_steps: int = 100_000
   seed: int = 0
   log_every: int = 10
@@ -72,6 +75,9 @@ class TrainConfig:
       if min(self.resolution) < disc.min_spatial_size:
         raise ValueError(f"TrainConfig.resolution {self.resolution}: the {self.movq.discriminator} needs at least "
                          f"{disc.min_spatial_size} pixels a side")
+    if self.lora.enabled and self.is_movq:
+      raise ValueError(f"TrainConfig.lora: LoRA adapters apply to the UNets (keyframe, interpolation), not to "
+                       f"{self.model.replace('_', ' ')} runs")
     if self.global_batch_size < 1 or self.num_frames < 1 or self.num_groups < 1:
       raise ValueError("TrainConfig: global_batch_size, num_frames and num_groups must be positive")
     if self.total_steps < 0 or min(self.log_every, self.checkpoint_every, self.keep_checkpoints) < 1:

@@ -111,12 +111,14 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
   """`step(state, batch) -> (state, metrics)`; the step's randomness is fold_in(seed, step), so a resumed
   run draws exactly what the uninterrupted one would have. A step whose loss or gradient norm is not finite
   leaves the parameters and optimiser state as they were and says so in `metrics["nonfinite"]` (1, else 0):
-  a device value like the others, which the train loop reads only when it reads the metrics anyway."""
+  a device value like the others, which the train loop reads only when it reads the metrics anyway. Arguments
+  after the batch (`frozen`: weights that do not train, such as a LoRA run's base UNet) go to `loss_fn` after
+  its rng."""
   schedule = learning_rate_schedule(cfg)
 
-  def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  def step(state: TrainState, batch, *frozen) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng, *frozen)
     grad_norm = trained_grad_norm(grads, trainable)
     finite = all_finite(loss, grad_norm)
     metrics = {"loss": loss, "grad_norm": grad_norm,

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kvjax import model_configs
+from kvjax.models.lora import abstract_adapters, init_adapters, join, merge, with_lora
 from kvjax.params import abstract_params, build_model
 from kvjax.training.checkpointing import abstract_with_shardings
 from kvjax.training.train_config import COMPUTE_DTYPES, TrainConfig
@@ -61,8 +62,11 @@ class _Trainer:
   frozen: Any = None
 
   def _finish(self, step_fn, frozen=None, frozen_shardings=None):
+    """`frozen` may be abstract (ShapeDtypeStructs): the trainer then lowers but does not step."""
     self.batch_sharding = batch_sharding(self.mesh)
-    self.frozen = None if frozen is None else jax.device_put(jax.tree.map(np.asarray, frozen), frozen_shardings)
+    abstract = any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(frozen))
+    self.frozen = frozen if frozen is None or abstract else jax.device_put(jax.tree.map(np.asarray, frozen),
+                                                                            frozen_shardings)
     self._compiled = jit_train_step(step_fn, self.shardings, self.mesh,
                                     None if frozen is None else frozen_shardings)
 
@@ -81,10 +85,13 @@ class _Trainer:
     """A fresh state from the initial parameters (host or device arrays), placed as the rules say.
 
     The parameters go to their shards straight from host memory and the optimiser state is made in one
-    compiled call: resharding device arrays leaf by leaf would compile a slicing program per shape.
+    compiled call: resharding device arrays leaf by leaf would compile a slicing program per shape. Device
+    arrays already in float32 on their shards (training's `--init` loads them so) are taken as they are.
     """
-    host = jax.tree.map(lambda p: np.asarray(p, np.float32), params)
-    placed = jax.device_put(host, param_shardings(self._initial, self.mesh))
+    shardings = param_shardings(self._initial, self.mesh)
+    host = jax.tree.map(lambda p, s: p if isinstance(p, jax.Array) and p.dtype == jnp.float32 and p.sharding == s
+                        else np.asarray(p, np.float32), params, shardings)
+    placed = jax.device_put(host, shardings)
     return jax.jit(self._create, out_shardings=self.shardings)(placed)
 
   def lower(self):
@@ -101,24 +108,83 @@ class _Trainer:
 
 
 class UNetTrainer(_Trainer):
-  """The keyframe or interpolation UNet with its diffusion objective; the initial parameters are the UNet's."""
+  """The keyframe or interpolation UNet with its diffusion objective; the initial parameters are the UNet's.
 
-  def __init__(self, config: TrainConfig, mesh: Mesh, null_embedding):
+  A LoRA run (`config.lora.rank` > 0) trains adapters alone: the state's parameters (and optimiser moments
+  and EMA) are the float32 adapters, and the UNet's weights, `base` (in `config.lora.base_dtype`, sharded by
+  the rule table), are the step's frozen third argument. `base` None (export, compile-only lowering) gives a
+  trainer that restores and lowers but does not step."""
+
+  def __init__(self, config: TrainConfig, mesh: Mesh, null_embedding, base=None):
     self.config, self.mesh = config, mesh
-    unet = config.model_config
-    self.model = build_model(unet, dtype=COMPUTE_DTYPES[config.compute_dtype], remat=config.remat)
-    self._initial = abstract_params(unet)
-    self.trainable = trainable_mask(nn.unbox(self._initial), training_recipe(config))
+    unet, lora = config.model_config, config.lora
+    compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
+    self.model = build_model(unet, dtype=compute_dtype, remat=config.remat)
+    if lora.enabled:
+      self.model = with_lora(self.model, lora)
+      self._initial = abstract_adapters(unet, lora)
+      self.trainable = jax.tree.map(lambda _: True, nn.unbox(self._initial))
+    else:
+      self._initial = abstract_params(unet)
+      self.trainable = trainable_mask(nn.unbox(self._initial), training_recipe(config))
     self.optimizer = make_optimizer(config.optimizer, self.trainable)
     ema = config.optimizer.ema_decay > 0
     self.shardings: TrainState = state_shardings(self._initial, self.optimizer, mesh, ema=ema)
     self._create = lambda params: create_state(params, self.optimizer, ema)
     objective = {"keyframe": keyframe_image_loss if config.keyframe.mode == "image" else keyframe_loss,
                  "interpolation": interpolation_loss}[config.model]
-    loss_fn = functools.partial(objective, model=self.model, config=getattr(config, config.model),
+    loss_fn = functools.partial(objective, config=getattr(config, config.model),
                                 null_embedding=np.asarray(null_embedding, np.float32),
                                 activation_sharding=batch_sharding(mesh))
-    self._finish(make_train_step(loss_fn, self.optimizer, config.optimizer, self.trainable, seed=config.seed))
+    if not lora.enabled:
+      self._finish(make_train_step(functools.partial(loss_fn, model=self.model), self.optimizer, config.optimizer,
+                                   self.trainable, seed=config.seed))
+      return
+    base_shardings = param_shardings(abstract_params(unet), mesh)
+    step = make_train_step(_lora_loss(loss_fn, self.model, compute_dtype, lora.dropout), self.optimizer,
+                           config.optimizer, self.trainable, seed=config.seed)
+    dtype = jnp.dtype(lora.base_dtype)
+    if base is None:
+      base = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=sharding),
+                          nn.unbox(abstract_params(unet)), base_shardings)
+    else:
+      base = jax.tree.map(lambda p: np.asarray(p).astype(dtype), base)
+    self._finish(step, base, base_shardings)
+    self._merged = jax.jit(lambda base, adapters: merge(base, adapters, lora.scale, jnp), out_shardings=base_shardings)
+
+  def init_state(self, params):
+    """A fresh state from the UNet's parameters; a LoRA run's holds fresh adapters instead (A drawn from the
+    run's seed, B zero: the UNet's own output), its base UNet having been given at construction."""
+    if self.config.lora.enabled:
+      params = init_adapters(self._initial, self.config.lora, self.config.seed)
+    return super().init_state(params)
+
+  def unet_weights(self, params):
+    """The UNet's weights of a state's parameters: the adapters merged into the base for a LoRA run."""
+    return self._merged(self.frozen, params) if self.config.lora.enabled else params
+
+
+def _lora_loss(objective, model, compute_dtype, dropout: float):
+  """`objective` of (adapters, batch, rng, base): the wrapped model on the base joined with the adapters, these
+  cast to the compute type (float32 masters, as the base's own kernels are cast by their layers). Dropout
+  draws from the step's rng folded with 1, so the objective's own draws are those of a run without adapters."""
+  def loss(adapters, batch, rng, base):
+    adapters = jax.tree.map(lambda a: a.astype(compute_dtype), adapters)
+    run = model
+    if dropout > 0:
+      run = _WithRngs(model, {"dropout": jax.random.fold_in(rng, 1)})
+    return objective(join(base, adapters), batch, rng, model=run)
+  return loss
+
+
+class _WithRngs:
+  """A module whose `apply` gets `rngs` (the objectives call `model.apply(variables, ...)`)."""
+
+  def __init__(self, model, rngs):
+    self.model, self.rngs = model, rngs
+
+  def apply(self, *args, **kwargs):
+    return self.model.apply(*args, rngs=self.rngs, **kwargs)
 
 
 def discriminator_config(config: TrainConfig) -> model_configs.DiscriminatorConfig:
@@ -168,7 +234,8 @@ class MoVQTrainer(_Trainer):
     self._finish(step, {"lpips": lpips_params if perceptual else None}, {"lpips": frozen_shardings})
 
 
-def make_trainer(config: TrainConfig, mesh: Mesh, *, null_embedding=None, lpips_params=None) -> _Trainer:
+def make_trainer(config: TrainConfig, mesh: Mesh, *, null_embedding=None, lpips_params=None, base=None) -> _Trainer:
+  """`base`: a LoRA run's UNet weights (UNetTrainer)."""
   if config.is_movq:
     return MoVQTrainer(config, mesh, lpips_params)
-  return UNetTrainer(config, mesh, null_embedding)
+  return UNetTrainer(config, mesh, null_embedding, base)

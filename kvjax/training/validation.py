@@ -71,11 +71,12 @@ class Validator:
   pipeline's stages keep their programs, the UNet's weights are replaced at each call)."""
 
   def __init__(self, config, prompts: list[str], pipeline_weights, tokenizer, options, workdir: str, *, mesh=None,
-               events=None, say=lambda *a: None):
+               events=None, say=lambda *a: None, unet_weights=lambda params: params):
     import jax.numpy as jnp
     from kvjax.pipeline.text_to_video import TextToVideo
     from kvjax.training.train_config import COMPUTE_DTYPES
     self.config, self.prompts, self.options, self.events, self.say = config, prompts, options, events, say
+    self.unet_weights = unet_weights  # a state's parameters -> the UNet's weights (a LoRA run merges its adapters)
     self.folder = os.path.join(workdir, "validation")
     # Offloaded: only the running stage's models are on the devices beside the training state.
     self.pipeline = TextToVideo(config.pipeline_config, pipeline_weights, tokenizer,
@@ -87,7 +88,7 @@ class Validator:
     from kvjax.training.watch import gif_bytes
     start = time.perf_counter()
     params = state.ema_params if state.ema_params is not None else state.params
-    self.pipeline.replace_weights(**{self.config.model: params})
+    self.pipeline.replace_weights(**{self.config.model: self.unet_weights(params)})
     videos = [self.pipeline([prompt], dataclasses.replace(self.options, seed=seed))[0]
               for seed, prompt in enumerate(self.prompts)]
     duration = int(5500 / videos[0].shape[0])  # every video over 5.5 s, as `python -m sample` writes GIFs

@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from kvjax import model_configs
+from kvjax.models.lora import LoraConfig
 from kvjax.params import abstract_params, random_params
 from kvjax.training.train_config import TRAIN_PRESETS
 from kvjax.sharding import make_mesh, parse_mesh
@@ -60,14 +61,15 @@ def test_image_mode_trains_exactly_what_the_video_recipe_freezes():
     dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], clip_start="last")
 
 
-def _run(mesh, preset="keyframe-tiny", steps=2, remat="none"):
+def _run(mesh, preset="keyframe-tiny", steps=2, remat="none", lora=LoraConfig()):
   config = dataclasses.replace(
       TRAIN_PRESETS[preset], pipeline=SMALL_PIPELINE, global_batch_size=4, num_frames=2, resolution=(32, 32),
-      remat=remat,
+      remat=remat, lora=lora,
       optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=1, decay_steps=10, ema_decay=0.5))
   params = random_params(config.model_config, seed=1)
   initial = jax.tree.map(np.asarray, params)  # the step donates its state
-  trainer = UNetTrainer(config, mesh, null_embedding=np.full((config.model_config.context_dim,), 0.3, np.float32))
+  trainer = UNetTrainer(config, mesh, null_embedding=np.full((config.model_config.context_dim,), 0.3, np.float32),
+                        base=params if lora.enabled else None)
   state = trainer.init_state(params)
   rng = np.random.default_rng(0)
   batch = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in abstract_batch(config).items()}
@@ -81,7 +83,7 @@ def _run(mesh, preset="keyframe-tiny", steps=2, remat="none"):
   for _ in range(steps):
     state, metrics = trainer.step(state, trainer.global_batch(batch))
     losses.append(float(metrics["loss"]))
-  return initial, state, losses, metrics
+  return initial, state, losses, metrics, trainer
 
 
 # Data parallelism, FSDP and tensor parallelism together (every weight's two large axes are split).
@@ -97,7 +99,7 @@ def runs():
 
 
 def _assert_same_training(sharded_run, single_run):
-  (_, sharded, sharded_losses, _), (_, single, single_losses, _) = sharded_run, single_run
+  (_, sharded, sharded_losses, *_), (_, single, single_losses, *_) = sharded_run, single_run
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # Adam amplifies ulps
@@ -152,3 +154,41 @@ def test_xla_dot_with_weight_split_over_the_minor_batch_axis():
   out = jax.jit(lambda a, w: a @ w, in_shardings=(act, NamedSharding(mesh, PartitionSpec("tensor", "fsdp"))),
                 out_shardings=act)(a, w)
   np.testing.assert_allclose(np.asarray(out), a @ w, rtol=1e-4, atol=1e-4)
+
+
+# LoRA: adapters on the cross-attention and the temporal layers (attention, feed-forward and convolutions),
+# bf16 frozen base; the one-device run recomputes each level backwards (qwix's interception inside nn.remat).
+LORA = LoraConfig(rank=2, alpha=4.0, targets=("cross_attention", "temporal"), base_dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def lora_runs():  # two more train steps to compile (minutes on 2 cores): the test using it is slow
+  return _run(make_mesh(SHARDED_MESH), lora=LORA), _run(make_mesh("", jax.devices()[:1]), remat="levels", lora=LORA)
+
+
+# Slow: two more compiled train steps. The kill-during-save test (tests/train/test_train_cli.py) trains a
+# LoRA run on two devices (FSDP) by default.
+@pytest.mark.slow
+def test_sharded_lora_step_equals_single_device_step_and_the_base_never_moves(lora_runs):
+  _assert_same_training(*lora_runs)
+  initial, state, losses, metrics, trainer = lora_runs[0]
+  adapters = flax.traverse_util.flatten_dict(state.params)
+  assert adapters and all(path[-1] in ("kernel_lora_a", "kernel_lora_b") for path in adapters)
+  assert all(a.dtype == np.float32 for a in adapters.values()) and float(metrics["grad_norm"]) > 0
+  modules = {path[-2] for path in adapters}
+  assert {"to_query", "output_layer", "feed_forward_0", "temporal_resnet_blocks_1_2"} <= modules
+  # the frozen base: bf16, placed by the rule table, bit for bit the weights it started from
+  base = flax.traverse_util.flatten_dict(trainer.frozen)
+  for path, before in flax.traverse_util.flatten_dict(initial).items():
+    assert base[path].dtype == jax.numpy.bfloat16
+    np.testing.assert_array_equal(np.asarray(base[path]), before.astype(jax.numpy.bfloat16))
+  assert tuple(base[("in_layer", "kernel")].sharding.spec) == (None, None, None, "tensor")
+  # adapters and their moments by the same rules: A keeps its kernel's input axis, B its output axis
+  b = adapters[("down_samples_1", "resnet_attn_blocks_0_1", "attention", "to_query", "kernel_lora_b")]
+  assert tuple(b.sharding.spec) == (None, "tensor") and b.shape == (2, 32)
+  a = adapters[("down_samples_1", "resnet_attn_blocks_0_1", "attention", "to_key", "kernel_lora_a")]
+  assert tuple(a.sharding.spec) == ("fsdp", None)
+  name = "['down_samples_1']['resnet_attn_blocks_0_1']['attention']['to_query']['kernel_lora_b']"
+  mu = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
+        if jax.tree_util.keystr(path).endswith(name)]
+  assert mu and all(tuple(m.sharding.spec) == (None, "tensor") for m in mu)

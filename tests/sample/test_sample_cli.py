@@ -8,12 +8,27 @@ from sample.__main__ import main
 from sample.writers import write_frames
 
 
+def _adapter(path, pipeline):
+  """A LoRA adapter file for the keyframe UNet of a pipeline preset (B non-zero: it changes the UNet)."""
+  import jax
+  from kvjax.conversion.adapters import write_adapter
+  from kvjax.models.lora import LoraConfig, abstract_adapters, init_adapters
+  from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
+  config, lora = PIPELINE_PRESETS[pipeline].keyframe, LoraConfig(rank=2)
+  adapters = jax.tree.map(lambda x: x if x.any() else np.full(x.shape, 0.01, np.float32),
+                          init_adapters(abstract_adapters(config, lora), lora))
+  write_adapter(str(path), adapters, unet_config=config, lora=lora, pipeline=pipeline, step=1)
+  return path
+
+
 def test_runs_end_to_end_with_random_weights_and_says_so(tmp_path, capsys):
   out = tmp_path / "frames"
+  adapter = _adapter(tmp_path / "style.safetensors", "tiny")  # merged at load: the same compiled programs
   assert main(["a red fox", "--out", str(out), "--weights", "random", "--no-compile-cache", "--width", "32", "--height", "32",
-               "--steps", "2", "2", "2"]) == 0
+               "--steps", "2", "2", "2", "--lora", f"{adapter}:0.5"]) == 0
   captured = capsys.readouterr()
   assert "RANDOM weights" in captured.err and "base frames" in captured.err
+  assert f"LoRA: {adapter} (rank 2 on self_attention,cross_attention of the keyframe_unet, step 1) at scale 0.5" in captured.err
   assert sorted(os.listdir(out)) == [f"{i:04d}.png" for i in range(12)]
   frame = np.asarray(Image.open(out / "0000.png"))
   assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
@@ -52,6 +67,14 @@ def test_writers_produce_whole_files(tmp_path, suffix):
     (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--mesh", "pipe=2"], "--mesh: mesh 'pipe=2': expected"),
     (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--quantize", "int4"], "--quantize 'int4': expected int8"),
     (["x", "--out", "{tmp}/v.gif", "--quantize", "projections=int8"], "--quantize 'projections=int8': expected"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--lora", "{tmp}/none.safetensors"],
+     "--lora {tmp}/none.safetensors: no such file"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--lora", "{tmp}/other.safetensors:strong"],
+     "--lora {tmp}/other.safetensors:strong: the scale 'strong' is not a number"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--lora", "{tmp}/taken.gif"],
+     "--lora {tmp}/taken.gif: not a readable safetensors file"),
+    (["x", "--out", "{tmp}/v.gif", "--weights", "random", "--lora", "{tmp}/other.safetensors"],
+     "--lora {tmp}/other.safetensors: made for a keyframe_unet of another configuration than this pipeline's"),
 ])
 def test_bad_arguments_are_named_and_leave_nothing(tmp_path, capsys, argv, message):
   (tmp_path / "taken.gif").write_bytes(b"keep")
@@ -59,6 +82,8 @@ def test_bad_arguments_are_named_and_leave_nothing(tmp_path, capsys, argv, messa
   (tmp_path / "badweights").mkdir()
   (tmp_path / "badweights" / "sampling.json").write_text("{width: 64")
   (tmp_path / "empty").mkdir()
+  if "--lora" in argv:
+    _adapter(tmp_path / "other.safetensors", "tiny-two-level")  # for another keyframe UNet than --weights random's
   before = sorted(os.listdir(tmp_path))
   assert main([a.format(tmp=tmp_path) for a in argv]) == 2
   assert message.format(tmp=tmp_path) in capsys.readouterr().err

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -139,3 +140,62 @@ def test_training_init_refuses_another_configuration_by_name(demo_weights):
     unet_start(TRAIN_PRESETS["keyframe-tiny"], None, os.path.join(demo_weights, "keyframe"))
   with pytest.raises(WeightsError, match=r"--init .*/movq: a movq folder, not a keyframe_unet"):
     unet_start(TRAIN_PRESETS["keyframe-tiny"], None, os.path.join(demo_weights, "movq"))
+
+
+def test_arrays_go_to_their_shards_as_they_are_read_and_init_takes_them_as_they_are(demo_weights, monkeypatch):
+  """Training's --init on a mesh (8 simulated devices): orbax is asked for every parameter as a jax.Array on its
+  train-state sharding, in float32 (no numpy tree read first), and the trainer starts from those arrays without a
+  host round trip."""
+  import dataclasses
+  import orbax.checkpoint as ocp
+  from kvjax.conversion import store
+  from kvjax.params import abstract_params
+  from kvjax.pipeline.pipeline_weights import PipelineWeights
+  from kvjax.sharding import make_mesh, param_shardings
+  from kvjax.training.starting_weights import unet_start
+  from kvjax.training.train_config import TRAIN_PRESETS
+  from kvjax.training.trainer import _Trainer
+  config = dataclasses.replace(TRAIN_PRESETS["keyframe-tiny"], pipeline="demo")
+  mesh = make_mesh("data=2,fsdp=2,tensor=2")
+  wanted = param_shardings(abstract_params(config.model_config), mesh)
+  asked = []
+  real = store._restore_args
+  monkeypatch.setattr(store, "_restore_args", lambda *a, **k: asked.append(real(*a, **k)) or asked[-1])
+  weights = unet_start(config, PipelineWeights(*[None] * 8), os.path.join(demo_weights, "keyframe"), mesh)
+  args = jax.tree.leaves(asked[0]["params"], is_leaf=lambda x: hasattr(x, "restore_type"))
+  assert args and all(isinstance(a, ocp.ArrayRestoreArgs) and a.dtype == np.float32 for a in args)
+  loaded = jax.tree.leaves(weights.keyframe)
+  assert len(loaded) == len(jax.tree.leaves(wanted))
+  for leaf, sharding in zip(loaded, jax.tree.leaves(wanted)):
+    assert isinstance(leaf, jax.Array) and leaf.dtype == np.float32 and leaf.sharding == sharding
+  placed = []
+  real_put = jax.device_put
+  monkeypatch.setattr(jax, "device_put", lambda tree, *a, **k: placed.append(tree) or real_put(tree, *a, **k))
+  # The trainer's own init_state on a stand-in whose state is the parameters (the optimiser's compile left out).
+  trainer = types.SimpleNamespace(_initial=abstract_params(config.model_config), mesh=mesh, _create=lambda p: p,
+                                  shardings=wanted)
+  _Trainer.init_state(trainer, weights.keyframe)
+  assert all(a is b for a, b in zip(jax.tree.leaves(placed[0]), loaded))  # the loaded arrays themselves
+
+
+def test_the_text_encoder_is_read_block_by_block_into_the_scanned_layout_on_its_shards(demo_weights):
+  """What `python -m sample --weights --mesh` runs: the same arrays as the host copy stacked by scan_layout, each
+  on the pipeline's sharding (its blocks' with a whole leading axis)."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  from kvjax.conversion.store import check_converted
+  from kvjax.models.t5_encoder import scan_layout
+  from kvjax.params import abstract_params
+  from kvjax.pipeline.pipeline_weights import _scanned_text_encoder
+  from kvjax.sharding import make_mesh, param_shardings
+  path = os.path.join(demo_weights, "t5")
+  checked = check_converted(path)
+  layers = checked.config.num_layers
+  mesh = make_mesh("data=2,fsdp=2,tensor=2")
+  placed = _scanned_text_encoder(checked, "", mesh)
+  wanted = scan_layout(load_converted(path).params, layers)
+  shardings = scan_layout(param_shardings(abstract_params(checked.config), mesh), layers,
+                          lambda first, *rest: NamedSharding(mesh, PartitionSpec(None, *first.spec)))
+  assert jax.tree.structure(placed) == jax.tree.structure(wanted)
+  for leaf, expected, sharding in zip(jax.tree.leaves(placed), jax.tree.leaves(wanted), jax.tree.leaves(shardings)):
+    assert isinstance(leaf, jax.Array) and leaf.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(leaf), expected)

@@ -13,7 +13,9 @@ from train_testing_utils import REPO, killed_mid_save_resumes_on_the_same_loss_c
 from train_testing_utils import tensorboard_points
 from train_testing_utils import run_train as _train
 
+# A LoRA run (adapters on the default groups, the UNet frozen): resume, validation and export cover it.
 KEYFRAME_RUN = ["--config", "keyframe-tiny-two-level", "--mesh", "fsdp=2"]
+LORA_RUN = ["--lora-rank", "2", "--lora-targets", "cross_attention,temporal", "--set", "lora.trigger_words=zigzag"]
 
 
 def test_killed_mid_save_resumes_on_the_same_loss_curve(dataset, env, tmp_path):
@@ -27,7 +29,7 @@ def test_killed_mid_save_resumes_on_the_same_loss_curve(dataset, env, tmp_path):
   prompts.write_text("# one prompt a line\na field panned at speed 2\n")
   workdir = tmp_path / "run"
   killed_mid_save_resumes_on_the_same_loss_curve(
-      KEYFRAME_RUN[:2], dataset, env, workdir, mesh=KEYFRAME_RUN[3], devices=2,
+      KEYFRAME_RUN[:2] + LORA_RUN, dataset, env, workdir, mesh=KEYFRAME_RUN[3], devices=2,
       resumed_args=["--validation-prompts", str(prompts), "--validation-every", "3"])
   for step in (3, 6):
     folder = workdir / "validation" / f"step_{step}"
@@ -39,6 +41,17 @@ def test_killed_mid_save_resumes_on_the_same_loss_curve(dataset, env, tmp_path):
   images = tensorboard_points(workdir)["validation/00-a-field-panned-at-speed-2"]
   assert sorted(images) == [3, 6] and (images[3].width, images[3].height) == (64, 64)
   assert images[3].encoded_image_string == (workdir / "validation/step_3/00-a-field-panned-at-speed-2.gif").read_bytes()
+  # the run's export is its adapter alone, a file of kilobytes with PEFT keys and the run's metadata
+  from kvjax.checkpoints.safetensors_file import read_safetensors_with_metadata
+  from train.export import main as export
+  assert export([str(workdir), str(tmp_path / "zigzag.safetensors")]) == 0
+  tensors, meta = read_safetensors_with_metadata(str(tmp_path / "zigzag.safetensors"))
+  assert (tmp_path / "zigzag.safetensors").stat().st_size < 200_000
+  assert "down_samples.1.resnet_attn_blocks.0.1.attention.to_key.lora_B.weight" in tensors
+  assert any(".temporal_resnet_blocks.3.2.lora_A.weight" in name for name in tensors)
+  assert {k: meta[k] for k in ("base_kind", "base_pipeline", "rank", "alpha", "targets", "trigger_words", "step")} == {
+      "base_kind": "keyframe_unet", "base_pipeline": "tiny-two-level", "rank": "2", "alpha": "2.0",
+      "targets": "cross_attention,temporal", "trigger_words": "zigzag", "step": "6"}
 
 
 def test_other_settings_in_the_same_workdir_are_refused(tmp_path, env):
@@ -81,7 +94,14 @@ def test_refusals_are_one_line_with_exit_2_before_any_work(tmp_path, capsys):
                          (["--validation-prompts", str(many), "--config", "image-movq-tiny"],
                           "applies to UNet runs (keyframe, interpolation), not to image movq runs"),
                          (["--validation-every", "5"], "--validation-every 5: give --validation-prompts FILE too"),
-                         (["--validation-prompts", str(one), "--validation-every", "0"], "--validation-every 0")):
+                         (["--validation-prompts", str(one), "--validation-every", "0"], "--validation-every 0"),
+                         (["--lora-targets", "temporal"], "--lora-targets temporal: give --lora-rank R too"),
+                         (["--lora-rank", "2", "--lora-targets", "temporal,vae"],
+                          "--lora-targets temporal,vae: no LoRA target group vae; choose from self_attention"),
+                         (["--lora-rank", "-1"], "LoraConfig: rank and alpha must be >= 0"),
+                         (["--lora-rank", "2", "--config", "image-movq-tiny"],
+                          "LoRA adapters apply to the UNets (keyframe, interpolation), not to image movq runs"),
+                         (["--set", "lora.dropout=1.5"], "LoraConfig.dropout must be in [0, 1)")):
     assert main([*base, *flags]) == 2, flags
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and message in err, (message, err)
