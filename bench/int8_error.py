@@ -151,7 +151,7 @@ def demo_table(every_model: bool, medium: bool) -> None:
     print(f"{label:<22}{size / 2 ** 20:>7.1f}{seconds:>9.1f}{np.mean([v.passed for v in verdicts]):>10.2f}"
           f"{np.nanmean([v.along for v in verdicts]):>8.3f}"
           f"{np.mean([judge.judge_motion(v, c, d).passed for v, (c, _, d) in zip(i2v, cases)]):>8.2f}"
-          f"{np.mean(np.array(iou) > 0.5):>6.2f}{np.mean(evenness < 4):>6.2f}"
+          f"{np.mean(np.array(iou) > 0.5):>6.2f}{np.mean(evenness < 4) if medium is not None else np.nan:>6.2f}"
           + "".join(f"{p:>{w}.1f}" for p, w in zip(psnr, (7, 9, 9))), flush=True)
 
 

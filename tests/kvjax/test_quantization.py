@@ -87,8 +87,8 @@ def test_int8_kernels_shard_as_their_float_kernels():
 @pytest.mark.slow  # the tiny pipeline's random weights, six orbax folders and the whole pipeline's compile
 def test_a_converted_int8_folder_loads_on_a_mesh_and_samples_with_offload(tmp_path):
   """The tiny pipeline's random weights as `convert all --quantize int8` writes them: with no --quantize the
-  int8 kernels load as stored, on a mesh each straight into its float kernel's sharding (the text stage runs
-  there), and the whole pipeline samples with --offload (weights in host memory, each stage's placed)."""
+  int8 kernels load as stored, on a mesh each straight into its float kernel's sharding (T5 block by block into
+  its scanned layout, as `python -m sample` reads it; the text stage runs there), and the whole pipeline samples with --offload (weights in host memory, each stage's placed)."""
   from kvjax.conversion.store import ConvertedModel
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS, GenerationOptions
   from kvjax.pipeline.pipeline_weights import FOLDERS, load_pipeline_weights, quantize_weights, random_weights
@@ -104,7 +104,7 @@ def test_a_converted_int8_folder_loads_on_a_mesh_and_samples_with_offload(tmp_pa
   assert read_metadata(tmp_path / "keyframe")["quantization"] == "int8"
   tokenizer = HashedWordTokenizer(config.text_encoder.vocab_size, 8)
   mesh = make_mesh("fsdp=2,tensor=2", jax.devices()[:4])
-  config, weights = load_pipeline_weights(str(tmp_path), tokens_length=8, mesh=mesh)
+  config, weights = load_pipeline_weights(str(tmp_path), tokens_length=8, mesh=mesh, scan_text_encoder=True)
   assert all(quantization.is_quantized(getattr(weights, f)) for f in quantization.DEFAULT_MODELS)
   kernel = next(leaf for leaf in jax.tree.leaves(weights.keyframe, is_leaf=quantization.is_int8)
                 if quantization.is_int8(leaf) and "tensor" in leaf.values.sharding.spec)
