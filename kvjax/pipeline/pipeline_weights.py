@@ -178,6 +178,8 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
       return None
     from kvjax.params import abstract_params
     from kvjax.sharding import param_shardings
+    return param_shardings(quantization.boxed_like(abstract_params(getattr(config, field)), params), mesh)
+
   def restore(field):
     stored = checked[field].stored["params"]
     if field in quantize and not quantization.is_quantized(quantization.from_stored(stored)):
