@@ -20,8 +20,7 @@ def test_killed_mid_save_resumes_on_the_same_loss_curve(dataset, env, tmp_path):
   # Two devices, FSDP: the checkpoint is sharded; the GAN run's kill test uses the 8-device mesh, and the
   # sharded steps' equality with one device is tested in-process (compiling 8-way costs minutes here). The
   # two-level UNet. The resumed run reads the killed run's step from the persistent compilation cache, as does
-  # test_multihost.py's one-host resume (the same config, mesh and devices): a second run of `python -m train
-  # --config keyframe-tiny-two-level --mesh fsdp=2` over the same cache took 41 s of CPU against the first's 82.
+  # test_multihost.py's one-host resume (the same config, mesh and devices).
   # The resumed run also samples validation videos at steps 3 and 6: the steps after 3 must still equal the
   # killed run's (which had none), so validation leaves the trajectory alone.
   prompts = tmp_path / "prompts.txt"
@@ -93,7 +92,7 @@ def test_precomputed_inputs_train_the_interpolation_unet(dataset, env, tmp_path)
   # Encoders run once (python -m train.precompute); training then reads latents and context, not frames.
   inputs = tmp_path / "inputs"
   # Made for --set's of the preset (recorded in its meta.json), which the training run must give too. The
-  # two-level UNet: its train step compiles in about half the time of the preset's three levels, and the
+  # two-level UNet: its train step compiles faster than the preset's three levels (docs/testing.md), and the
   # encoders (what the inputs hold) are the same.
   settings = ["--set", "clip_start=first", "--set", "pipeline=tiny-two-level"]
   made = subprocess.run([sys.executable, "-m", "train.precompute", "--config", "interpolation-tiny", "--data",
