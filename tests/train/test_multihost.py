@@ -16,10 +16,10 @@ import pytest
 
 from train_testing_utils import REPO, read_metrics, run_train
 
-# The one-process resume runs the program of test_train_cli.py's kill-and-resume runs (the same config, mesh,
-# batch and device count), which the suite's persistent compilation cache then holds: it reads that step back
-# instead of compiling it again. (Every mesh axis on 8 devices, a third compile of the step, is the sharded-step
-# tests' matter: tests/kvjax/test_training.py; here what counts is that the hosts split the batch and the weights.)
+# One device a host and a one-process resume on 2 devices: the cheapest mesh that splits the weights and the
+# batch over the hosts, which is what counts here (every mesh axis on 8 devices is the sharded-step tests'
+# matter: tests/kvjax/test_training.py). Where test_train_cli.py's kill-and-resume runs train this same program
+# (config, mesh, batch, devices), the suite's persistent compilation cache holds the resume's step.
 RUN = ["--config", "keyframe-tiny-two-level", "--mesh", "fsdp=2", "--batch-size", "4"]
 ONE_HOST_DEVICES = 2
 

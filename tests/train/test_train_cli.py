@@ -19,8 +19,7 @@ KEYFRAME_RUN = ["--config", "keyframe-tiny-two-level", "--mesh", "fsdp=2"]
 def test_killed_mid_save_resumes_on_the_same_loss_curve(dataset, env, tmp_path):
   # Two devices, FSDP: the checkpoint is sharded; the GAN run's kill test uses the 8-device mesh, and the
   # sharded steps' equality with one device is tested in-process (compiling 8-way costs minutes here). The
-  # two-level UNet. The resumed run reads the killed run's step from the persistent compilation cache, as does
-  # test_multihost.py's one-host resume (the same config, mesh and devices).
+  # two-level UNet. The resumed run reads the killed run's step from the persistent compilation cache.
   # The resumed run also samples validation videos at steps 3 and 6: the steps after 3 must still equal the
   # killed run's (which had none), so validation leaves the trajectory alone.
   prompts = tmp_path / "prompts.txt"
