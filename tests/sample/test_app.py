@@ -4,7 +4,7 @@ page in a real browser (headless Chromium, selenium).
 
 The browser tests drive the real server and page, with the model replaced by `ShapesPipeline`, which draws the
 prompt's shape moving (kvjax.data.shapes) and reports every stage and step as the pipeline does: compiling the
-demo costs minutes on a CPU. The slow test makes a video with the embedded demo through the page."""
+demo costs minutes on a CPU. One test makes a video with the embedded demo through the page and judges it."""
 
 import base64
 import io
@@ -450,13 +450,23 @@ def test_a_bad_size_and_an_oversized_picture_show_a_message(browser, served, tmp
                                              not name.startswith("upload-")]
 
 
-@pytest.mark.slow
+# The embedded demo through the page, as a visitor uses it: fewer steps than the demo's 50 50 10 (DEMO_STEPS,
+# typed into the page's steps fields), which the judges pass as reliably (docs/app.md#tests has the rates);
+# this module's XLA without most optimisations (tests/conftest.py): compiling the stages is most of the time.
+DEMO_STEPS = ("20", "20", "10")
+
+
 @pytest.mark.skipif(not demo.installed(), reason="the embedded demo weights are not installed")
 def test_the_demo_makes_a_judged_video_through_the_page(browser, tmp_path):
+  from selenium.webdriver.common.by import By
   from sample.app import build
   server = Served(*build(_parser().parse_args([])))  # the program's defaults: the embedded demo
   try:
     _open(browser, server.url)
+    for i, steps in enumerate(DEMO_STEPS):
+      field = browser.find_element(By.ID, f"opt-steps-{i}")
+      field.clear()
+      field.send_keys(steps)
     _generate(browser, "a red circle moving right")
     from selenium.webdriver.support.ui import WebDriverWait
     WebDriverWait(browser, 900, poll_frequency=1).until(lambda d: "Done in" in _text(d, "status") or
@@ -464,5 +474,6 @@ def test_the_demo_makes_a_judged_video_through_the_page(browser, tmp_path):
     frames, command = _result(browser, server, tmp_path)
     assert frames.shape == (12, 64, 64, 3) and judge.judge_motion(frames, "red", "right").passed
     assert command.startswith("python -m sample 'a red circle moving right' --out video.mp4 --fps low")
+    assert f"--steps {' '.join(DEMO_STEPS)}" in command
   finally:
     server.close()
