@@ -25,8 +25,8 @@ from kvjax.diffusion import feature_cache
 from kvjax.diffusion.loop import SAMPLERS
 from kvjax.layers.attention import ATTENTION_IMPLEMENTATIONS
 from kvjax.pipeline.pipeline_config import (FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MAX_WINDOWS, MOTION_SCORES,
-                                            RANDOM_WEIGHTS_OPTIONS, SAMPLING_DEFAULTS, GenerationOptions,
-                                            read_sampling_defaults)
+                                            RANDOM_WEIGHTS_OPTIONS, SAMPLING_DEFAULTS, WINDOW_SECONDS,
+                                            GenerationOptions, read_sampling_defaults)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +74,9 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
   p.add_argument("--windows", type=int, help=f"a longer video: this many windows of 12 base frames chained in "
                  f"latent space, each going on from the last frame of the one before (default 1; at most "
                  f"{MAX_WINDOWS}); see docs/sampling.md")
+  p.add_argument("--seconds", type=float, help="a video at least this long (instead of --windows): the fewest "
+                 f"windows that last it at the chosen --fps, {WINDOW_SECONDS:g} s a window (at most {MAX_WINDOWS} "
+                 "windows)")
   p.add_argument("--prompt-per-window", action="store_true", help="the prompts are one video's, one per window "
                  "in order (the last holds for the windows after it)")
   p.add_argument("--motion", choices=list(MOTION_SCORES), help=f"default {d.motion} (the demo: its own)")
@@ -199,7 +202,13 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
     if value is not None:
       given.update(zip(field, value) if isinstance(field, tuple) else {field: value})
   given.update(_cache_intervals(args))
-  return GenerationOptions(**{**defaults, **given})
+  options = GenerationOptions(**{**defaults, **given})
+  seconds = getattr(args, "seconds", None)
+  if seconds is None:
+    return options
+  if args.windows is not None:
+    raise ValueError(f"--seconds {seconds:g} and --windows {args.windows}: give one of them")
+  return options.with_seconds(seconds)
 
 
 def _cache_intervals(args) -> dict:

@@ -28,6 +28,8 @@ MAX_STEPS = 1000  # the schedulers' training timesteps
 # A long video (GenerationOptions.windows) is held whole in host memory as uint8 frames: at the reference's
 # 512x512 and fps high, 20 windows are 3521 frames, 2.6 GiB a video (16 times that at 2048x2048).
 MAX_WINDOWS = 20
+# One window is shown over the reference's 5.5 s at every fps; a longer video keeps that frame rate.
+WINDOW_SECONDS = 5.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +188,23 @@ class GenerationOptions:
     for _ in FPS_PASSES[self.fps]:
       frames = 4 * (frames - 1) + 1
     return frames
+
+  @property
+  def seconds(self) -> float:
+    """The video's length: WINDOW_SECONDS a window, at one window's frame rate (its 11 or 44 or 176 frames
+    after the first window a little under WINDOW_SECONDS each)."""
+    return WINDOW_SECONDS * self.num_frames / dataclasses.replace(self, windows=1).num_frames
+
+  def with_seconds(self, seconds: float) -> "GenerationOptions":
+    """These options with the fewest windows whose video lasts at least `seconds` at this fps (`--seconds`);
+    refuses a length past MAX_WINDOWS windows."""
+    longest = dataclasses.replace(self, windows=MAX_WINDOWS).seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds <= longest:
+      raise ValueError(f"seconds (--seconds) must be in (0, {longest:g}] at fps {self.fps} ({MAX_WINDOWS} windows; "
+                       f"the frames are held in host memory), got {seconds!r}")
+    windows = next(k for k in range(1, MAX_WINDOWS + 1)
+                   if dataclasses.replace(self, windows=k).seconds >= seconds * (1 - 1e-9))
+    return dataclasses.replace(self, windows=windows)
 
   def check_size(self, config: PipelineConfig | None = None) -> None:
     """Refuses a video size the pipeline cannot make, before any work: sides must be positive, at most
