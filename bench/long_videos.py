@@ -9,10 +9,11 @@ Both routes run the same pipeline with the same seeds, so window 1 is the same v
 the latent route's condition is window 1's last base-frame latent itself (TextToVideo's default) and the naive
 route's is the video's last frame, decoded by the video MoVQ and encoded again by the image MoVQ
 (`next_condition`); the anchored route carries the latent with each channel's spatial mean and standard
-deviation set to those of window 1's last base frame (an anchor against colour drift); the overlap route chains
-in latent space with `--window-overlap` (`--overlap` base frames of each window held in the next, so its new frames
-go on from the motion rather than from one still frame). Rows (per route; a "pair" is two neighbouring base frames and the frames interpolated
-between them; the seam pair is the first of each window after the first):
+deviation set to those of window 1's last base frame (an anchor against colour drift); the overlap route
+chains in latent space with `--window-overlap` (`--overlap` base frames of each window held in the next, so
+its new frames go on from the motion rather than from one still frame). Rows (per route; a "pair" is two
+neighbouring base frames and the frames interpolated between them; the seam pair is the first of each window
+after the first):
 
 - colour in every frame: videos whose named colour shows (kvjax.demo.judge.MIN_PIXELS) in every frame;
 - direction kept in every window: videos whose every window moves the named way (centroid along it, more
