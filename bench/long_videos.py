@@ -3,14 +3,17 @@ against the naive route (decode the last frame, re-encode it, image-to-video), b
 kvjax.demo.judge, over every colour x direction and several seeds; prints one table.
 
   python bench/long_videos.py [--weights kvjax/demo/weights] [--seeds 2] [--windows 3] [--fps medium]
-                              [--motion low]
+                              [--motion low] [--routes latent,naive,anchored,overlap] [--overlap 3]
 
 Both routes run the same pipeline with the same seeds, so window 1 is the same video in both; from window 2 on,
 the latent route's condition is window 1's last base-frame latent itself (TextToVideo's default) and the naive
 route's is the video's last frame, decoded by the video MoVQ and encoded again by the image MoVQ
 (`next_condition`); the anchored route carries the latent with each channel's spatial mean and standard
-deviation set to those of window 1's last base frame (an anchor against colour drift). Rows (per route; a "pair" is two neighbouring base frames and the frames interpolated
-between them; the seam pair is the first of each window after the first):
+deviation set to those of window 1's last base frame (an anchor against colour drift); the overlap route
+chains in latent space with `--window-overlap` (`--overlap` base frames of each window held in the next, so
+its new frames go on from the motion rather than from one still frame). Rows (per route; a "pair" is two
+neighbouring base frames and the frames interpolated between them; the seam pair is the first of each window
+after the first):
 
 - colour in every frame: videos whose named colour shows (kvjax.demo.judge.MIN_PIXELS) in every frame;
 - direction kept in every window: videos whose every window moves the named way (centroid along it, more
@@ -28,6 +31,7 @@ Medians over the videos, with the 90th percentile in brackets where a tail matte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -44,10 +48,11 @@ from kvjax.pipeline.pipeline_config import FPS_PASSES, MOTION_SCORES  # noqa: E4
 
 
 def window_bounds(options) -> list[tuple[int, int]]:
-  """(first, last) frame of each window, inclusive; a window after the first starts at the seam frame it
-  shares with the one before."""
-  one = options.__class__(**{**options.__dict__, "windows": 1}).num_frames
-  return [(0, one - 1)] + [(one - 1 + (one - 1) * (k - 1), one - 1 + (one - 1) * k) for k in range(1, options.windows)]
+  """(first, last) frame of each window, inclusive; a window after the first starts at the last frame it
+  shares with the one before (the seam frame; the last held one with --window-overlap)."""
+  one = dataclasses.replace(options, windows=1).num_frames
+  more = dataclasses.replace(options, windows=2).num_frames - one  # the frames each next window adds
+  return [(0, one - 1)] + [(one - 1 + more * (k - 1), one - 1 + more * k) for k in range(1, options.windows)]
 
 
 def measure(video: np.ndarray, colour: str, direction: str, bounds, stride: int) -> dict:
@@ -111,7 +116,8 @@ def main(argv=None) -> int:
   p.add_argument("--windows", type=int, default=3)
   p.add_argument("--fps", choices=sorted(FPS_PASSES), default="medium")
   p.add_argument("--motion", choices=list(MOTION_SCORES), default="low")
-  p.add_argument("--routes", default="latent,naive", help="comma-separated, of latent, naive, anchored")
+  p.add_argument("--routes", default="latent,naive", help="comma-separated, of latent, naive, anchored, overlap")
+  p.add_argument("--overlap", type=int, default=3, help="the overlap route's --window-overlap (base frames)")
   p.add_argument("--save", help="also write every video's measures to this JSON file (after each seed)")
   p.add_argument("--no-compile-cache", action="store_true", help="as python -m sample's")
   p.add_argument("--load", nargs="+", metavar="JSON", help="print the table of measures saved by --save (runs of "
@@ -132,8 +138,9 @@ def main(argv=None) -> int:
           rows.setdefault(route, []).extend(measures)
     return print_table(rows, args)
   routes = tuple(args.routes.split(","))
-  if set(routes) - {"latent", "naive", "anchored"}:
-    p.error(f"--routes: unknown {', '.join(sorted(set(routes) - {'latent', 'naive', 'anchored'}))}")
+  known = {"latent", "naive", "anchored", "overlap"}
+  if set(routes) - known:
+    p.error(f"--routes: unknown {', '.join(sorted(set(routes) - known))}")
   if not args.no_compile_cache:
     from kvjax import compile_cache
     compile_cache.enable()
@@ -149,11 +156,12 @@ def main(argv=None) -> int:
                                    "motion": args.motion})
     reencode = lambda last, pixels, options=options: pipeline.encode_images(
         [Image.fromarray(video[-1]) for video in pixels], options)
-    bounds = window_bounds(options)
-    carries = {"latent": None, "naive": reencode, "anchored": Anchor()}
+    carries = {"latent": None, "naive": reencode, "anchored": Anchor(), "overlap": None}
     for route in routes:
       carry = carries[route]
-      videos = pipeline(prompts, options, next_condition=carry)
+      chosen = dataclasses.replace(options, window_overlap=args.overlap) if route == "overlap" else options
+      videos = pipeline(prompts, chosen, next_condition=carry)
+      bounds = window_bounds(chosen)
       rows[route] += [measure(v, c, d, bounds, stride) for v, (c, _, d) in zip(videos, cases)]
       print(f"seed {seed}, {route}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.save:

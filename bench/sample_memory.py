@@ -129,7 +129,7 @@ def stage_calls(programs: StagePrograms, weights: PipelineWeights, options: Gene
                 (None, s((prompts, options.height, options.width, 3), jnp.uint8))))
   base = programs.base_frames(sampler(BASE_FRAMES))
   base_args = (s((prompts, h, w, 4)), pair, pair, scalar, scalar, s((), jnp.int32), s((), jnp.int32), rng, length,
-               s((), jnp.bool_))
+               s((), jnp.int32), s((prompts, 12, h, w, 4)))
   calls.append((BASE_FRAMES.name, BASE_FRAMES.models, base, base_args))
   frames = s((prompts, 12, h, w, 4))
   for i, skip in enumerate(FPS_PASSES[options.fps]):

@@ -25,8 +25,8 @@ from kvjax.diffusion import feature_cache
 from kvjax.diffusion.loop import SAMPLERS
 from kvjax.layers.attention import ATTENTION_IMPLEMENTATIONS
 from kvjax.pipeline.pipeline_config import (FPS_PASSES, MAX_FRAME_PIXELS, MAX_SIDE, MAX_WINDOWS, MOTION_SCORES,
-                                            RANDOM_WEIGHTS_OPTIONS, SAMPLING_DEFAULTS, GenerationOptions,
-                                            read_sampling_defaults)
+                                            MAX_WINDOW_OVERLAP, RANDOM_WEIGHTS_OPTIONS, SAMPLING_DEFAULTS, WINDOW_SECONDS,
+                                            GenerationOptions, read_sampling_defaults)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +81,12 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
   p.add_argument("--windows", type=int, help=f"a longer video: this many windows of 12 base frames chained in "
                  f"latent space, each going on from the last frame of the one before (default 1; at most "
                  f"{MAX_WINDOWS}); see docs/sampling.md")
+  p.add_argument("--seconds", type=float, help="a video at least this long (instead of --windows): the fewest "
+                 f"windows that last it at the chosen --fps, {WINDOW_SECONDS:g} s a window (at most {MAX_WINDOWS} "
+                 "windows)")
+  p.add_argument("--window-overlap", type=int, metavar="K", help="base frames each next window shares with the "
+                 "one before, held as they were (default 1: the seam frame alone; at most "
+                 f"{MAX_WINDOW_OVERLAP}); see docs/sampling.md")
   p.add_argument("--prompt-per-window", action="store_true", help="the prompts are one video's, one per window "
                  "in order (the last holds for the windows after it)")
   p.add_argument("--motion", choices=list(MOTION_SCORES), help=f"default {d.motion} (the demo: its own)")
@@ -119,6 +125,7 @@ OPTION_FIELDS = {"width": "width", "height": "height", "sampler": "sampler", "mo
                  "image_guidance": "guidance_weight_image", "interpolation_guidance": "interpolation_guidance_scale",
                  "noise_augmentation": "noise_augmentation", "seed": "seed", "keep_image": "keep_image",
                  "steps": ("key_frame_steps", "base_frame_steps", "interpolation_steps"), "windows": "windows",
+                 "window_overlap": "window_overlap",
                  # one interval for every stage or three (_cache_intervals)
                  "cache_interval": ("key_frame_cache_interval", "base_frame_cache_interval", "interpolation_cache_interval"),
                  "cache_schedule": "cache_schedule", "cache_full_ends": "cache_full_ends"}
@@ -206,7 +213,13 @@ def generation_options(args, defaults: dict) -> GenerationOptions:
     if value is not None:
       given.update(zip(field, value) if isinstance(field, tuple) else {field: value})
   given.update(_cache_intervals(args))
-  return GenerationOptions(**{**defaults, **given})
+  options = GenerationOptions(**{**defaults, **given})
+  seconds = getattr(args, "seconds", None)
+  if seconds is None:
+    return options
+  if args.windows is not None:
+    raise ValueError(f"--seconds {seconds:g} and --windows {args.windows}: give one of them")
+  return options.with_seconds(seconds)
 
 
 def _cache_intervals(args) -> dict:

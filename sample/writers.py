@@ -13,7 +13,7 @@ from PIL import Image
 from kvjax.atomic import OutputError, check_writable, staged
 
 # The reference README shows every video over 5.5 s, whatever its frame count.
-CLIP_SECONDS = 5.5
+from kvjax.pipeline.pipeline_config import WINDOW_SECONDS as CLIP_SECONDS  # noqa: E402
 
 
 _FRAME = re.compile(r"^\d{4}\.png$")
@@ -72,9 +72,8 @@ def write_frames(frames: np.ndarray, path: str, overwrite: bool = False, seconds
 
 def video_seconds(options) -> float:
   """A video's length in seconds: CLIP_SECONDS a window, as the reference shows one (a longer video of
-  several windows keeps that frame rate)."""
-  import dataclasses
-  return CLIP_SECONDS * options.num_frames / dataclasses.replace(options, windows=1).num_frames
+  several windows keeps that frame rate; GenerationOptions.seconds)."""
+  return options.seconds
 
 
 def write_videos(videos: Sequence[np.ndarray], paths: Sequence[str], overwrite: bool = False,

@@ -28,6 +28,9 @@ MAX_STEPS = 1000  # the schedulers' training timesteps
 # A long video (GenerationOptions.windows) is held whole in host memory as uint8 frames: at the reference's
 # 512x512 and fps high, 20 windows are 3521 frames, 2.6 GiB a video (16 times that at 2048x2048).
 MAX_WINDOWS = 20
+MAX_WINDOW_OVERLAP = 6  # at least half of each next window's base frames are new
+# One window is shown over the reference's 5.5 s at every fps; a longer video keeps that frame rate.
+WINDOW_SECONDS = 5.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +117,9 @@ class GenerationOptions:
   # Long videos: windows chained in latent space (TextToVideo). Window 1 is the video above; each next
   # window's first frame is the last base frame of the one before, and adds 11 base frames.
   windows: int = 1
+  # Base frames each next window shares with the one before (--window-overlap): 1, the seam frame alone, or
+  # up to MAX_WINDOW_OVERLAP, held as they were so the new frames go on from the motion, not one still frame.
+  window_overlap: int = 1
 
   def __post_init__(self):
     for name, kind in (("width", numbers.Integral), ("height", numbers.Integral),
@@ -122,6 +128,7 @@ class GenerationOptions:
                        ("key_frame_cache_interval", numbers.Integral), ("base_frame_cache_interval", numbers.Integral),
                        ("interpolation_cache_interval", numbers.Integral), ("cache_full_ends", numbers.Integral),
                        ("seed", numbers.Integral), ("windows", numbers.Integral),
+                       ("window_overlap", numbers.Integral),
                        ("key_frame_guidance_scale", numbers.Real),
                        ("guidance_weight_prompt", numbers.Real), ("guidance_weight_image", numbers.Real),
                        ("interpolation_guidance_scale", numbers.Real)):
@@ -159,6 +166,9 @@ class GenerationOptions:
     if not 1 <= self.windows <= MAX_WINDOWS:
       raise ValueError(f"windows (--windows) must be in [1, {MAX_WINDOWS}] (the frames are held in host memory), "
                        f"got {self.windows}")
+    if not 1 <= self.window_overlap <= MAX_WINDOW_OVERLAP:
+      raise ValueError(f"window_overlap (--window-overlap) must be in [1, {MAX_WINDOW_OVERLAP}] base frames, "
+                       f"got {self.window_overlap}")
     if not 0 <= self.seed < 2 ** 32:  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
       raise ValueError(f"seed (--seed) must be in [0, 2**32), got {self.seed}")
     guidance = {"key_frame_guidance_scale": "--key-frame-guidance", "guidance_weight_prompt": "--text-guidance",
@@ -180,12 +190,30 @@ class GenerationOptions:
 
   @property
   def num_frames(self) -> int:
-    """The video's frames: 12 base frames, 11 more a window after the first, and 3 more between each pair per
-    interpolation pass (fps low: 12 a window; medium: 45, then 44 a window; high: 177, then 176)."""
-    frames = NUM_BASE_FRAMES + (NUM_BASE_FRAMES - 1) * (self.windows - 1)
+    """The video's frames: 12 base frames, 12 - window_overlap more a window after the first, and 3 more
+    between each pair per interpolation pass (fps low: 12 a window; medium: 45, then 44 a window; high: 177,
+    then 176; each base frame of overlap beyond the first takes 1, 4 or 16 frames off every next window)."""
+    frames = NUM_BASE_FRAMES + (NUM_BASE_FRAMES - self.window_overlap) * (self.windows - 1)
     for _ in FPS_PASSES[self.fps]:
       frames = 4 * (frames - 1) + 1
     return frames
+
+  @property
+  def seconds(self) -> float:
+    """The video's length: WINDOW_SECONDS a window, at one window's frame rate (its 11 or 44 or 176 frames
+    after the first window a little under WINDOW_SECONDS each)."""
+    return WINDOW_SECONDS * self.num_frames / dataclasses.replace(self, windows=1).num_frames
+
+  def with_seconds(self, seconds: float) -> "GenerationOptions":
+    """These options with the fewest windows whose video lasts at least `seconds` at this fps (`--seconds`);
+    refuses a length past MAX_WINDOWS windows."""
+    longest = dataclasses.replace(self, windows=MAX_WINDOWS).seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds <= longest:
+      raise ValueError(f"seconds (--seconds) must be in (0, {longest:g}] at fps {self.fps} ({MAX_WINDOWS} windows; "
+                       f"the frames are held in host memory), got {seconds!r}")
+    windows = next(k for k in range(1, MAX_WINDOWS + 1)
+                   if dataclasses.replace(self, windows=k).seconds >= seconds * (1 - 1e-9))
+    return dataclasses.replace(self, windows=windows)
 
   def check_size(self, config: PipelineConfig | None = None) -> None:
     """Refuses a video size the pipeline cannot make, before any work: sides must be positive, at most

@@ -74,9 +74,11 @@ class StagePrograms:
 
   def base_frames(self, sampler: samplers.SamplerOptions) -> Callable:
     """(keyframe params, key latents, text, null, text weight, image weight, motion score, noise level, rng,
-    context length, keep key frame) -> base-frame latents (P, 12, h, w, 4)."""
-    return lambda unet, *inputs: BASE_FRAMES.sampler(self.keyframe_unet, unet, *inputs[:-2], sampler,
-                                                      context_length=inputs[-2], keep_key_frame=inputs[-1])
+    context length, held frames (int32: how many leading frames are held), held latents (P, 12, h, w, 4)) ->
+    base-frame latents (P, 12, h, w, 4)."""
+    return lambda unet, *inputs: BASE_FRAMES.sampler(self.keyframe_unet, unet, *inputs[:-3], sampler,
+                                                      context_length=inputs[-3], keep_key_frame=inputs[-2],
+                                                      held_latents=inputs[-1])
 
   def interpolation(self, sampler: samplers.SamplerOptions, skip_frames: int) -> Callable:
     """(interpolation params, frames (P, T, h, w, 4), text, null, guidance scale, rng, context length) ->

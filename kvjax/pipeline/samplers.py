@@ -113,7 +113,7 @@ def first_frame(unet, params, text, null, guidance_scale, rng, latent_size: tupl
 
 def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_scale, motion_score,
                 noise_level, rng, options: SamplerOptions = SamplerOptions(), noise=None,
-                context_length=None, keep_key_frame=False) -> jax.Array:
+                context_length=None, keep_key_frame=False, held_latents=None) -> jax.Array:
   """12 frames conditioned on the key frame, keyframe UNet in video mode; three-way guidance.
 
   `key_frame_latent` (P, h, w, 4) is noise-augmented at timestep `noise_level` with uniform noise (the
@@ -124,7 +124,8 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
   The reference generates frame 0 anew (near the key frame, not it). `keep_key_frame` (traced bool) holds
   it at the key frame instead: at every step frame 0's epsilon is the one whose x0 is the key frame, so
   the sampler walks frame 0 down the key frame's own noising path and the UNet's temporal layers denoise
-  the other frames around it.
+  the other frames around it. Given as a traced int K with `held_latents` (P, 12, h, w, 4), it holds the
+  first K frames so, each at its own latent there (a long video's overlap of base frames between windows).
   """
   p, h, w, _ = key_frame_latent.shape
   n = NUM_BASE_FRAMES
@@ -145,8 +146,12 @@ def base_frames(unet, params, key_frame_latent, text, null, text_scale, image_sc
   motion = jnp.full((batch,), motion_score, jnp.int32)
   x = _noise(noise, "initial_noise",
              lambda: jax.random.normal(start_rng, (p * n, h, w, LATENT_CHANNELS), jnp.float32))
-  key_frames, = _on_batch(options, jnp.repeat(key_frame_latent.astype(jnp.float32), n, axis=0))  # (P 12, ...)
-  kept = jnp.logical_and(keep_key_frame, jnp.arange(p * n) % n == 0)[:, None, None, None]
+  if held_latents is None:  # frame 0 alone can be held, at the key frame
+    key_frames = jnp.repeat(key_frame_latent.astype(jnp.float32), n, axis=0)
+  else:
+    key_frames = held_latents.astype(jnp.float32).reshape(p * n, h, w, LATENT_CHANNELS)
+  key_frames, = _on_batch(options, key_frames)  # (P 12, ...)
+  kept = (jnp.arange(p * n) % n < jnp.asarray(keep_key_frame, jnp.int32))[:, None, None, None]
 
   def predict(x, t, deep=None, keep=False):
     unet_in = jnp.concatenate([jnp.concatenate([x, x, x]), conditions], axis=-1)

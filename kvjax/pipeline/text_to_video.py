@@ -33,6 +33,7 @@ from kvjax.quantization import boxed_like
 from kvjax.pipeline.pipeline_config import FPS_PASSES, GenerationOptions, PipelineConfig
 from kvjax.pipeline.images import fit_and_crop, to_uint8
 from kvjax.pipeline.programs import StagePrograms
+from kvjax.pipeline.samplers import NUM_BASE_FRAMES
 from kvjax.pipeline.pipeline_weights import PipelineWeights
 from kvjax.pipeline.stages import BASE_FRAMES, DECODE, ENCODE, INTERPOLATION, KEY_FRAME, STAGES, TEXT, Stage
 from kvjax.sharding import param_shardings, replicated
@@ -195,13 +196,22 @@ class TextToVideo:
     return encode(w.image_movq, self._latents, pixels)
 
   def base_frames(self, key_latents, text, null, length, options: GenerationOptions, rng,
-                  step_progress=None, keep_key_frame: bool = False) -> jax.Array:
-    """`keep_key_frame`: frame 0 is the key frame itself (samplers.base_frames); traced, no recompile."""
+                  step_progress=None, keep_key_frame: bool = False, held=None) -> jax.Array:
+    """`keep_key_frame`: frame 0 is the key frame itself (samplers.base_frames). `held` (P, K, h, w, 4): the
+    first K frames are these latents (a long video's overlap; `key_latents` is the first). Both traced: no
+    recompile."""
     w = self._weights(BASE_FRAMES)
     sampler = self._sampler(BASE_FRAMES, options, step_progress)
     run = self._jit(BASE_FRAMES, (sampler,), lambda: self.programs.base_frames(sampler))
+    p = key_latents.shape[0]
+    if held is None:
+      count, held = int(keep_key_frame), jnp.broadcast_to(key_latents[:, None], (p, NUM_BASE_FRAMES, *key_latents.shape[1:]))
+    else:
+      count = held.shape[1]
+      held = jnp.concatenate([held, jnp.zeros((p, NUM_BASE_FRAMES - count, *held.shape[2:]), held.dtype)], axis=1)
+    held = jax.device_put(held.astype(jnp.float32), key_latents.sharding)
     return run(w.keyframe, key_latents, text, null, options.guidance_weight_prompt, options.guidance_weight_image,
-               options.motion_score, options.noise_augmentation, rng, length, jnp.bool_(keep_key_frame))
+               options.motion_score, options.noise_augmentation, rng, length, jnp.int32(count), held)
 
   def interpolate(self, frames, text, null, length, options: GenerationOptions, skip_frames: int, rng,
                   step_progress=None, name: str = INTERPOLATION.name) -> jax.Array:
@@ -235,17 +245,21 @@ class TextToVideo:
     video's prompt may be a list, one per window (see window_prompts).
 
     Long videos (`options.windows`): window 1 is the video of one window; window k+1 holds window k's last
-    base-frame latent as its first frame (its condition, noise-augmented as usual, and the frame itself, as
-    `keep_image` holds a picture) and denoises 11 new base frames around it. Each window's 12 base frames (the
-    seam frame and its 11 new ones) are interpolated as one clip, so the seam pair is interpolated like any
-    other, and decoded in the reference's chunks without the seam frame, which the window before already
-    has. Every window runs the programs of the first (the same shapes: nothing compiles again after window
-    2, whose decode chunks are new), one window's latents on the devices at a time, the frames gathered on
-    the host. `next_condition(last latents (P, h, w, 4), window frames (P, T, H, W, 3))` replaces the carried
-    latent (bench/long_videos.py measures decoding and re-encoding the last frame with it); window 1 equals
-    the one-window video of the same seed.
+    K = `options.window_overlap` base-frame latents as its first K frames (the first is also its condition,
+    noise-augmented as usual; all are held as `keep_image` holds a picture) and denoises 12 - K new base
+    frames around them. Each window's 12 base frames are interpolated as one clip, so the seam pair (the last
+    held frame and the first new one) is interpolated like any other, and decoded in the reference's chunks
+    without the held frames and the frames between them, which the window before already has. Every window
+    runs the programs of the first (the same shapes: nothing compiles again after window 2, whose decode
+    chunks are new), one window's latents on the devices at a time, the frames gathered on the host.
+    `next_condition(last latents (P, h, w, 4), window frames (P, T, H, W, 3))` replaces the carried latent
+    (K = 1 only; bench/long_videos.py measures decoding and re-encoding the last frame with it); window 1
+    equals the one-window video of the same seed.
     """
     videos = window_prompts(prompts, options.windows)
+    overlap = options.window_overlap
+    if next_condition is not None and overlap > 1:
+      raise ValueError(f"next_condition replaces one carried latent: window_overlap {overlap} carries {overlap}")
     if images is not None and len(images) != len(videos):
       raise ValueError(f"{len(images)} images for {len(videos)} prompts")
     options.check_size(self.config)
@@ -276,25 +290,30 @@ class TextToVideo:
     out = []
     for k in range(windows):
       text, keyframe_null, interpolation_null, length = texts[batches[k]]
-      if k:  # from the second window on: its own draws, and its first frame held at the carried latent
+      if k:  # from the second window on: its own draws, and its first frames held at the carried latents
         base_rng, *pass_rngs = jax.random.split(jax.random.fold_in(rng, k), 1 + len(passes))
-        keep_key_frame = True
-        condition = jax.device_put(condition, placed[0])  # placed as window 1's inputs (on a mesh: no recompile)
-      frames = stage(tag(BASE_FRAMES.name, k), self.base_frames, condition, text, keyframe_null, length, options,
-                     base_rng, keep_key_frame=keep_key_frame, **steps)
-      if k:  # the seam frame exactly the carried latent (the held frame comes back within rounding)
-        frames = jnp.concatenate([condition[:, None].astype(frames.dtype), frames[:, 1:]], axis=1)
-        frames = jax.device_put(frames, placed[1])
+        condition = carried[:, 0]
       else:
-        placed = (condition.sharding, frames.sharding)
-      last = frames[:, -1]
+        placed, carried = [condition.sharding, None], None
+      # Every window's inputs committed to window 1's placement: a stage's output is uncommitted on one device
+      # and a carried or concatenated latent may not be, and jit keys its dispatch on that too.
+      condition = jax.device_put(condition, placed[0])
+      frames = stage(tag(BASE_FRAMES.name, k), self.base_frames, condition, text, keyframe_null, length, options,
+                     base_rng, keep_key_frame=keep_key_frame, held=carried, **steps)
+      if k:  # the held frames exactly the carried latents (they come back within rounding)
+        frames = jnp.concatenate([carried.astype(frames.dtype), frames[:, overlap:]], axis=1)
+      placed[1] = placed[1] or frames.sharding
+      frames = jax.device_put(frames, placed[1])
+      carried = frames[:, NUM_BASE_FRAMES - overlap:]
       for i, skip in enumerate(passes):
         name = f"{INTERPOLATION.name} {i + 1}"  # the steps' name, the same in every window (no recompile)
         frames = stage(tag(name, k), self.interpolate, frames, text, interpolation_null, length, options, skip,
                        pass_rngs[i], name=name, **steps)
-      out.append(stage(tag(DECODE.name, k), self.decode_video, frames[:, 1:] if k else frames))
-      if k + 1 < windows:
-        condition = last if next_condition is None else next_condition(last, out[-1])
+      # A window after the first starts after its held frames and the frames interpolated between them.
+      stride = (frames.shape[1] - 1) // (NUM_BASE_FRAMES - 1)
+      out.append(stage(tag(DECODE.name, k), self.decode_video, frames[:, (overlap - 1) * stride + 1:] if k else frames))
+      if k + 1 < windows and next_condition is not None:
+        carried = next_condition(carried[:, -1], out[-1])[:, None]
     return out[0] if windows == 1 else np.concatenate(out, axis=1)
 
 

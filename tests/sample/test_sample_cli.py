@@ -114,3 +114,8 @@ def test_options_given_win_over_the_weights_folders_sampling_json_which_wins_ove
   assert (options.guidance_weight_image, options.seed, options.fps, options.sampler) == (2.0, 0, "medium", "ddpm")
   assert options.windows == 3 and options.num_frames == 45 + 44 + 44
   assert not options.keep_image
+  # --seconds: the fewest windows lasting that long at the chosen fps (5.5 s a window, at one window's rate)
+  seconds = lambda *argv: generation_options(_parser().parse_args(["x", "--out", "v.gif", *argv]), {})
+  assert seconds("--seconds", "5.5").windows == 1 and seconds("--seconds", "5.6").windows == 2
+  assert seconds("--seconds", "15", "--fps", "medium").windows == 3  # 45 + 44 + 44 frames: 16.3 s
+  assert seconds("--seconds", "15.5").windows == 3 and seconds("--seconds", "15.6").windows == 4  # 34 frames: 15.58 s
