@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from kvjax.cli import program_name
 
 from .__main__ import (OPTION_FIELDS, _check_prompts, _outputs, add_generation_options,
-                       add_model_options, check_model_options, generation_options, load_pipeline,
+                       add_model_options, check_model_options, generation_options, load_pipeline, read_loras,
                        weights_and_defaults)
 
 LOOPBACK = "127.0.0.1"
