@@ -95,11 +95,27 @@ print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'BEFORE_KI
 def write_model(path: str, config, dtype) -> int:
   """A converted folder of `config` with random values; returns its size in bytes."""
   block = (np.random.default_rng(0).standard_normal(1 << 20) * 0.02).astype(dtype)
-  params = jax.tree.map(lambda leaf: np.resize(block, int(np.prod(leaf.shape))).reshape(leaf.shape),
-                        nn.unbox(abstract_params(config)))
-  extras = {} if config.kind == "t5_encoder" else {"null_embedding": block[: config.context_dim].astype(np.float32)}
-  save_converted(ConvertedModel(config.kind, config, params, extras), path)
-  return sum(a.nbytes for a in jax.tree.leaves(params))
+  # Each array is a file-backed memmap beside the folder, so the writer never holds a production model (16 GB
+  # in float32) in anonymous memory: the kernel writes its pages back and drops them as the store reads them.
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  scratch = tempfile.mkdtemp(prefix="arrays-", dir=os.path.dirname(path))
+  count = iter(range(1 << 30))
+
+  def filled(leaf):
+    array = np.memmap(os.path.join(scratch, str(next(count))), dtype, "w+", shape=leaf.shape)
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, block.size):
+      flat[start:start + block.size] = block[: flat.size - start]
+    array.flush()
+    return array
+
+  try:
+    params = jax.tree.map(filled, nn.unbox(abstract_params(config)))
+    extras = {} if config.kind == "t5_encoder" else {"null_embedding": block[: config.context_dim].astype(np.float32)}
+    save_converted(ConvertedModel(config.kind, config, params, extras), path)
+    return sum(a.nbytes for a in jax.tree.leaves(params))
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def kept_size(path: str, config, dtype) -> int | None:
