@@ -344,7 +344,7 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
 
 
 def run(args) -> int:
-  from .writers import check_output_path, video_seconds, write_videos
+  from .writers import check_output_path, write_videos
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
 
   videos = 1 if args.prompt_per_window else len(args.prompts)
@@ -374,7 +374,7 @@ def run(args) -> int:
   report = lambda stage, seconds: print(f"\r  {stage:<18} {'done':<32} {seconds:7.1f} s", file=sys.stderr)
   steps = bar if args.progress or sys.stderr.isatty() else None
   videos = pipeline(prompts, options, images, progress=report, step_progress=steps)
-  write_videos(videos, outputs, overwrite=args.overwrite, seconds=video_seconds(options))  # all of them or none
+  write_videos(videos, outputs, overwrite=args.overwrite, seconds=options.seconds)  # all of them or none
   for video, out in zip(videos, outputs):
     print(f"wrote {out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]}")
   print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

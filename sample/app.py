@@ -204,7 +204,7 @@ class Studio:
 
   def run(self, request: Request, folder: str, progress, step_progress) -> list[str]:
     from kvjax.app.jobs import JobError
-    from .writers import video_seconds, write_videos
+    from .writers import write_videos
     n = len(request.prompts)
     images = None if request.picture is None else [request.picture] * n
     self._reports = (progress, step_progress)
@@ -216,8 +216,7 @@ class Studio:
     finally:
       self._reports = None
     mp4s, gifs = (_outputs(os.path.join(folder, f"video.{kind}"), n) for kind in ("mp4", "gif"))
-    seconds = video_seconds(request.options)
-    write_videos([*videos, *videos], [*mp4s, *gifs], seconds=seconds)
+    write_videos([*videos, *videos], [*mp4s, *gifs], seconds=request.options.seconds)
     return [os.path.basename(path) for pair in zip(mp4s, gifs) for path in pair]
 
 

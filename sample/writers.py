@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 
 from kvjax.atomic import OutputError, check_writable, staged
-
-# The reference README shows every video over 5.5 s, whatever its frame count.
-from kvjax.pipeline.pipeline_config import WINDOW_SECONDS as CLIP_SECONDS  # noqa: E402
+# The reference README shows every video over 5.5 s, whatever its frame count (a longer video of several
+# windows keeps that frame rate: GenerationOptions.seconds).
+from kvjax.pipeline.pipeline_config import WINDOW_SECONDS as CLIP_SECONDS
 
 
 _FRAME = re.compile(r"^\d{4}\.png$")
@@ -68,12 +68,6 @@ def write_frames(frames: np.ndarray, path: str, overwrite: bool = False, seconds
   """frames: uint8 (T, H, W, 3), shown over `seconds` (.gif and .mp4)."""
   with contextlib.ExitStack() as stack:
     return _write(stack, frames, path, overwrite, seconds)
-
-
-def video_seconds(options) -> float:
-  """A video's length in seconds: CLIP_SECONDS a window, as the reference shows one (a longer video of
-  several windows keeps that frame rate; GenerationOptions.seconds)."""
-  return options.seconds
 
 
 def write_videos(videos: Sequence[np.ndarray], paths: Sequence[str], overwrite: bool = False,

@@ -91,7 +91,7 @@ class Validator:
     self.pipeline.replace_weights(**{self.config.model: self.unet_weights(params)})
     videos = [self.pipeline([prompt], dataclasses.replace(self.options, seed=seed))[0]
               for seed, prompt in enumerate(self.prompts)]
-    duration = int(5500 / videos[0].shape[0])  # every video over 5.5 s, as `python -m sample` writes GIFs
+    duration = int(self.options.seconds * 1000 / videos[0].shape[0])  # as `python -m sample` writes GIFs
     path = os.path.join(self.folder, f"step_{step}")
     with staged(path, overwrite=True, folder=True) as staging:
       with open(os.path.join(staging, "prompts.txt"), "w") as f:
