@@ -222,9 +222,8 @@ def _restore_args(stored, placement, dtype=None):
   one = lambda sharding, dtype=None: lambda leaf: ocp.ArrayRestoreArgs(
       sharding=sharding, global_shape=tuple(leaf.shape), dtype=dtype)
   if placement is None or isinstance(placement, jax.sharding.Sharding):
-    args = {name: jax.tree.map(one(placement or default), tree, is_leaf=is_leaf) for name, tree in stored.items()}
-    args["params"] = jax.tree.map(one(placement or default, dtype), stored["params"], is_leaf=is_leaf)
-    return args
+    return {name: jax.tree.map(one(placement or default, dtype if name == "params" else None), tree, is_leaf=is_leaf)
+            for name, tree in stored.items()}
   args = {name: jax.tree.map(one(default), tree, is_leaf=is_leaf) for name, tree in stored.items() if name != "params"}
   args["params"] = jax.tree.map(lambda leaf, sharding: one(sharding, dtype)(leaf), stored["params"],
                                 quantization.to_stored(placement), is_leaf=is_leaf)

@@ -287,23 +287,21 @@ class TextToVideo:
       key_images = stage(KEY_FRAME.name, self.key_frames, text, keyframe_null, length, options, key_rng, **steps)
       images = [Image.fromarray(image) for image in key_images]
     condition = stage(ENCODE.name, self.encode_images, images, options)
-    out = []
+    # Every window's inputs committed to window 1's placement: a stage's output is uncommitted on one device
+    # and a carried or concatenated latent may not be, and jit keys its dispatch on that too.
+    condition_sharding, frames_sharding, carried, out = condition.sharding, None, None, []
     for k in range(windows):
       text, keyframe_null, interpolation_null, length = texts[batches[k]]
       if k:  # from the second window on: its own draws, and its first frames held at the carried latents
         base_rng, *pass_rngs = jax.random.split(jax.random.fold_in(rng, k), 1 + len(passes))
         condition = carried[:, 0]
-      else:
-        placed, carried = [condition.sharding, None], None
-      # Every window's inputs committed to window 1's placement: a stage's output is uncommitted on one device
-      # and a carried or concatenated latent may not be, and jit keys its dispatch on that too.
-      condition = jax.device_put(condition, placed[0])
+      condition = jax.device_put(condition, condition_sharding)
       frames = stage(tag(BASE_FRAMES.name, k), self.base_frames, condition, text, keyframe_null, length, options,
                      base_rng, keep_key_frame=keep_key_frame, held=carried, **steps)
       if k:  # the held frames exactly the carried latents (they come back within rounding)
         frames = jnp.concatenate([carried.astype(frames.dtype), frames[:, overlap:]], axis=1)
-      placed[1] = placed[1] or frames.sharding
-      frames = jax.device_put(frames, placed[1])
+      frames_sharding = frames_sharding or frames.sharding
+      frames = jax.device_put(frames, frames_sharding)
       carried = frames[:, NUM_BASE_FRAMES - overlap:]
       for i, skip in enumerate(passes):
         name = f"{INTERPOLATION.name} {i + 1}"  # the steps' name, the same in every window (no recompile)
