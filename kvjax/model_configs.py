@@ -29,6 +29,9 @@ class ConfigBase:
             for f in dataclasses.fields(self)}
 
 
+TEXT_POOLING = ("prompt", "padded")
+
+
 @dataclasses.dataclass(frozen=True)
 class UNetConfig(ConfigBase):
   """The Kandinsky 3.0 UNet skeleton shared by both video UNets."""
@@ -47,6 +50,10 @@ class UNetConfig(ConfigBase):
   num_blocks: tuple[int, ...] = (3, 3, 3, 3)
   add_cross_attention: tuple[bool, ...] = (False, True, True, True)
   add_self_attention: tuple[bool, ...] = (False, True, True, True)
+  # The pooled text query (AttentionPooling) is the context's sum over L: "prompt" divides by the reference's
+  # L (the longest prompt's tokens + 1, as the reference samples); "padded" by the padded length, which is
+  # how the embedded demo was trained (kvjax's trainers pooled that way before they took "prompt").
+  text_pooling: str = "prompt"
 
   def _default_out_channels(self) -> int:
     return self.num_channels
@@ -67,6 +74,8 @@ class UNetConfig(ConfigBase):
       raise ValueError("time_embed_dim and context_dim are required")
     if min(self.num_blocks) < 2:
       raise ValueError("every level needs num_blocks >= 2 (the up path has a first and a last entry)")
+    if self.text_pooling not in TEXT_POOLING:
+      raise ValueError(f"text_pooling must be one of {', '.join(TEXT_POOLING)}, got {self.text_pooling!r}")
 
   @property
   def hidden_dims(self) -> tuple[int, ...]:
@@ -398,14 +407,14 @@ DEMO_KEYFRAME = KeyframeUNetConfig(
     context_dim=64, groups=8, head_dim=32, expansion_ratio=2, compression_ratio=2,
     dim_mult=(1, 2, 3), num_blocks=(2, 2, 2),
     add_cross_attention=(False, True, True), add_self_attention=(False, True, True),
-    noise_augmentation=True, motion_score=True)
+    noise_augmentation=True, motion_score=True, text_pooling="padded")
 # The interpolation UNet is 64 wide at every level: its v prediction must carry the noisy input's noise
 # through to the output, which a 32-wide one never learned (docs/demo.md).
 DEMO_INTERPOLATION = InterpolationUNetConfig(
     model_channels=64, init_channels=64, num_channels=20, out_channels=12, time_embed_dim=128,
     context_dim=64, groups=8, head_dim=32, expansion_ratio=2, compression_ratio=2,
     dim_mult=(1, 1, 1), num_blocks=(2, 2, 2), time_downsample=(False, False, False),
-    add_cross_attention=(False, True, True), add_self_attention=(False, True, True))
+    add_cross_attention=(False, True, True), add_self_attention=(False, True, True), text_pooling="padded")
 # Frozen random weights: the captions are a few dozen words, which any fixed encoder keeps apart. The
 # vocabulary holds the caption words (kvjax.text.tokenizer_training) and T5Tokenizer's 100 sentinels.
 DEMO_T5_ENCODER = T5EncoderConfig(vocab_size=160, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,

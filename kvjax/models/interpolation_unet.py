@@ -68,7 +68,8 @@ class InterpolationUNet(nn.Module):
     perturbation_time: (N,) — the pipeline passes 0; the reference's own default when absent is 25.
     skip_frames: (N,) int indices into the 20-entry skip embedding — the reference's default is 1.
     temporal_mask: (N,) in [0, 1]; 0 turns every temporal layer off for that sample. Default: all ones.
-    context_length: the reference's context length L (traced) when `context` is zero-padded beyond it.
+    context_length: the reference's context length L (traced) when `context` is zero-padded beyond it;
+      ignored where the config's text_pooling is "padded".
     deep_features, keep_deep_features: feature caching, as the keyframe UNet's.
   """
 
@@ -106,8 +107,8 @@ class InterpolationUNet(nn.Module):
                        dtype=self.dtype, embedding_init=logical_init(nn.initializers.normal(1.0),
                                                                      (None, "time_embed")))
       cond = merge_scalar(self, "skip_merge") * table(skip_frames) + cond
-    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask.astype(bool),
-                                                                   context_length)
+    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(
+        cond, context, context_mask.astype(bool), context_length if cfg.text_pooling == "prompt" else None)
 
     x = conv(cfg.init_channels, (3, 3), padding=((1, 1), (1, 1)), name="in_layer", **kw)(x.astype(self.dtype))
     return down_up_and_out(x, cfg, DownLevel, UpLevel, (cond, context, context_mask, temporal_mask, num_groups),

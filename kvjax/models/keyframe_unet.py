@@ -118,7 +118,7 @@ class KeyframeUNet(nn.Module):
     input_layer: 'video' (`in_layer`) or 'image' (`image_in_layer`); None applies the reference rule
       `reference_input_layer(N)`.
     context_length: the reference's context length L (traced) when `context` is zero-padded beyond it;
-      None: L is the context's own length.
+      None: L is the context's own length. Ignored where the config's text_pooling is "padded".
     deep_features, keep_deep_features: feature caching (unet_layers.down_up_and_out): keep returns (output,
       deep features); given deep features, only the shallowest levels run and the output is (output, them).
   """
@@ -144,7 +144,8 @@ class KeyframeUNet(nn.Module):
     embed = lambda values, name: scalar_embedding_mlp(values, name=name, sinusoidal_dim=cfg.init_channels,
                                                       features=cfg.time_embed_dim, **kw)
     cond = embed(time, "to_time_embed")
-    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(cond, context, context_mask, context_length)
+    cond = AttentionPooling(cfg.head_dim, name="feature_pooling", **kw)(
+        cond, context, context_mask, context_length if cfg.text_pooling == "prompt" else None)
 
     if self.is_initializing():
       # Create every parameter whatever the mode of the example call: run the full video path.

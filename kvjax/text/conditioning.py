@@ -38,6 +38,13 @@ def context_length(attention_mask) -> int:
   return int(min(mask.sum(axis=-1).max(initial=0) + 1, mask.shape[-1]))
 
 
+def prompt_lengths(attention_mask) -> jax.Array:
+  """(B,) int32: each prompt's own L (context_length of that prompt alone), traced: what the trainers pool
+  with, so that a model learns the pooling it is sampled with."""
+  mask = jnp.asarray(attention_mask).astype(bool)
+  return jnp.minimum(mask.sum(axis=-1) + 1, mask.shape[-1]).astype(jnp.int32)
+
+
 def text_context(params, hidden_states, attention_mask, config: TextProjectionConfig,
                  head: str = "projection_base") -> tuple[jax.Array, jax.Array]:
   """(context (B, L, context_dim), mask (B, L) bool) for the UNets, from T5 states and the prompt mask."""

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from kvjax.diffusion.ddpm import add_noise, velocity
 from kvjax.diffusion.schedule import INTERPOLATION_SCHEDULER, make_schedule
 from kvjax.models.interpolation_unet import FRAMES_PER_GROUP
+from kvjax.text.conditioning import prompt_lengths
 from kvjax.training.augment import (batch_pinning, check_high_noise, draw_timesteps, drop_text, noise_augment,
                                     where_sample)
 
@@ -103,5 +104,6 @@ def interpolation_loss(params, batch, rng, *, model, config: InterpolationTraini
   unet_in = jnp.concatenate([left, noisy, right], axis=-1).reshape(b * g, h, w, -1)
   v = model.apply({"params": params}, pin(unet_in), per_clip(time), per_clip(context), per_clip(mask),
                   num_groups=g, perturbation_time=per_clip(level), skip_frames=per_clip(batch["skip_frames"]),
-                  temporal_mask=per_clip(jnp.where(unconditional, 0.0, 1.0)))
+                  temporal_mask=per_clip(jnp.where(unconditional, 0.0, 1.0)),
+                  context_length=per_clip(prompt_lengths(batch["context_mask"])))
   return jnp.mean(jnp.square(pin(v).astype(jnp.float32).reshape(target_v.shape) - target_v))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from kvjax.diffusion.ddpm import add_noise
 from kvjax.diffusion.schedule import KEYFRAME_SCHEDULER, make_schedule
+from kvjax.text.conditioning import prompt_lengths
 from kvjax.training.augment import (batch_pinning, check_high_noise, draw_timesteps, drop_text, noise_augment,
                                     where_sample)
 
@@ -118,7 +119,7 @@ def keyframe_loss(params, batch, rng, *, model, config: KeyframeTrainingConfig, 
                     per_frame(mask), frame_index=jnp.tile(jnp.arange(t, dtype=jnp.float32), b), num_frames=t,
                     noise_aug_time=per_frame(level),
                     motion_score=per_frame(config.motion_scale * batch["motion_score"].astype(jnp.float32)),
-                    input_layer="video")
+                    input_layer="video", context_length=per_frame(prompt_lengths(batch["context_mask"])))
   errors = jnp.mean(jnp.square(pin(eps).astype(jnp.float32).reshape(latents.shape) - noise), axis=(1, 2, 3, 4))
   return jnp.mean(loss_weights(config, schedule.alphas_cumprod)[time] * errors)
 
@@ -142,6 +143,7 @@ def keyframe_image_loss(params, batch, rng, *, model, config: KeyframeTrainingCo
   per_frame = lambda x: jnp.repeat(x, t, axis=0)
   context, mask = drop_text(per_frame(batch["context"]), per_frame(batch["context_mask"]), null_embedding, dropped)
   unet_in = jnp.concatenate([noisy, jnp.zeros((b * t, h, w, c + 1), jnp.float32)], axis=-1)
-  eps = model.apply({"params": params}, pin(unet_in), time.astype(jnp.float32), context, mask, input_layer="image")
+  eps = model.apply({"params": params}, pin(unet_in), time.astype(jnp.float32), context, mask, input_layer="image",
+                    context_length=per_frame(prompt_lengths(batch["context_mask"])))
   errors = jnp.mean(jnp.square(pin(eps).astype(jnp.float32) - noise), axis=(1, 2, 3))
   return jnp.mean(loss_weights(config, schedule.alphas_cumprod)[time] * errors)

@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import json
 import os
@@ -128,6 +129,17 @@ def test_padding_tokens_are_ignored(params):
   a = _apply(params, x, time, context, mask)
   b = _apply(params, x, time, swapped, mask)
   np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_a_model_trained_on_padded_pooling_ignores_the_prompt_length(params):
+  # text_pooling="padded" (the demo's): the pooled query is the mean over every padded position, whatever L
+  # the sampler passes; the plain forward without L pools that way too.
+  x, time, context, mask = _inputs(2)
+  padded = KeyframeUNet(dataclasses.replace(CFG, text_pooling="padded"))
+  out = jax.jit(lambda p, length: padded.apply({"params": p}, x, time, context, mask, context_length=length))
+  np.testing.assert_allclose(np.asarray(out(params, jnp.int32(4))), _apply(params, x, time, context, mask), atol=1e-6)
+  with pytest.raises(ValueError, match="text_pooling must be one of prompt, padded, got 'mean'"):
+    dataclasses.replace(CFG, text_pooling="mean")
 
 
 def test_bfloat16_compute_stays_close_to_float32(params):

@@ -251,3 +251,30 @@ def test_image_mode_draws_and_weights_timesteps_as_video_mode():
   abar = jnp.asarray(alphas_cumprod(KEYFRAME_SCHEDULER))
   weights = np.asarray(loss_weights(KeyframeTrainingConfig(loss_weighting="v", max_loss_weight=5000.0), abar))
   assert np.isclose(weighted / plain, weights[plain_times].mean(), rtol=0.3)
+
+
+def test_every_objective_pools_the_text_over_each_prompts_own_length_as_sampling_does():
+  # Sampling divides the pooled text by L (the prompt's tokens + 1): each objective passes that L per sample,
+  # repeated as its context is (per frame, per group), dropped samples keeping their prompt's L as the
+  # sampler's unconditional branch does.
+  rng = np.random.default_rng(4)
+  mask = np.zeros((B, L), bool)
+  for i, n in enumerate((1, 3, L)):
+    mask[i, :n] = True
+  lengths = np.array([2, 4, L])  # the last fills every position: no padded one is kept
+  t = 2
+  batch = {"latents": rng.normal(size=(B, t, H, W, C)).astype(np.float32),
+           "context": rng.normal(size=(B, L, D)).astype(np.float32), "context_mask": mask,
+           "motion_score": np.zeros((B,), np.float32)}
+  model = Recorder(lambda seen: jnp.zeros_like(seen["x"][..., :C]))
+  config = KeyframeTrainingConfig(text_dropout_probability=1.0)
+  keyframe_loss({}, batch, jax.random.key(0), model=model, config=config, null_embedding=NULL)
+  np.testing.assert_array_equal(model.seen["context_length"], np.repeat(lengths, t))
+  keyframe_image_loss({}, batch, jax.random.key(0), model=model, config=dataclasses.replace(config, mode="image"),
+                      null_embedding=NULL)
+  np.testing.assert_array_equal(model.seen["context_length"], np.repeat(lengths, t))
+  clips = {**_interpolation_batch(), "context_mask": mask}
+  model = Recorder(lambda seen: jnp.zeros_like(seen["x"][..., :3 * C]))
+  interpolation_loss({}, clips, jax.random.key(0), model=model, config=InterpolationTrainingConfig(),
+                     null_embedding=NULL)
+  np.testing.assert_array_equal(model.seen["context_length"], np.repeat(lengths, G))
