@@ -294,6 +294,8 @@ def read_loras(args) -> list:
           f"{adapter.step}{', trigger words ' + ' '.join(adapter.trigger_words) if adapter.trigger_words else ''}) "
           f"at scale {scale:g}", file=sys.stderr)
     loras.append((adapter, scale))
+  from kvjax.conversion.adapters import adapter_words
+  adapter_words([a for a, _ in loras])  # two adapters reading a word two ways: refused before any weights load
   return loras
 
 
@@ -328,7 +330,9 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
     config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=None if loras else mesh,
                                             offload=args.offload or bool(loras), scan_text_encoder=True,
                                             quantize=None if loras else quantize)
-    tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length)
+    from kvjax.conversion.adapters import adapter_words
+    # The adapters' trigger words read as the sentinels they were trained with (kvjax.text.tokenizer).
+    tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length, words=adapter_words([a for a, _ in loras]))
   if loras:
     from kvjax.pipeline.pipeline_weights import with_adapters
     weights = with_adapters(config, weights, loras)

@@ -1,6 +1,7 @@
 """Writes a folder of synthetic moving-shape videos (kvjax.data.shapes) for `python -m train.prepare_data`:
 
   python -m train.make_shapes OUT --videos N [--seconds 3] [--fps 24] [--size 256] [--seed 0]
+      [--size-word huge [--size-word-share 0.75]]
   python -m train.prepare_data OUT prepared/ --captions OUT/captions.jsonl
 
 OUT gets shapes-00000.mp4, ... (H.264, 4:4:4 chroma, near-lossless, so colours survive) and captions.jsonl,
@@ -8,6 +9,8 @@ one {"source": "shapes-00000.mp4", "caption": "a red circle moving right", "spec
 caption is also the video's title tag). Videos come in triples: videos 3k, 3k+1 and 3k+2 show one scene
 (shape, colour, direction, size, start side, background, drawn from (seed, k)) at the slow, medium and fast
 speeds, so every run of 3 or more videos has all three and a model sees speed as the only difference.
+--size-word draws a word outside the world (kvjax.data.shapes.SIZE_WORDS: "huge") into that share of the
+scenes, spread evenly ("a huge red circle moving right"), to teach the demo a new word (docs/fine_tuning.md).
 The folder appears only when complete; an existing OUT is refused unless --overwrite.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -41,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--size", type=int, default=256,
                  help="width and height in pixels (prepare_data keeps areas >= 256x256)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--size-word", default="", help="a size word outside the demo's world (huge) for "
+                 "--size-word-share of the scenes")
+  p.add_argument("--size-word-share", type=float, default=1.0, help="with --size-word: the share of scenes that "
+                 "have it (default 1)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
   return p
 
@@ -61,6 +69,11 @@ def check_args(args: argparse.Namespace) -> str | None:
             f"{video_bytes / (1 << 30):.1f} GiB of frames each, more than the {MAX_VIDEO_BYTES >> 30} GiB drawn at once")
   if args.seed < 0:
     return f"--seed {args.seed}: give a non-negative seed"
+  from kvjax.data.shapes import SIZE_WORDS
+  if args.size_word and args.size_word not in SIZE_WORDS:
+    return f"--size-word {args.size_word!r}: give one of {', '.join(SIZE_WORDS)}"
+  if not 0 <= args.size_word_share <= 1:
+    return f"--size-word-share {args.size_word_share}: give a share in [0, 1]"
   return None
 
 
@@ -74,12 +87,15 @@ def filter_warnings(args: argparse.Namespace) -> list[str]:
           for drop in drops if drop is not None]
 
 
-def video_spec(seed: int, index: int, num_frames: int, size: int):
-  """The spec of video `index`: scene index // 3 of `seed` at speed class index % 3."""
+def video_spec(seed: int, index: int, num_frames: int, size: int, size_word: str = "", share: float = 1.0):
+  """The spec of video `index`: scene index // 3 of `seed` at speed class index % 3; with `size_word`, scene k
+  has it when floor((k + 1) * share) > floor(k * share) (that share of scenes, spread evenly)."""
   from kvjax.data import shapes
-  rng = np.random.default_rng([seed, index // 3])
+  scene = index // 3
+  rng = np.random.default_rng([seed, scene])
+  word = size_word if size_word and math.floor((scene + 1) * share) > math.floor(scene * share) else ""
   return shapes.sample_spec(rng, num_frames, resolution=(size, size),
-                            speed_class=shapes.SPEED_CLASSES[index % len(shapes.SPEED_CLASSES)])
+                            speed_class=shapes.SPEED_CLASSES[index % len(shapes.SPEED_CLASSES)], size_word=word)
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: float, title: str = "") -> None:
@@ -96,7 +112,7 @@ def write_mp4(path: str, frames: np.ndarray, fps: float, title: str = "") -> Non
 
 
 def make_shapes(out: str, *, videos: int, seconds: float, fps: float, size: int, seed: int,
-                overwrite: bool = False) -> list[dict]:
+                overwrite: bool = False, size_word: str = "", size_word_share: float = 1.0) -> list[dict]:
   """Writes the folder (see the module docstring); returns the captions.jsonl entries."""
   from kvjax.atomic import staged
   from kvjax.data import shapes
@@ -105,7 +121,7 @@ def make_shapes(out: str, *, videos: int, seconds: float, fps: float, size: int,
   entries = []
   with staged(out, overwrite=overwrite) as staging:
     for index in range(videos):
-      spec = video_spec(seed, index, frames_at_24, size)
+      spec = video_spec(seed, index, frames_at_24, size, size_word, size_word_share)
       text = shapes.caption(spec)
       name = f"shapes-{index:05d}.mp4"
       write_mp4(os.path.join(staging, name), shapes.render_clip(spec, num_frames, size, size, fps=fps), fps, text)
@@ -126,7 +142,8 @@ def main(argv=None) -> int:
     print(warning, file=sys.stderr)
   try:
     entries = make_shapes(args.out, videos=args.videos, seconds=args.seconds, fps=args.fps, size=args.size,
-                          seed=args.seed, overwrite=args.overwrite)
+                          seed=args.seed, overwrite=args.overwrite, size_word=args.size_word,
+                          size_word_share=args.size_word_share)
   except (FileExistsError, OutputError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

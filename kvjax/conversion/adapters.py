@@ -6,7 +6,9 @@ PEFT's layouts: a Linear's A (rank, in) and B (out, rank); a Conv's A (rank, in,
 1, ...). The tensors are float32. `__metadata__` (strings): format "kvjax-lora", base_kind (keyframe_unet or
 interpolation_unet), base_config (the UNet's configuration, JSON), base_pipeline (the run's pipeline preset),
 rank, alpha (the output is scaled by alpha / rank), targets (groups of kvjax.models.lora.LORA_TARGETS),
-trigger_words (comma-separated), step.
+trigger_words (comma-separated), trigger_tokens (JSON: the sentinel each trigger word is read as,
+kvjax.text.tokenizer.trigger_tokens; absent in older files, whose words then read as the vocabulary reads
+them), step.
 
 Reading goes through the project's bounded safetensors reader (kvjax.checkpoints.safetensors_file); a file for
 another base, an unknown key, a missing one or a tensor of another shape is refused by name.
@@ -28,6 +30,7 @@ from kvjax.checkpoints.lazy import CheckpointError
 from kvjax.checkpoints.safetensors_file import read_safetensors_with_metadata, write_safetensors
 from kvjax.conversion.naming import torch_key
 from kvjax.models.lora import LORA_TARGETS, LoraConfig, abstract_adapters, adapter_modules
+from kvjax.text.tokenizer import trigger_tokens
 
 FORMAT = "kvjax-lora"
 UNET_KINDS = ("keyframe_unet", "interpolation_unet")
@@ -68,7 +71,8 @@ def write_adapter(path: str, adapters, *, unet_config, lora: LoraConfig, pipelin
   """Writes `adapters` (a LoRA run's, for a UNet of `unet_config`) to `path`; returns the bytes written."""
   metadata = {"format": FORMAT, "base_kind": unet_config.kind, "base_config": json.dumps(unet_config.to_dict()),
               "base_pipeline": pipeline, "rank": str(lora.rank), "alpha": repr(float(lora.alpha or lora.rank)),
-              "targets": ",".join(lora.targets), "trigger_words": ",".join(lora.trigger_words), "step": str(step)}
+              "targets": ",".join(lora.targets), "trigger_words": ",".join(lora.trigger_words),
+              "trigger_tokens": json.dumps(trigger_tokens(lora.trigger_words)), "step": str(step)}
   write_safetensors(path, adapter_tensors(adapters), metadata, overwrite=overwrite)
   return os.path.getsize(path)
 
@@ -88,6 +92,7 @@ class Adapter:
   step: int
   pipeline: str
   adapters: Any
+  trigger_tokens: dict[str, str] = dataclasses.field(default_factory=dict)  # word -> "<extra_id_N>"
 
   @property
   def scale(self) -> float:
@@ -159,8 +164,30 @@ def read_adapter(path: str, role: str = "--lora") -> Adapter:
   except ValueError:
     raise AdapterError(f"{where}: bad metadata: step {meta.get('step')!r}") from None
   words = tuple(w for w in meta.get("trigger_words", "").split(",") if w)
+  try:
+    tokens = json.loads(meta["trigger_tokens"]) if "trigger_tokens" in meta else {}
+    if tokens and tokens != trigger_tokens(words):
+      raise ValueError(f"{tokens} is not what trigger words {','.join(words)} are read as")
+  except ValueError as e:  # json.JSONDecodeError is a ValueError
+    raise AdapterError(f"{where}: bad metadata: trigger_tokens: {e}") from None
   return Adapter(path, kind, config, rank, alpha, targets, words, step, meta.get("base_pipeline", ""),
-                 flax.traverse_util.unflatten_dict(flat))
+                 flax.traverse_util.unflatten_dict(flat), tokens)
+
+
+def adapter_words(adapters, role: str = "--lora") -> dict[str, str]:
+  """The new words of several adapters (Adapter objects) for `T5Tokenizer.with_words`: AdapterError where two
+  read one word as different sentinels, or one sentinel as different words."""
+  words: dict[str, str] = {}
+  owner: dict[str, str] = {}
+  for adapter in adapters:
+    for word, token in adapter.trigger_tokens.items():
+      if words.setdefault(word, token) != token:
+        raise AdapterError(f"{role} {adapter.path}: trigger word {word!r} is read as {token}, and as {words[word]} "
+                           "by an adapter before it; load one of them")
+      if owner.setdefault(token, word) != word:
+        raise AdapterError(f"{role} {adapter.path}: trigger word {word!r} is read as {token}, which an adapter "
+                           f"before it reads as {owner[token]!r}; load one of them")
+  return words
 
 
 def check_base(adapter: Adapter, config, role: str = "--lora") -> None:
@@ -174,5 +201,5 @@ def check_base(adapter: Adapter, config, role: str = "--lora") -> None:
                        f"{_first_difference(adapter.config, config)}")
 
 
-__all__ = ["AdapterError", "Adapter", "LORA_TARGETS", "adapter_tensors", "check_base", "peft_module",
+__all__ = ["AdapterError", "Adapter", "LORA_TARGETS", "adapter_tensors", "adapter_words", "check_base", "peft_module",
            "read_adapter", "write_adapter"]

@@ -77,6 +77,12 @@ EDGE_MARGIN = 2.0
 # Analytic motion score per reference pixel per frame of speed (see the module docstring).
 MOTION_PER_SPEED = 0.1
 COLOUR_TOLERANCE = 80.0  # RGB distance within which a pixel counts as a colour (centroid_track)
+# Words outside the demo's world, to teach it by fine-tuning (docs/fine_tuning.md): a size word goes before the
+# colour in the caption ("a huge red circle moving right") and draws the shape at its size range (reference
+# pixels). Never drawn unless asked for (sample_spec's size_word), so the world of COLOURS, SHAPES and
+# DIRECTIONS, the demo's prompt grid, its tests and judges stay as they are. At "huge" (22..26) the smallest
+# huge shape (a triangle of 22) covers 0.07 of the frame, the largest ordinary one (a square of 14) 0.048.
+SIZE_WORDS = {"huge": (22.0, 26.0)}
 
 
 class ShapeSpecError(ValueError):
@@ -96,6 +102,7 @@ class ShapeSpec:
   background: str = "dark"  # BACKGROUNDS
   background_rgb: tuple[int, int, int] = DARK_RGB  # the plain colour, and the texture's base
   texture_seed: int = 0  # the "textured" background's noise
+  size_word: str = ""  # "" or a SIZE_WORDS word, which the caption says
 
   def __post_init__(self):
     for name, value, choices in (("shape", self.shape, SHAPES), ("colour", self.colour, COLOURS),
@@ -104,6 +111,8 @@ class ShapeSpec:
                                  ("background", self.background, BACKGROUNDS)):
       if value not in choices:
         raise ShapeSpecError(f"ShapeSpec.{name} {value!r} is not one of {', '.join(choices)}")
+    if self.size_word and self.size_word not in SIZE_WORDS:
+      raise ShapeSpecError(f"ShapeSpec.size_word {self.size_word!r} is not one of {', '.join(SIZE_WORDS)}")
     if not (self.speed >= 0 and math.isfinite(self.speed)) or not (self.size > 0 and math.isfinite(self.size)):
       raise ShapeSpecError(f"ShapeSpec: speed ({self.speed}) must be >= 0 and size ({self.size}) > 0")
     if len(self.start) != 2 or len(self.background_rgb) != 3:
@@ -148,12 +157,14 @@ def _choice(rng: np.random.Generator, name: str, value: str | None, choices) -> 
 
 def sample_spec(rng: np.random.Generator, num_frames: float, *, resolution: tuple[int, int] = (128, 128),
                 shape: str | None = None, colour: str | None = None, direction: str | None = None,
-                speed_class: str | None = None, background: str | None = None) -> ShapeSpec:
+                speed_class: str | None = None, background: str | None = None,
+                size_word: str = "") -> ShapeSpec:
   """A random spec for a clip of `num_frames` frames at 24 fps (a fraction for clips at other rates: 1 +
   seconds from the first frame to the last * 24) on frames of `resolution` (height, width; only its aspect
   matters). The shape starts on the side opposite its direction and travels SPEED_TRAVEL
   of the frame, so it stays wholly inside the frame (EDGE_MARGIN from the edges) for the whole clip.
-  Attributes given are kept; the others are drawn uniformly."""
+  Attributes given are kept; the others are drawn uniformly. `size_word` (a SIZE_WORDS word) draws the size
+  from its range; such a large shape travels at most as far as the frame leaves it room for."""
   if num_frames < 2:
     raise ShapeSpecError(f"sample_spec: num_frames ({num_frames}) must be at least 2 for a shape to move")
   shape = _choice(rng, "shape", shape, SHAPES)
@@ -161,7 +172,9 @@ def sample_spec(rng: np.random.Generator, num_frames: float, *, resolution: tupl
   direction = _choice(rng, "direction", direction, tuple(DIRECTIONS))
   speed_class = _choice(rng, "speed_class", speed_class, SPEED_CLASSES)
   background = _choice(rng, "background", background, BACKGROUNDS)
-  size = float(rng.uniform(*SIZE_RANGE))
+  if size_word:
+    _choice(rng, "size_word", size_word, tuple(SIZE_WORDS))
+  size = float(rng.uniform(*SIZE_WORDS.get(size_word, SIZE_RANGE)))
   reach = half_extent(shape, size) + EDGE_MARGIN
   extent = frame_extent(*resolution)
   dy, dx = DIRECTIONS[direction]
@@ -169,6 +182,8 @@ def sample_spec(rng: np.random.Generator, num_frames: float, *, resolution: tupl
   side = extent[axis]
   travel = float(rng.uniform(*SPEED_TRAVEL[speed_class])) * side
   room = side - 2 * reach  # where the centre may be along the motion
+  if size_word and room > 0:
+    travel = min(travel, room)
   if travel > room:
     raise ShapeSpecError(f"sample_spec: frames {resolution} leave no room for a {speed_class} {shape}")
   forward = dy + dx  # +1 (right, down) or -1 (left, up)
@@ -183,13 +198,14 @@ def sample_spec(rng: np.random.Generator, num_frames: float, *, resolution: tupl
     rgb = tuple(int(np.clip(base + rng.integers(-8, 9), BACKGROUND_MIN, 60)) for _ in range(3))
   return ShapeSpec(shape=shape, colour=colour, direction=direction, speed_class=speed_class,
                    speed=travel / (num_frames - 1), size=size, start=start, background=background,
-                   background_rgb=rgb, texture_seed=texture_seed)
+                   background_rgb=rgb, texture_seed=texture_seed, size_word=size_word)
 
 
 def caption(spec: ShapeSpec, speed_words: bool = True) -> str:
   """"a <colour> <shape> moving <direction>", then " slowly" or " quickly" for the slow and fast classes
-  (with speed_words). Every caption starts with the speed-free form: "a red circle moving right quickly"."""
-  text = f"a {spec.colour} {spec.shape} moving {spec.direction}"
+  (with speed_words). Every caption starts with the speed-free form: "a red circle moving right quickly".
+  A spec with a size word says it before the colour: "a huge red circle moving right"."""
+  text = f"a {spec.size_word + ' ' if spec.size_word else ''}{spec.colour} {spec.shape} moving {spec.direction}"
   word = SPEED_WORDS[spec.speed_class] if speed_words else ""
   return f"{text} {word}" if word else text
 

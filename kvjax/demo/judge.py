@@ -16,6 +16,10 @@ from kvjax.data import shapes
 # A video passes when the shape's centroid goes the named way by at least this fraction of the frame.
 MIN_TRAVEL = 0.25
 MIN_PIXELS = 4  # a frame "has" the shape when at least this many pixels are of its colour
+# A video shows a "huge" shape (kvjax.data.shapes.SIZE_WORDS, the fine-tuning walkthrough's new word) when its
+# colour covers at least this share of the frame in the median frame: drawn, the smallest huge shape covers
+# 0.070 of it and the largest ordinary one 0.048.
+HUGE_AREA = 0.06
 
 
 def prompt_grid(shape_cycle=shapes.SHAPES) -> list[tuple[str, str, str]]:
@@ -53,6 +57,13 @@ def judge_motion(frames: np.ndarray, colour: str, direction: str) -> Verdict:
   along = (dx * ux + dy * uy) / side
   across = (dx * uy - dy * ux) / (height if ux else width)
   return Verdict(colour, direction, True, float(along), float(across))
+
+
+def colour_area(frames: np.ndarray, colour: str) -> float:
+  """The median over frames of the share of the frame's pixels within the colour's tolerance (0 in frames
+  without it): how large the named shape is drawn."""
+  mask = shapes.colour_mask(frames, colour)
+  return float(np.median(mask.mean(axis=(-2, -1))))
 
 
 def step_evenness(frames: np.ndarray, colour: str) -> float:

@@ -59,7 +59,9 @@ class LoraConfig:
   # with standard deviation 1/rank); B starts at zero either way.
   init: str = "kaiming"
   base_dtype: str = "float32"  # the frozen base weights on the devices; bfloat16 halves their memory
-  trigger_words: tuple[str, ...] = ()  # words that call up what the adapter learned (its file's metadata)
+  # Words that call up what the adapter learned: the k-th is read as the sentinel <extra_id_k> in training and
+  # wherever the adapter is loaded (kvjax.text.tokenizer.trigger_tokens; the file's metadata records both).
+  trigger_words: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.rank < 0 or self.alpha < 0:
@@ -70,6 +72,8 @@ class LoraConfig:
                        f"{', '.join(LORA_TARGETS)}")
     if not 0 <= self.dropout < 1:
       raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}")
+    from kvjax.text.tokenizer import trigger_tokens
+    trigger_tokens(self.trigger_words)  # one word each, none twice (ValueError)
     if self.init not in INITS or self.base_dtype not in BASE_DTYPES:
       raise ValueError(f"LoraConfig: init must be one of {', '.join(INITS)} (got {self.init!r}), base_dtype one "
                        f"of {', '.join(BASE_DTYPES)} (got {self.base_dtype!r})")

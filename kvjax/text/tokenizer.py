@@ -17,6 +17,19 @@ import numpy as np
 import sentencepiece
 
 EOS, PAD, UNK = "</s>", "<pad>", "<unk>"
+# A word a tokenizer can be taught (`with_words`): letters, digits, '-' and '_', not a special spelling.
+WORD = re.compile(r"[^\W]([\w-]*[^\W])?")
+
+
+def trigger_tokens(words: Sequence[str]) -> dict[str, str]:
+  """The sentinel each trigger word is read as: the k-th word gets `<extra_id_k>`. ValueError for a word that
+  is not one word (WORD) or is given twice."""
+  for word in words:
+    if not WORD.fullmatch(word):
+      raise ValueError(f"trigger word {word!r}: give one word of letters, digits, '-' or '_'")
+  if len(set(words)) != len(words):
+    raise ValueError(f"trigger words {', '.join(words)}: a word is given twice")
+  return {word: f"<extra_id_{k}>" for k, word in enumerate(words)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +51,8 @@ def pad_batch(token_ids: Sequence[Sequence[int]], max_length: int, pad_id: int) 
 class T5Tokenizer:
   """Tokenizes batches of prompts to fixed-length ids and masks (128 tokens for Kandinsky Video 1.1)."""
 
-  def __init__(self, model_file: str | os.PathLike, max_length: int = 128, extra_ids: int = 100):
+  def __init__(self, model_file: str | os.PathLike, max_length: int = 128, extra_ids: int = 100,
+               words: dict[str, str] | None = None):
     path = os.fspath(model_file)
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path}: no such SentencePiece model file (google/flan-ul2's spiece.model)")
@@ -64,9 +78,17 @@ class T5Tokenizer:
     self._sentinels = {f"<extra_id_{i}>": size - 1 + extra_ids - i for i in range(extra_ids)}
     special.update(self._sentinels)
     self._special = special
-    # Longest first, so that <extra_id_10> is never read as <extra_id_1> followed by "0>".
+    self._model_file, self._extra_ids, self.words = path, extra_ids, dict(words or {})
+    for word, token in self.words.items():
+      if not WORD.fullmatch(word) or token not in self._sentinels:
+        raise ValueError(f"new word {word!r} -> {token!r}: give one word and a sentinel <extra_id_N> of this "
+                         f"vocabulary (N < {extra_ids})")
+      special[word] = self._sentinels[token]
+    # Longest first, so that <extra_id_10> is never read as <extra_id_1> followed by "0>"; a new word only
+    # where it stands alone (not inside another word).
     spellings = sorted(special, key=len, reverse=True)
-    self._splitter = re.compile("(" + "|".join(re.escape(s) for s in spellings) + ")")
+    self._splitter = re.compile("(" + "|".join(rf"(?<![\w-]){re.escape(s)}(?![\w-])" if s in self.words
+                                               else re.escape(s) for s in spellings) + ")")
 
   def encode(self, prompt: str) -> list[int]:
     """One prompt's ids with EOS, not padded (at most `max_length`)."""
@@ -85,7 +107,7 @@ class T5Tokenizer:
     # Odd entries are special tokens; sentinels swallow the white space on both sides.
     chunks = self._splitter.split(prompt)
     for i in range(1, len(chunks), 2):
-      if chunks[i] in self._sentinels:
+      if chunks[i] in self._sentinels or chunks[i] in self.words:
         chunks[i - 1] = chunks[i - 1].rstrip()
         chunks[i + 1] = chunks[i + 1].lstrip()
     ids: list[int] = []
@@ -95,6 +117,15 @@ class T5Tokenizer:
       elif chunk:
         ids.extend(self._processor.encode(chunk))
     return ids
+
+  def with_words(self, words: dict[str, str]) -> "T5Tokenizer":
+    """This tokenizer also reading each word of `words` as its sentinel (`trigger_tokens`), on top of the
+    words it already reads so; ValueError where a word would be read as two sentinels."""
+    merged = dict(self.words)
+    for word, token in words.items():
+      if merged.setdefault(word, token) != token:
+        raise ValueError(f"new word {word!r} is read as {merged[word]} already, not {token}")
+    return T5Tokenizer(self._model_file, self.max_length, self._extra_ids, merged)
 
   def __call__(self, prompts: str | Sequence[str]) -> TokenizedText:
     if isinstance(prompts, str):

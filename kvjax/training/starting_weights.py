@@ -18,21 +18,23 @@ from kvjax.training.trainer import discriminator_config
 
 def training_weights(config: TrainConfig, weights_dir: str | None, tokenizer_path: str | None = None):
   """(PipelineWeights, tokenizer) for a UNet run; `weights_dir` None gives random weights (the caller
-  should say so)."""
+  should say so). A LoRA run's trigger words are read as their sentinels (`kvjax.text.tokenizer.trigger_tokens`,
+  what its adapter file records); the stand-in tokenizer of random weights gives every word an id already."""
   pipeline = config.pipeline_config
   if weights_dir is None:
     from kvjax.text.hashed_tokenizer import HashedWordTokenizer
     return (random_weights(pipeline, config.seed),
             HashedWordTokenizer(pipeline.text_encoder.vocab_size, pipeline.tokens_length))
   from kvjax.pipeline.pipeline_weights import load_pipeline_weights
-  from kvjax.text.tokenizer import T5Tokenizer
+  from kvjax.text.tokenizer import T5Tokenizer, trigger_tokens
   tokenizer_path = tokenizer_path or os.path.join(weights_dir, "spiece.model")
   if not os.path.isfile(tokenizer_path):
     raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass the path to FLAN-UL2's spiece.model")
   loaded, weights = load_pipeline_weights(weights_dir, pipeline.tokens_length, expected=pipeline)
   if loaded != pipeline:
     raise ValueError(f"{weights_dir}: the converted models differ from the {config.pipeline!r} pipeline")
-  return weights, T5Tokenizer(tokenizer_path, pipeline.tokens_length)
+  words = trigger_tokens(config.lora.trigger_words) if config.lora.enabled else {}
+  return weights, T5Tokenizer(tokenizer_path, pipeline.tokens_length, words=words)
 
 
 def unet_start(config: TrainConfig, weights, path: str, mesh=None):

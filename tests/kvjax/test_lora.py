@@ -113,3 +113,34 @@ def test_adapter_files_round_trip_and_merge_through_the_pipeline_api(tmp_path):
   write_safetensors(str(tmp_path / "bad.safetensors"), arrays, {"format": "other"}, overwrite=True)
   with pytest.raises(AdapterError, match="not a kvjax LoRA adapter"):
     read_adapter(str(tmp_path / "bad.safetensors"))
+
+
+def test_trigger_words_travel_with_the_adapter_and_conflicts_are_refused(tmp_path):
+  """The file records the sentinel each trigger word is read as (kvjax.text.tokenizer.trigger_tokens); two
+  adapters that read one word, or one sentinel, two ways are refused by name, and so is a file whose record
+  is not the rule's."""
+  import dataclasses
+  import json
+  from kvjax.conversion.adapters import adapter_words
+  config = PIPELINE.keyframe
+  trained = _trained(config)
+  paths = {}
+  for name, words in (("huge", ("huge",)), ("both", ("huge", "zigzag")), ("other", ("zigzag",))):
+    paths[name] = str(tmp_path / f"{name}.safetensors")
+    write_adapter(paths[name], trained, unet_config=config, lora=dataclasses.replace(LORA, trigger_words=words),
+                  pipeline="tiny-two-level", step=1)
+  huge, both, other = (read_adapter(paths[n]) for n in ("huge", "both", "other"))
+  assert huge.trigger_words == ("huge",) and huge.trigger_tokens == {"huge": "<extra_id_0>"}
+  assert adapter_words([huge, both]) == {"huge": "<extra_id_0>", "zigzag": "<extra_id_1>"}
+  with pytest.raises(AdapterError, match=r"trigger word 'zigzag' is read as <extra_id_0>, which an adapter before "
+                                         r"it reads as 'huge'; load one of them"):
+    adapter_words([huge, other])
+  with pytest.raises(AdapterError, match="trigger word 'zigzag' is read as <extra_id_0>, and as <extra_id_1>"):
+    adapter_words([both, other])
+  tensors, meta = read_safetensors_with_metadata(paths["huge"])
+  write_safetensors(str(tmp_path / "bad.safetensors"), {k: t.numpy() for k, t in tensors.items()},
+                    {**meta, "trigger_tokens": json.dumps({"huge": "<extra_id_5>"})})
+  with pytest.raises(AdapterError, match="bad metadata: trigger_tokens"):
+    read_adapter(str(tmp_path / "bad.safetensors"))
+  with pytest.raises(ValueError, match="trigger word 'two words'"):
+    LoraConfig(rank=2, trigger_words=("two words",))

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,28 @@ def test_cut_tokens_counts_what_the_cut_drops(model_file, reference, capsys):
   err = capsys.readouterr().err.strip()
   assert err == (f"warning: prompt 2 is longer than the 16 tokens the text encoder reads (EOS included): its "
                  f"last {full - 16} tokens are cut")
+
+
+def test_new_words_read_as_their_sentinels(model_file):
+  """A LoRA adapter's trigger words (kvjax.text.tokenizer.trigger_tokens): each read, standing alone, as its
+  sentinel, the white space around it dropped as around a typed sentinel; everything else as before."""
+  from kvjax.text.tokenizer import trigger_tokens
+  base = T5Tokenizer(model_file, max_length=16)
+  words = trigger_tokens(["zigzag", "huge"])
+  assert words == {"zigzag": "<extra_id_0>", "huge": "<extra_id_1>"}
+  taught = base.with_words(words)
+  for prompt in ("a huge red fox", "zigzag", "a huge, zigzag fox", "hugely zigzags huge-ish", "a red fox"):
+    typed = prompt
+    for word, token in words.items():
+      typed = re.sub(rf"(?<![\w-]){word}(?![\w-])", token, typed)
+    assert taught.encode(prompt) == base.encode(typed), prompt
+  assert taught.encode("huge")[0] == base.encode("<extra_id_1>")[0] == base.vocab_size - 2
+  assert taught.with_words({"huge": "<extra_id_1>"}).words == taught.words  # the same word again: unchanged
+  with pytest.raises(ValueError, match="new word 'huge' is read as <extra_id_1> already, not <extra_id_0>"):
+    taught.with_words({"huge": "<extra_id_0>"})
+  for bad, message in ((["two words"], "trigger word 'two words': give one word"), (["<pad>"], "give one word"),
+                       (["huge", "huge"], "a word is given twice")):
+    with pytest.raises(ValueError, match=message):
+      trigger_tokens(bad)
+  with pytest.raises(ValueError, match="a sentinel <extra_id_N> of this vocabulary"):
+    T5Tokenizer(model_file, words={"huge": "<extra_id_100>"})

@@ -78,7 +78,10 @@ def test_errors_name_the_problem(prepared, tmp_path, capsys, monkeypatch):
                          (["--videos", "1", "--seconds", "-1"], "must be positive"),
                          (["--videos", "1", "--size", "100000"], "at most 4096"),
                          (["--videos", "1", "--seconds", "1e9"], "GiB of frames each"),
-                         (["--videos", "10000000"], "at most 1000000")):
+                         (["--videos", "10000000"], "at most 1000000"),
+                         (["--videos", "1", "--size-word", "tiny"], "--size-word 'tiny': give one of huge"),
+                         (["--videos", "1", "--size-word", "huge", "--size-word-share", "2"],
+                          "--size-word-share 2.0: give a share in [0, 1]")):
     assert make_shapes.main([str(tmp_path / "bad"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
@@ -106,3 +109,12 @@ def test_errors_name_the_problem(prepared, tmp_path, capsys, monkeypatch):
   with pytest.raises(RuntimeError, match="disk full"):
     make_shapes.main([str(tmp_path / "half"), "--videos", "3", "--size", "32", "--seconds", "0.5"])
   assert not (tmp_path / "half").exists() and not list(tmp_path.glob(".half*"))  # nothing half-written
+
+
+def test_size_word_scenes_are_spread_evenly():
+  """--size-word-share 0.75: three scenes of four have the word (the videos of a scene share it); no word: the
+  world's own specs, as before."""
+  words = [make_shapes.video_spec(0, i, 24, 64, "huge", 0.75).size_word for i in range(12)]
+  assert words == [""] * 3 + ["huge"] * 9
+  assert [make_shapes.video_spec(0, i, 24, 64) for i in range(6)] == \
+         [make_shapes.video_spec(0, i, 24, 64, "huge", 0.0) for i in range(6)]

@@ -111,6 +111,24 @@ def test_captions():
     shapes.parse_caption("a purple circle moving right")
 
 
+def test_size_words_draw_larger_shapes_outside_the_world():
+  """A size word (the fine-tuning walkthrough's new word) draws its size range, says it in the caption, and
+  stays out of the world's own draws; a huge fast shape travels as far as the frame leaves room for."""
+  for i in range(12):
+    spec = spec_for([9, i], size_word="huge", speed_class="fast")
+    assert shapes.SIZE_WORDS["huge"][0] <= spec.size <= shapes.SIZE_WORDS["huge"][1]
+    assert shapes.caption(spec).startswith(f"a huge {spec.colour} {spec.shape} moving {spec.direction}")
+    assert shapes.ShapeSpec.from_json(spec.to_json()) == spec
+    frames = shapes.render_clip(spec, 12, 64, 64)
+    assert shapes.colour_mask(frames[0], spec.colour).mean() > 0.06  # judge.HUGE_AREA
+    assert not np.isnan(shapes.centroid_track(frames, spec.colour)).any()  # wholly in the frame throughout
+  assert all(spec_for([9, i]).size_word == "" for i in range(12))
+  old_json = {k: v for k, v in spec_for(9).to_json().items() if k != "size_word"}  # written before size words
+  assert shapes.ShapeSpec.from_json(old_json) == spec_for(9)
+  with pytest.raises(shapes.ShapeSpecError, match="size_word 'tiny' is not one of huge"):
+    spec_for(9, size_word="tiny")
+
+
 def test_errors_name_the_problem():
   spec = spec_for(8)
   with pytest.raises(shapes.ShapeSpecError, match="ShapeSpec.shape 'hexagon' is not one of"):
