@@ -53,23 +53,23 @@ def _generate(pipeline, cases, seed, images=None, **overrides):
   return pipeline([judge.prompt(*case) for case in cases], options, images)
 
 
+def _pictures(cases, seed=5):
+  """The first frames the cases name, rendered as the training data draws them (fast shapes)."""
+  rng = np.random.default_rng(seed)
+  return [shapes.render_clip(shapes.sample_spec(rng, 45, colour=colour, shape=shape, direction=direction,
+                                                speed_class="fast"), 1, 64, 64)[0] for colour, shape, direction in cases]
+
+
 @pytest.fixture(scope="module")
 def high(pipeline):
-  """Motion high, shift 0 at fps low (12 frames) and shift 1 at fps medium (45 frames: the same base frames
-  with three between each pair), which the evenness test judges too: one generation fewer in the suite.
-  Also the key frames of shift 0 (uint8, twice the video size), which motion does not change."""
-  key_frames, make_key_frames = [], pipeline.key_frames
-
-  def keeping(*args, **kwargs):  # the pipeline's first stage, keeping what it returns
-    key_frames.append(make_key_frames(*args, **kwargs))
-    return key_frames[-1]
-
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(pipeline, "key_frames", keeping)
-    videos = {shift: (_cases(shift), _generate(pipeline, _cases(shift), seed=shift, fps=fps))
-              for shift, fps in ((0, "low"), (1, "medium"))}
-  videos["key frames"] = key_frames[0]
-  return videos
+  """Motion high: shift 0 as image-to-video from rendered pictures (fps low, 12 frames), which the
+  image-to-video and motion tests judge too, and shift 1 as text-to-video at fps medium (45 frames: the
+  same base frames with three between each pair), which the evenness test judges too. Each run of 10 videos
+  (the base frames' 50 steps most of it) serves every test it can: two generations fewer in the suite."""
+  pictures = _pictures(_cases(0))
+  return {0: (_cases(0), _generate(pipeline, _cases(0), seed=0, images=[Image.fromarray(p) for p in pictures])),
+          1: (_cases(1), _generate(pipeline, _cases(1), seed=1, fps="medium")),
+          "pictures": pictures}
 
 
 def test_the_named_colour_moves_the_named_way(high):
@@ -81,26 +81,16 @@ def test_the_named_colour_moves_the_named_way(high):
 
 
 def test_high_motion_moves_farther_than_low(pipeline, high):
+  # The same pictures and seed at motion low: motion reaches only the base frames, which both runs make
+  # from the same first frames.
   cases, fast = high[0]
-  # The same seed at motion low, from the high run's key frames: a text-to-video run turns its key frames into
-  # pictures and encodes them, as here, and denoises the base frames from them without holding frame 0
-  # (keep_image off), so this is that run's video without making its key frames again (10 x 50 steps).
-  key_frames = [Image.fromarray(frame) for frame in high["key frames"]]
-  slow = _generate(pipeline, cases, seed=0, images=key_frames, motion="low", keep_image=False)
+  slow = _generate(pipeline, cases, seed=0, images=[Image.fromarray(p) for p in high["pictures"]], motion="low")
   travel = lambda videos: np.array([judge.judge_motion(v, c, d).along for v, (c, _, d) in zip(videos, cases)])
   assert np.nanmean(travel(fast)) > np.nanmean(travel(slow)) + 0.05
 
 
-# At the shipped weights the first frames keep the picture (IoU > 0.5) in 10 of this test's 10 (lowest 0.56),
-# 29 of 30 over three sets of pictures (rng 5-7), and move it the named way in 0.9-1.0.
-def test_image_to_video_keeps_the_picture_and_moves_it(pipeline):
-  cases = _cases(2)
-  rng = np.random.default_rng(5)
-  pictures = []
-  for colour, shape, direction in cases:
-    spec = shapes.sample_spec(rng, 45, colour=colour, shape=shape, direction=direction, speed_class="fast")
-    pictures.append(shapes.render_clip(spec, 1, 64, 64)[0])
-  videos = _generate(pipeline, cases, seed=2, images=[Image.fromarray(p) for p in pictures])
+def test_image_to_video_keeps_the_picture_and_moves_it(high):
+  (cases, videos), pictures = high[0], high["pictures"]
   kept = [judge.first_frame_match(video[0], picture, colour) for video, picture, (colour, _, _) in
           zip(videos, pictures, cases)]
   moved = [judge.judge_motion(video, colour, direction).passed for video, (colour, _, direction) in zip(videos, cases)]
