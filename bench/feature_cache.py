@@ -74,9 +74,10 @@ def cache_options(options: GenerationOptions, config: dict) -> GenerationOptions
 
 # --- FLOPs --------------------------------------------------------------------------------------------------
 
-def step_flops(config, options: GenerationOptions, dtype) -> dict:
-  """Per denoising stage call: (steps, one full step's UNet FLOPs, one cached step's) from two traces: the
-  stage at one step, and the stage cached (interval 2) counted as if every step were full, then cached."""
+def step_flops(config, options: GenerationOptions, dtype, scopes=(None,)) -> list[dict]:
+  """Per denoising stage call: (stage, one full step's UNet FLOPs, one cached step's) from two traces: the
+  stage at one step, and the stage cached (interval 2) counted as if every step were full, then cached.
+  `scopes` (kvjax.flops.dense_flops' name-stack patterns, None: every operation): one such dict each."""
   programs = StagePrograms(config, dtype)
   weights = abstract_weights(config, dtype, weight_shardings(config, make_mesh("", jax.devices()[:1])))
   uncached = cache_options(options, dict(cache_schedule="uniform", interval=1, cache_full_ends=0))
@@ -84,17 +85,21 @@ def step_flops(config, options: GenerationOptions, dtype) -> dict:
   trace = lambda opts, steps=None: {name: jax.make_jaxpr(fn)(*(getattr(weights, f) for f in fields), *args)
                                     for name, fields, fn, args in stage_calls(programs, weights, opts, 1, steps)
                                     if name.split(" ")[0] in ("key", "base", "interpolation")}
-  one = trace(uncached, 1)
-  result = {}
-  for name, jaxpr in trace(cached).items():
-    stage = next(s for s in DENOISING if name.startswith(s.name))
-    steps = getattr(options, stage.steps)
-    one_step = dense_flops(one[name])  # everything else + one full step
-    all_full, all_cached = dense_flops(jaxpr, (True,) * steps), dense_flops(jaxpr, (False,) * steps)
-    full = (all_full - one_step) / (steps - 1)
-    rest = one_step - full
-    result[name] = (stage, full, (all_cached - rest) / steps)
-  return result
+  one, many = trace(uncached, 1), trace(cached)
+  results = []
+  for scope in scopes:
+    result = {}
+    for name, jaxpr in many.items():
+      stage = next(s for s in DENOISING if name.startswith(s.name))
+      steps = getattr(options, stage.steps)
+      one_step = dense_flops(one[name], scope=scope)  # everything else + one full step
+      all_full = dense_flops(jaxpr, (True,) * steps, scope)
+      all_cached = dense_flops(jaxpr, (False,) * steps, scope)
+      full = (all_full - one_step) / (steps - 1)
+      rest = one_step - full
+      result[name] = (stage, full, (all_cached - rest) / steps)
+    results.append(result)
+  return results
 
 
 def unet_flops(per_stage: dict, options: GenerationOptions) -> dict:
@@ -107,15 +112,24 @@ def unet_flops(per_stage: dict, options: GenerationOptions) -> dict:
   return out
 
 
-def production_table(configs) -> None:
+# The UNets' cross-attention (AttentionBlock's attention over the text; not its feed-forward, which reads the
+# image features): what T-GATE reuses after its gate step.
+CROSS_ATTENTION = r"resnet_attn_blocks_\d+_1/(\S*/)?attention/"
+
+
+def production_table(configs, tgate: bool = False) -> None:
   config = PIPELINE_PRESETS["kandinsky-video-1.1"]
   options = GenerationOptions(width=512, height=512, fps="medium")
   start = time.perf_counter()
-  per_stage = step_flops(config, options, jnp.bfloat16)
+  per_stage, *cross = step_flops(config, options, jnp.bfloat16, (None, CROSS_ATTENTION) if tgate else (None,))
   names = list(per_stage)
   print(f"## production: kandinsky-video-1.1, 512x512, fps medium, 1 prompt, bf16, steps 50/50/10 "
         f"(traced in {time.perf_counter() - start:.0f} s)")
   print("cached/full per step: " + ", ".join(f"{n} {c / f:.3f}" for n, (_, f, c) in per_stage.items()))
+  if tgate:  # T-GATE's most: the cross-attention's share of each step (a cached step runs level 0, which has none)
+    print("cross-attention share of a full step: " + ", ".join(
+        f"{n} {cross[0][n][1] / f:.3f}" for n, (_, f, _) in per_stage.items()) + "; of a cached step: " +
+        ", ".join(f"{n} {cross[0][n][2] / c:.3f}" for n, (_, _, c) in per_stage.items()))
   print(f"{'config':<14}" + "".join(f"{n + ' TF':>20}" for n in names) + f"{'UNet TF':>10}{'vs 1':>7}{'H100 s':>8}")
   base = None
   for text in configs:
@@ -142,7 +156,7 @@ def demo_inputs(options: GenerationOptions):
   return cases, [judge.prompt(*case) for case in cases], pictures
 
 
-def demo_table(configs, seeds: int) -> None:
+def demo_table(configs, seeds: int, i2v: bool = True, frames45: bool = True) -> None:
   from kvjax import demo
   from kvjax.demo import judge
   from kvjax.pipeline.pipeline_weights import load_pipeline_weights
@@ -152,41 +166,54 @@ def demo_table(configs, seeds: int) -> None:
   config, weights = load_pipeline_weights(demo.DEMO_WEIGHTS, tokens_length=16)
   pipeline = TextToVideo(config, weights, T5Tokenizer(os.path.join(demo.DEMO_WEIGHTS, "spiece.model"), 16))
   base = GenerationOptions(**demo.DEMO_OPTIONS)
-  per_stage = step_flops(config, base, jnp.float32)
+  per_stage, = step_flops(config, base, jnp.float32)
   cases, prompts, pictures = demo_inputs(base)
 
-  print(f"\n## the embedded demo: {len(prompts)} prompts x {seeds} seeds, {base.sampler} "
-        f"{base.key_frame_steps}/{base.base_frame_steps}/{base.interpolation_steps} steps, motion {base.motion}")
-  print(f"{'config':<14}{'UNet GF/video':>14}{'s/batch':>9}{'direction':>10}{'travel':>8}{'i2v dir':>8}{'IoU':>6}"
-        f"{'even':>6}{'PSNR':>7}{'SSIM':>7}{'PSNR 45f':>9}", flush=True)
-  reference = None
+  rows = {}
   for text in configs:
     options = cache_options(base, parse_config(text))
     flops = unet_flops(per_stage, options)
-    per_video = (flops["key frame"] + flops["base frames"]) / 1e9
-    videos, seconds = [], []
-    for seed in range(seeds):
-      start = time.perf_counter()
-      videos.append(pipeline(prompts, dataclasses.replace(options, seed=seed)))
-      seconds.append(time.perf_counter() - start)
-    verdicts = [judge.judge_motion(v, c, d) for batch in videos for v, (c, _, d) in zip(batch, cases)]
-    i2v = pipeline(prompts, options, pictures)
-    iou = [judge.first_frame_match(v[0], np.asarray(p), c) for v, p, (c, _, _) in zip(i2v, pictures, cases)]
-    medium = pipeline(prompts, dataclasses.replace(options, fps="medium"))
-    evenness = np.array([judge.step_evenness(v, c) for v, (c, _, _) in zip(medium, cases)])
-    videos = np.concatenate(videos)
-    if text == "1":
-      reference = (videos, medium)
-    nan = lambda measure, a, b: float("nan") if b is None else np.mean([measure(v, r) for v, r in zip(a, b)])
-    psnr = nan(judge.psnr, videos, reference and reference[0])
-    ssim = nan(judge.ssim, videos, reference and reference[0])
-    psnr45 = nan(judge.psnr, medium, reference and reference[1])
-    run = np.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
-    print(f"{text:<14}{per_video:>14.2f}{run:>9.1f}{np.mean([v.passed for v in verdicts]):>10.2f}"
-          f"{np.nanmean([v.along for v in verdicts]):>8.3f}"
-          f"{np.mean([judge.judge_motion(v, c, d).passed for v, (c, _, d) in zip(i2v, cases)]):>8.2f}"
-          f"{np.mean(np.array(iou) > 0.5):>6.2f}{np.mean(evenness < 4):>6.2f}{psnr:>7.1f}{ssim:>7.3f}{psnr45:>9.1f}",
-          flush=True)
+    rows[text] = dict(options=options, gf=(flops["key frame"] + flops["base frames"]) / 1e9, videos=[],
+                      seconds=[], i2v_dir=float("nan"), iou=float("nan"), even=float("nan"), medium=None)
+  print(f"\n## the embedded demo: {len(prompts)} prompts x {seeds} seeds, {base.sampler} "
+        f"{base.key_frame_steps}/{base.base_frame_steps}/{base.interpolation_steps} steps, motion {base.motion}",
+        flush=True)
+  # Seed by seed over every config, the table after each round: a run cut short still compares every config.
+  for seed in range(seeds):
+    for text, row in rows.items():
+      start, cpu = time.perf_counter(), time.process_time()
+      row["videos"].append(pipeline(prompts, dataclasses.replace(row["options"], seed=seed)))
+      row["seconds"].append(time.perf_counter() - start)
+      print(f"  [{text}] seed {seed}: {row['seconds'][-1]:.0f} s wall, {time.process_time() - cpu:.0f} s CPU",
+            file=sys.stderr, flush=True)
+    if seed == seeds - 1:
+      for row in rows.values():
+        if i2v:
+          made = pipeline(prompts, row["options"], pictures)
+          row["i2v_dir"] = np.mean([judge.judge_motion(v, c, d).passed for v, (c, _, d) in zip(made, cases)])
+          row["iou"] = np.mean(np.array([judge.first_frame_match(v[0], np.asarray(p), c)
+                                         for v, p, (c, _, _) in zip(made, pictures, cases)]) > 0.5)
+        if frames45:
+          row["medium"] = pipeline(prompts, dataclasses.replace(row["options"], fps="medium"))
+          row["even"] = np.mean(np.array([judge.step_evenness(v, c)
+                                          for v, (c, _, _) in zip(row["medium"], cases)]) < 4)
+    print(f"\nafter seed {seed}: {len(prompts) * (seed + 1)} text-to-video videos per config")
+    print(f"{'config':<14}{'UNet GF/video':>14}{'s/batch':>9}{'direction':>10}{'travel':>8}{'i2v dir':>8}{'IoU':>6}"
+          f"{'even':>6}{'PSNR':>7}{'SSIM':>7}{'PSNR 45f':>9}", flush=True)
+    reference = rows.get("1")
+    for text, row in rows.items():
+      videos = np.concatenate(row["videos"])
+      verdicts = [judge.judge_motion(v, c, d) for v, (c, _, d) in zip(videos, cases * (seed + 1))]
+      nan = lambda measure, a, b: (float("nan") if a is None or b is None
+                                   else np.mean([measure(v, r) for v, r in zip(a, b)]))
+      ref = np.concatenate(reference["videos"]) if reference else None
+      psnr, ssim = nan(judge.psnr, videos, ref), nan(judge.ssim, videos, ref)
+      psnr45 = nan(judge.psnr, row["medium"], reference and reference["medium"])
+      seconds = row["seconds"]
+      run = np.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
+      print(f"{text:<14}{row['gf']:>14.2f}{run:>9.1f}{np.mean([v.passed for v in verdicts]):>10.2f}"
+            f"{np.nanmean([v.along for v in verdicts]):>8.3f}{row['i2v_dir']:>8.2f}{row['iou']:>6.2f}"
+            f"{row['even']:>6.2f}{psnr:>7.1f}{ssim:>7.3f}{psnr45:>9.1f}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -194,7 +221,11 @@ def main(argv=None) -> int:
   p.add_argument("--configs", nargs="+", default=["1", "2", "3", "5", "ends:3"])
   p.add_argument("--seeds", type=int, default=3, help="text-to-video batches of 20 prompts (default 3: 60 videos)")
   p.add_argument("--skip-demo", action="store_true")
+  p.add_argument("--skip-i2v", action="store_true", help="no image-to-video batch (i2v dir, IoU print nan)")
+  p.add_argument("--skip-45f", action="store_true", help="no 45-frame batch (even, PSNR 45f print nan)")
   p.add_argument("--skip-production", action="store_true")
+  p.add_argument("--tgate", action="store_true", help="also the cross-attention's share of a full and a cached "
+                 "step at production shape: the most T-GATE (reusing its output after a gate step) could save")
   p.add_argument("--no-reference", action="store_true", help="run only the configs given, without config 1 "
                  "first (PSNR and SSIM then not measured)")
   args = p.parse_args(argv)
@@ -203,9 +234,9 @@ def main(argv=None) -> int:
     parse_config(c)
   print(f"# jax {jax.__version__}, {jax.default_backend()} backend, {os.cpu_count()} CPUs")
   if not args.skip_production:
-    production_table(configs)
+    production_table(configs, args.tgate)
   if not args.skip_demo:
-    demo_table(configs, args.seeds)
+    demo_table(configs, args.seeds, not args.skip_i2v, not args.skip_45f)
   return 0
 
 
