@@ -17,7 +17,9 @@ cached branch), their sum, the sum over config 1's, and the H100 lower bound (su
 peak). Per stage, `cached/full` is one cached step's FLOPs over one full step's.
 
 Demo table (the embedded demo's weights and sampling.json options; the 20 prompts of every colour x
-direction, one batch per seed):
+direction, one batch per seed; seed by seed over the configs, each config's row printed again after each of its
+batches, over the seeds run so far, so that a run cut short still compares the configs it reached):
+  videos         text-to-video videos judged so far
   UNet GF/video  UNet GFLOP per 12-frame video (key frame + base frames, counted as above)
   s/batch        wall seconds of one 20-video batch (fps low) once compiled, mean over the seeds after the
                  first (this CPU; compare within one run only)
@@ -178,7 +180,27 @@ def demo_table(configs, seeds: int, i2v: bool = True, frames45: bool = True) -> 
   print(f"\n## the embedded demo: {len(prompts)} prompts x {seeds} seeds, {base.sampler} "
         f"{base.key_frame_steps}/{base.base_frame_steps}/{base.interpolation_steps} steps, motion {base.motion}",
         flush=True)
-  # Seed by seed over every config, the table after each round: a run cut short still compares every config.
+  header = (f"{'config':<14}{'videos':>7}{'UNet GF/video':>14}{'s/batch':>9}{'direction':>10}{'travel':>8}"
+            f"{'i2v dir':>8}{'IoU':>6}{'even':>6}{'PSNR':>7}{'SSIM':>7}{'PSNR 45f':>9}")
+  reference = rows.get("1")
+
+  def line(text, row):  # the config's row over the seeds it has run so far
+    videos = np.concatenate(row["videos"])
+    verdicts = [judge.judge_motion(v, c, d) for v, (c, _, d) in zip(videos, cases * len(row["videos"]))]
+    nan = lambda measure, a, b: (float("nan") if a is None or b is None
+                                 else np.mean([measure(v, r) for v, r in zip(a, b)]))
+    ref = np.concatenate(reference["videos"][:len(row["videos"])]) if reference else None
+    psnr, ssim = nan(judge.psnr, videos, ref), nan(judge.ssim, videos, ref)
+    psnr45 = nan(judge.psnr, row["medium"], reference and reference["medium"])
+    seconds = row["seconds"]
+    run = np.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    return (f"{text:<14}{len(videos):>7}{row['gf']:>14.2f}{run:>9.1f}{np.mean([v.passed for v in verdicts]):>10.2f}"
+            f"{np.nanmean([v.along for v in verdicts]):>8.3f}{row['i2v_dir']:>8.2f}{row['iou']:>6.2f}"
+            f"{row['even']:>6.2f}{psnr:>7.1f}{ssim:>7.3f}{psnr45:>9.1f}")
+
+  # Seed by seed over every config, each config's row printed as its batch ends: a run cut short still compares
+  # every config it reached, over the seeds it reached.
+  print(header, flush=True)
   for seed in range(seeds):
     for text, row in rows.items():
       start, cpu = time.perf_counter(), time.process_time()
@@ -186,34 +208,21 @@ def demo_table(configs, seeds: int, i2v: bool = True, frames45: bool = True) -> 
       row["seconds"].append(time.perf_counter() - start)
       print(f"  [{text}] seed {seed}: {row['seconds'][-1]:.0f} s wall, {time.process_time() - cpu:.0f} s CPU",
             file=sys.stderr, flush=True)
-    if seed == seeds - 1:
-      for row in rows.values():
-        if i2v:
-          made = pipeline(prompts, row["options"], pictures)
-          row["i2v_dir"] = np.mean([judge.judge_motion(v, c, d).passed for v, (c, _, d) in zip(made, cases)])
-          row["iou"] = np.mean(np.array([judge.first_frame_match(v[0], np.asarray(p), c)
-                                         for v, p, (c, _, _) in zip(made, pictures, cases)]) > 0.5)
-        if frames45:
-          row["medium"] = pipeline(prompts, dataclasses.replace(row["options"], fps="medium"))
-          row["even"] = np.mean(np.array([judge.step_evenness(v, c)
-                                          for v, (c, _, _) in zip(row["medium"], cases)]) < 4)
-    print(f"\nafter seed {seed}: {len(prompts) * (seed + 1)} text-to-video videos per config")
-    print(f"{'config':<14}{'UNet GF/video':>14}{'s/batch':>9}{'direction':>10}{'travel':>8}{'i2v dir':>8}{'IoU':>6}"
-          f"{'even':>6}{'PSNR':>7}{'SSIM':>7}{'PSNR 45f':>9}", flush=True)
-    reference = rows.get("1")
-    for text, row in rows.items():
-      videos = np.concatenate(row["videos"])
-      verdicts = [judge.judge_motion(v, c, d) for v, (c, _, d) in zip(videos, cases * (seed + 1))]
-      nan = lambda measure, a, b: (float("nan") if a is None or b is None
-                                   else np.mean([measure(v, r) for v, r in zip(a, b)]))
-      ref = np.concatenate(reference["videos"]) if reference else None
-      psnr, ssim = nan(judge.psnr, videos, ref), nan(judge.ssim, videos, ref)
-      psnr45 = nan(judge.psnr, row["medium"], reference and reference["medium"])
-      seconds = row["seconds"]
-      run = np.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
-      print(f"{text:<14}{row['gf']:>14.2f}{run:>9.1f}{np.mean([v.passed for v in verdicts]):>10.2f}"
-            f"{np.nanmean([v.along for v in verdicts]):>8.3f}{row['i2v_dir']:>8.2f}{row['iou']:>6.2f}"
-            f"{row['even']:>6.2f}{psnr:>7.1f}{ssim:>7.3f}{psnr45:>9.1f}", flush=True)
+      print(line(text, row), flush=True)
+  if not (i2v or frames45):
+    return
+  for row in rows.values():
+    if i2v:
+      made = pipeline(prompts, row["options"], pictures)
+      row["i2v_dir"] = np.mean([judge.judge_motion(v, c, d).passed for v, (c, _, d) in zip(made, cases)])
+      row["iou"] = np.mean(np.array([judge.first_frame_match(v[0], np.asarray(p), c)
+                                     for v, p, (c, _, _) in zip(made, pictures, cases)]) > 0.5)
+    if frames45:
+      row["medium"] = pipeline(prompts, dataclasses.replace(row["options"], fps="medium"))
+      row["even"] = np.mean(np.array([judge.step_evenness(v, c) for v, (c, _, _) in zip(row["medium"], cases)]) < 4)
+  print(f"\nwith image-to-video (seed 0) and 45-frame videos (seed 0):\n{header}")
+  for text, row in rows.items():
+    print(line(text, row), flush=True)
 
 
 def main(argv=None) -> int:
