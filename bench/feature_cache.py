@@ -17,7 +17,9 @@ cached branch), their sum, the sum over config 1's, and the H100 lower bound (su
 peak). Per stage, `cached/full` is one cached step's FLOPs over one full step's.
 
 Demo table (the embedded demo's weights and sampling.json options; the 20 prompts of every colour x
-direction, one batch per seed):
+direction, one batch per seed; seed by seed over the configs, each config's row printed again after each of its
+batches, over the seeds run so far, so that a run cut short still compares the configs it reached):
+  videos         text-to-video videos judged so far
   UNet GF/video  UNet GFLOP per 12-frame video (key frame + base frames, counted as above)
   s/batch        wall seconds of one 20-video batch (fps low) once compiled, mean over the seeds after the
                  first (this CPU; compare within one run only)
@@ -74,9 +76,10 @@ def cache_options(options: GenerationOptions, config: dict) -> GenerationOptions
 
 # --- FLOPs --------------------------------------------------------------------------------------------------
 
-def step_flops(config, options: GenerationOptions, dtype) -> dict:
-  """Per denoising stage call: (steps, one full step's UNet FLOPs, one cached step's) from two traces: the
-  stage at one step, and the stage cached (interval 2) counted as if every step were full, then cached."""
+def step_flops(config, options: GenerationOptions, dtype, scopes=(None,)) -> list[dict]:
+  """Per denoising stage call: (stage, one full step's UNet FLOPs, one cached step's) from two traces: the
+  stage at one step, and the stage cached (interval 2) counted as if every step were full, then cached.
+  `scopes` (kvjax.flops.dense_flops' name-stack patterns, None: every operation): one such dict each."""
   programs = StagePrograms(config, dtype)
   weights = abstract_weights(config, dtype, weight_shardings(config, make_mesh("", jax.devices()[:1])))
   uncached = cache_options(options, dict(cache_schedule="uniform", interval=1, cache_full_ends=0))
@@ -84,17 +87,21 @@ def step_flops(config, options: GenerationOptions, dtype) -> dict:
   trace = lambda opts, steps=None: {name: jax.make_jaxpr(fn)(*(getattr(weights, f) for f in fields), *args)
                                     for name, fields, fn, args in stage_calls(programs, weights, opts, 1, steps)
                                     if name.split(" ")[0] in ("key", "base", "interpolation")}
-  one = trace(uncached, 1)
-  result = {}
-  for name, jaxpr in trace(cached).items():
-    stage = next(s for s in DENOISING if name.startswith(s.name))
-    steps = getattr(options, stage.steps)
-    one_step = dense_flops(one[name])  # everything else + one full step
-    all_full, all_cached = dense_flops(jaxpr, (True,) * steps), dense_flops(jaxpr, (False,) * steps)
-    full = (all_full - one_step) / (steps - 1)
-    rest = one_step - full
-    result[name] = (stage, full, (all_cached - rest) / steps)
-  return result
+  one, many = trace(uncached, 1), trace(cached)
+  results = []
+  for scope in scopes:
+    result = {}
+    for name, jaxpr in many.items():
+      stage = next(s for s in DENOISING if name.startswith(s.name))
+      steps = getattr(options, stage.steps)
+      one_step = dense_flops(one[name], scope=scope)  # everything else + one full step
+      all_full = dense_flops(jaxpr, (True,) * steps, scope)
+      all_cached = dense_flops(jaxpr, (False,) * steps, scope)
+      full = (all_full - one_step) / (steps - 1)
+      rest = one_step - full
+      result[name] = (stage, full, (all_cached - rest) / steps)
+    results.append(result)
+  return results
 
 
 def unet_flops(per_stage: dict, options: GenerationOptions) -> dict:
@@ -107,15 +114,24 @@ def unet_flops(per_stage: dict, options: GenerationOptions) -> dict:
   return out
 
 
-def production_table(configs) -> None:
+# The UNets' cross-attention (AttentionBlock's attention over the text; not its feed-forward, which reads the
+# image features): what T-GATE reuses after its gate step.
+CROSS_ATTENTION = r"resnet_attn_blocks_\d+_1/(\S*/)?attention/"
+
+
+def production_table(configs, tgate: bool = False) -> None:
   config = PIPELINE_PRESETS["kandinsky-video-1.1"]
   options = GenerationOptions(width=512, height=512, fps="medium")
   start = time.perf_counter()
-  per_stage = step_flops(config, options, jnp.bfloat16)
+  per_stage, *cross = step_flops(config, options, jnp.bfloat16, (None, CROSS_ATTENTION) if tgate else (None,))
   names = list(per_stage)
   print(f"## production: kandinsky-video-1.1, 512x512, fps medium, 1 prompt, bf16, steps 50/50/10 "
         f"(traced in {time.perf_counter() - start:.0f} s)")
   print("cached/full per step: " + ", ".join(f"{n} {c / f:.3f}" for n, (_, f, c) in per_stage.items()))
+  if tgate:  # T-GATE's most: the cross-attention's share of each step (a cached step runs level 0, which has none)
+    print("cross-attention share of a full step: " + ", ".join(
+        f"{n} {cross[0][n][1] / f:.3f}" for n, (_, f, _) in per_stage.items()) + "; of a cached step: " +
+        ", ".join(f"{n} {cross[0][n][2] / c:.3f}" for n, (_, _, c) in per_stage.items()))
   print(f"{'config':<14}" + "".join(f"{n + ' TF':>20}" for n in names) + f"{'UNet TF':>10}{'vs 1':>7}{'H100 s':>8}")
   base = None
   for text in configs:
@@ -142,7 +158,7 @@ def demo_inputs(options: GenerationOptions):
   return cases, [judge.prompt(*case) for case in cases], pictures
 
 
-def demo_table(configs, seeds: int) -> None:
+def demo_table(configs, seeds: int, i2v: bool = True, frames45: bool = True) -> None:
   from kvjax import demo
   from kvjax.demo import judge
   from kvjax.pipeline.pipeline_weights import load_pipeline_weights
@@ -152,41 +168,61 @@ def demo_table(configs, seeds: int) -> None:
   config, weights = load_pipeline_weights(demo.DEMO_WEIGHTS, tokens_length=16)
   pipeline = TextToVideo(config, weights, T5Tokenizer(os.path.join(demo.DEMO_WEIGHTS, "spiece.model"), 16))
   base = GenerationOptions(**demo.DEMO_OPTIONS)
-  per_stage = step_flops(config, base, jnp.float32)
+  per_stage, = step_flops(config, base, jnp.float32)
   cases, prompts, pictures = demo_inputs(base)
 
-  print(f"\n## the embedded demo: {len(prompts)} prompts x {seeds} seeds, {base.sampler} "
-        f"{base.key_frame_steps}/{base.base_frame_steps}/{base.interpolation_steps} steps, motion {base.motion}")
-  print(f"{'config':<14}{'UNet GF/video':>14}{'s/batch':>9}{'direction':>10}{'travel':>8}{'i2v dir':>8}{'IoU':>6}"
-        f"{'even':>6}{'PSNR':>7}{'SSIM':>7}{'PSNR 45f':>9}", flush=True)
-  reference = None
+  rows = {}
   for text in configs:
     options = cache_options(base, parse_config(text))
     flops = unet_flops(per_stage, options)
-    per_video = (flops["key frame"] + flops["base frames"]) / 1e9
-    videos, seconds = [], []
-    for seed in range(seeds):
-      start = time.perf_counter()
-      videos.append(pipeline(prompts, dataclasses.replace(options, seed=seed)))
-      seconds.append(time.perf_counter() - start)
-    verdicts = [judge.judge_motion(v, c, d) for batch in videos for v, (c, _, d) in zip(batch, cases)]
-    i2v = pipeline(prompts, options, pictures)
-    iou = [judge.first_frame_match(v[0], np.asarray(p), c) for v, p, (c, _, _) in zip(i2v, pictures, cases)]
-    medium = pipeline(prompts, dataclasses.replace(options, fps="medium"))
-    evenness = np.array([judge.step_evenness(v, c) for v, (c, _, _) in zip(medium, cases)])
-    videos = np.concatenate(videos)
-    if text == "1":
-      reference = (videos, medium)
-    nan = lambda measure, a, b: float("nan") if b is None else np.mean([measure(v, r) for v, r in zip(a, b)])
-    psnr = nan(judge.psnr, videos, reference and reference[0])
-    ssim = nan(judge.ssim, videos, reference and reference[0])
-    psnr45 = nan(judge.psnr, medium, reference and reference[1])
+    rows[text] = dict(options=options, gf=(flops["key frame"] + flops["base frames"]) / 1e9, videos=[],
+                      seconds=[], i2v_dir=float("nan"), iou=float("nan"), even=float("nan"), medium=None)
+  print(f"\n## the embedded demo: {len(prompts)} prompts x {seeds} seeds, {base.sampler} "
+        f"{base.key_frame_steps}/{base.base_frame_steps}/{base.interpolation_steps} steps, motion {base.motion}",
+        flush=True)
+  header = (f"{'config':<14}{'videos':>7}{'UNet GF/video':>14}{'s/batch':>9}{'direction':>10}{'travel':>8}"
+            f"{'i2v dir':>8}{'IoU':>6}{'even':>6}{'PSNR':>7}{'SSIM':>7}{'PSNR 45f':>9}")
+  reference = rows.get("1")
+
+  def line(text, row):  # the config's row over the seeds it has run so far
+    videos = np.concatenate(row["videos"])
+    verdicts = [judge.judge_motion(v, c, d) for v, (c, _, d) in zip(videos, cases * len(row["videos"]))]
+    nan = lambda measure, a, b: (float("nan") if a is None or b is None
+                                 else np.mean([measure(v, r) for v, r in zip(a, b)]))
+    ref = np.concatenate(reference["videos"][:len(row["videos"])]) if reference else None
+    psnr, ssim = nan(judge.psnr, videos, ref), nan(judge.ssim, videos, ref)
+    psnr45 = nan(judge.psnr, row["medium"], reference and reference["medium"])
+    seconds = row["seconds"]
     run = np.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
-    print(f"{text:<14}{per_video:>14.2f}{run:>9.1f}{np.mean([v.passed for v in verdicts]):>10.2f}"
-          f"{np.nanmean([v.along for v in verdicts]):>8.3f}"
-          f"{np.mean([judge.judge_motion(v, c, d).passed for v, (c, _, d) in zip(i2v, cases)]):>8.2f}"
-          f"{np.mean(np.array(iou) > 0.5):>6.2f}{np.mean(evenness < 4):>6.2f}{psnr:>7.1f}{ssim:>7.3f}{psnr45:>9.1f}",
-          flush=True)
+    return (f"{text:<14}{len(videos):>7}{row['gf']:>14.2f}{run:>9.1f}{np.mean([v.passed for v in verdicts]):>10.2f}"
+            f"{np.nanmean([v.along for v in verdicts]):>8.3f}{row['i2v_dir']:>8.2f}{row['iou']:>6.2f}"
+            f"{row['even']:>6.2f}{psnr:>7.1f}{ssim:>7.3f}{psnr45:>9.1f}")
+
+  # Seed by seed over every config, each config's row printed as its batch ends: a run cut short still compares
+  # every config it reached, over the seeds it reached.
+  print(header, flush=True)
+  for seed in range(seeds):
+    for text, row in rows.items():
+      start, cpu = time.perf_counter(), time.process_time()
+      row["videos"].append(pipeline(prompts, dataclasses.replace(row["options"], seed=seed)))
+      row["seconds"].append(time.perf_counter() - start)
+      print(f"  [{text}] seed {seed}: {row['seconds'][-1]:.0f} s wall, {time.process_time() - cpu:.0f} s CPU",
+            file=sys.stderr, flush=True)
+      print(line(text, row), flush=True)
+  if not (i2v or frames45):
+    return
+  for row in rows.values():
+    if i2v:
+      made = pipeline(prompts, row["options"], pictures)
+      row["i2v_dir"] = np.mean([judge.judge_motion(v, c, d).passed for v, (c, _, d) in zip(made, cases)])
+      row["iou"] = np.mean(np.array([judge.first_frame_match(v[0], np.asarray(p), c)
+                                     for v, p, (c, _, _) in zip(made, pictures, cases)]) > 0.5)
+    if frames45:
+      row["medium"] = pipeline(prompts, dataclasses.replace(row["options"], fps="medium"))
+      row["even"] = np.mean(np.array([judge.step_evenness(v, c) for v, (c, _, _) in zip(row["medium"], cases)]) < 4)
+  print(f"\nwith image-to-video (seed 0) and 45-frame videos (seed 0):\n{header}")
+  for text, row in rows.items():
+    print(line(text, row), flush=True)
 
 
 def main(argv=None) -> int:
@@ -194,7 +230,11 @@ def main(argv=None) -> int:
   p.add_argument("--configs", nargs="+", default=["1", "2", "3", "5", "ends:3"])
   p.add_argument("--seeds", type=int, default=3, help="text-to-video batches of 20 prompts (default 3: 60 videos)")
   p.add_argument("--skip-demo", action="store_true")
+  p.add_argument("--skip-i2v", action="store_true", help="no image-to-video batch (i2v dir, IoU print nan)")
+  p.add_argument("--skip-45f", action="store_true", help="no 45-frame batch (even, PSNR 45f print nan)")
   p.add_argument("--skip-production", action="store_true")
+  p.add_argument("--tgate", action="store_true", help="also the cross-attention's share of a full and a cached "
+                 "step at production shape: the most T-GATE (reusing its output after a gate step) could save")
   p.add_argument("--no-reference", action="store_true", help="run only the configs given, without config 1 "
                  "first (PSNR and SSIM then not measured)")
   args = p.parse_args(argv)
@@ -203,9 +243,9 @@ def main(argv=None) -> int:
     parse_config(c)
   print(f"# jax {jax.__version__}, {jax.default_backend()} backend, {os.cpu_count()} CPUs")
   if not args.skip_production:
-    production_table(configs)
+    production_table(configs, args.tgate)
   if not args.skip_demo:
-    demo_table(configs, args.seeds)
+    demo_table(configs, args.seeds, not args.skip_i2v, not args.skip_45f)
   return 0
 
 

@@ -1,11 +1,14 @@
 """The error of weight-only int8 (kvjax.quantization, `--quantize int8`) against float32, and what it saves.
 
   python bench/int8_error.py                  # fixtures, T5 over a prompt set, production weight sizes
+  python bench/int8_error.py tests/fixtures/t5_encoder --skip-weights   # one fixture folder
   python bench/int8_error.py --demo           # and the embedded demo's judges, int8 against float32 (minutes)
 
-Fixture table: every parity fixture case (tests/fixtures; the sampling loops replay every step), the relative
-L2 error against the reference's float32 outputs of our float32 run (the parity check) and of the same weights
-written with int8 kernels (`convert --quantize int8`), and int8's max abs error. The projections take no int8.
+Fixture table: every parity fixture case (tests/fixtures, or the fixture folder given; the sampling loops
+replay every step), the relative L2 error against the reference's float32 outputs of our float32 run (the
+parity check) and of the same weights written with int8 kernels (`convert --quantize int8`), and int8's max
+abs error; the same for `--quantize int8-all` (KEEP_FLOAT's layers in int8 too: T5's wo, the UNets' and MoVQs'
+input and output convolutions). The projections take no int8.
 
 T5 table: the t5_encoder fixture's weights (FLAN-T5-like, gated-silu, tiny) over a set of prompts (hashed word
 ids): per prompt the cosine and relative L2 of the int8 encoder's states against float32 over its real tokens
@@ -14,7 +17,7 @@ default) and in int8 too.
 
 Weights table: production models' weights in GiB as float32, bfloat16, int8 (kernels int8 with float32 scales,
 the kept layers in float32), and int8 with the kept layers in bfloat16 (`convert --dtype bf16 --quantize
-int8`); for T5 also with wo in int8.
+int8`), and int8-all (`--quantize int8-all`: no kernel kept in float; for T5 its wo) with bfloat16 leaves.
 
 Demo table (--demo): the embedded demo, float32 weights and `--quantize int8` (T5 and both UNets; also
 int8 for every model with the MoVQs: --demo-every-model), 20 prompts (every colour x direction) at seed 0: the judges'
@@ -57,15 +60,18 @@ PROMPTS = ["a red fox running through snow", "waves at sunset", "a city street a
 
 
 def fixture_table(fixtures: str) -> None:
-  print(f"{'case':<44} {'fp32 rel L2':>12} {'int8 rel L2':>12} {'int8 max abs':>13}")
+  print(f"{'case':<44} {'fp32 rel L2':>12} {'int8 rel L2':>12} {'int8 max abs':>13} {'int8-all rel L2':>16} "
+        f"{'int8-all max abs':>17}")
   for manifest in find_manifests(fixtures):
     fp32 = {r.name: r for r in verify_fixture(manifest)}
+    every = {r.name: r for r in verify_fixture(manifest, quantize=quantization.INT8_ALL)}
     for r in verify_fixture(manifest, quantize=True):
-      base = fp32.get(r.name)
-      if r.error or base is None or base.error:
+      base, a = fp32.get(r.name), every.get(r.name)
+      if r.error or base is None or base.error or a is None or a.error:
         print(f"{r.name:<44} {'':>12} {'':>12} {r.error or (base.error if base else 'missing')}")
         continue
-      print(f"{r.name:<44} {base.rel_l2_error:12.2e} {r.rel_l2_error:12.2e} {r.max_abs_error:13.3e}", flush=True)
+      print(f"{r.name:<44} {base.rel_l2_error:12.2e} {r.rel_l2_error:12.2e} {r.max_abs_error:13.3e} "
+            f"{a.rel_l2_error:16.2e} {a.max_abs_error:17.3e}", flush=True)
 
 
 def t5_table(fixtures: str) -> None:
@@ -84,7 +90,7 @@ def t5_table(fixtures: str) -> None:
   print(f"\n## T5 (the t5_encoder fixture: {config.num_layers} layers, d_model {config.d_model}, "
         f"{config.feed_forward_proj}), {len(PROMPTS)} prompts, int8 against float32 over real tokens")
   print(f"{'int8 kernels':<24} {'min cos':>10} {'mean cos':>10} {'max rel L2':>11} {'mean rel L2':>12}")
-  for label, keep in (("all but wo (default)", None), ("all, wo too", ())):
+  for label, keep in (("all but wo (int8)", None), ("all, wo too (int8-all)", ())):
     params = quantization.quantize_params(jax.device_get(converted.params), "t5_encoder", keep)
     states = np.asarray(encode(params, ids, mask), np.float64)
     cos, rel = [], []
@@ -101,15 +107,14 @@ def weights_table() -> None:
   from kvjax.pipeline.pipeline_weights import KINDS
   config = PIPELINE_PRESETS["kandinsky-video-1.1"]
   print("\n## production weights, GiB (kandinsky-video-1.1)")
-  print(f"{'model':<16} {'float32':>8} {'bfloat16':>9} {'int8':>8} {'int8+bf16':>10} {'int8, wo too':>13}")
+  print(f"{'model':<16} {'float32':>8} {'bfloat16':>9} {'int8':>8} {'int8+bf16':>10} {'int8-all+bf16':>14}")
   for field in quantization.MODEL_NAMES.values():
     c, kind = getattr(config, field), KINDS[field]
     sizes = [quantization.weight_bytes(jax.tree.map(lambda a, d=d: jax.ShapeDtypeStruct(a.shape, d),
                                                     nn.unbox(abstract_params(c)))) for d in (jnp.float32, jnp.bfloat16)]
     sizes += [quantization.weight_bytes(quantization.quantized_abstract(c, kind, d)) for d in (jnp.float32, jnp.bfloat16)]
-    wo = (f"{quantization.weight_bytes(quantization.quantized_abstract(c, kind, jnp.bfloat16, ())) / GIB:>13.2f}"
-          if field == "text_encoder" else "")
-    print(f"{field:<16} " + " ".join(f"{s / GIB:>{w}.2f}" for s, w in zip(sizes, (8, 9, 8, 10))) + " " + wo)
+    sizes.append(quantization.weight_bytes(quantization.quantized_abstract(c, kind, jnp.bfloat16, ())))
+    print(f"{field:<16} " + " ".join(f"{s / GIB:>{w}.2f}" for s, w in zip(sizes, (8, 9, 8, 10, 14))))
 
 
 def demo_table(every_model: bool, medium: bool) -> None:

@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--stages", help="comma-separated subset of the stage names (default: all)")
   p.add_argument("--skip-flops", action="store_true")
   p.add_argument("--quantize", help="weights in int8 as `python -m sample --quantize` takes them (e.g. int8, or "
-                 "t5=int8,keyframe=int8): int8 kernels with float32 scales, the rest in --dtype")
+                 "t5=int8-all,keyframe=int8): int8 kernels with float32 scales, the rest in --dtype")
   return p.parse_args(argv)
 
 
@@ -70,7 +70,7 @@ from kvjax.pipeline.programs import StagePrograms  # noqa: E402
 from kvjax.pipeline.stages import BASE_FRAMES, DECODE, ENCODE, INTERPOLATION, KEY_FRAME, TEXT  # noqa: E402
 from kvjax.pipeline.text_to_video import weight_shardings  # noqa: E402
 from kvjax.pipeline.pipeline_weights import KINDS, PipelineWeights  # noqa: E402
-from kvjax.quantization import parse_quantize, quantized_abstract  # noqa: E402
+from kvjax.quantization import kept_float, parse_quantize, quantized_abstract  # noqa: E402
 from kvjax.sharding import make_mesh, replicated  # noqa: E402
 from train_memory import GIB, per_device_bytes as sharded_bytes  # noqa: E402  (bench/ is the script's path)
 
@@ -82,11 +82,11 @@ DEVICE_SIZES_GB = (16, 24, 40, 80)
 
 def weight_shapes(config, dtype, quantize=None) -> PipelineWeights:
   """Every model's parameters as ShapeDtypeStructs in `dtype` (T5 per block, as loaded); the models of
-  `quantize` ({field: "int8"}) with int8 kernels (kvjax.quantization.quantized_abstract)."""
+  `quantize` ({field: "int8" | "int8-all"}) with int8 kernels (kvjax.quantization.quantized_abstract)."""
   def model(field):
     c = getattr(config, field)
     if field in (quantize or {}):
-      return nn.unbox(quantized_abstract(c, KINDS[field], dtype))
+      return nn.unbox(quantized_abstract(c, KINDS[field], dtype, kept_float(quantize[field], KINDS[field])))
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), nn.unbox(abstract_params(c)))
   null = jax.ShapeDtypeStruct((config.keyframe.context_dim,), jnp.float32)
   return PipelineWeights(model("keyframe"), null, model("interpolation"), null, model("image_movq"),

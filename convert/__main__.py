@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                    "production preset")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quantize", choices=["int8"], help="store the kernels in weight-only int8 with per-channel "
-                   "scales (keyframe, interpolation, movq, video-movq, t5; see docs/sampling.md)")
+    p.add_argument("--quantize", choices=["int8", "int8-all"], help="store the kernels in weight-only int8 with "
+                   "per-channel scales (keyframe, interpolation, movq, video-movq, t5; int8-all: also the layers "
+                   "int8 keeps in float, e.g. T5's wo; see docs/sampling.md)")
     _add_weight_flags(p)
   p = commands.add_parser("all", help="convert a whole release folder (t2v.pt, interpolation.pt, movq.pt, "
                           "video_movq.pt, t5_projections.pt, configs.json and a T5 folder)")
@@ -67,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype (default fp32)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
   p.add_argument("--quantize", metavar="int8|MODEL=int8,...", help="store kernels in weight-only int8: int8 for T5 "
-                 "and both UNets, or per model, e.g. t5=int8,keyframe=int8 (models: t5, keyframe, interpolation, "
-                 "image-movq, video-movq); see docs/sampling.md")
+                 "and both UNets, or per model, e.g. t5=int8-all,keyframe=int8 (models: t5, keyframe, interpolation, "
+                 "image-movq, video-movq; int8-all: also the layers int8 keeps in float, e.g. T5's wo); see "
+                 "docs/sampling.md")
   _add_weight_flags(p)
   p = commands.add_parser("lpips", help="convert LPIPS (net='vgg') weights for the MoVQ trainer's perceptual loss")
   p.add_argument("src", help="the lpips package's linear heads (lpips/weights/v0.1/vgg.pth), or the state dict "
@@ -107,7 +109,8 @@ def _convert(args) -> int:
   converted = COMMANDS[args.command].convert(args.src, config, DTYPES[args.dtype], policy=policy)
   count = count_params(converted.params)
   if args.quantize:
-    converted.params = quantization.quantize_params(converted.params, kind)
+    converted.params = quantization.quantize_params(converted.params, kind,
+                                                    quantization.kept_float(args.quantize, kind))
   out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
   _warn(policy)
   print(f"converted {args.src} ({count:,} parameters, config from {origin}, {args.dtype}"

@@ -179,25 +179,28 @@ def find_manifests(root: str) -> list[str]:
   return found
 
 
-def convert_round_trip(kind: str, checkpoint: str, config, quantize: bool = False) -> ConvertedModel:
+def convert_round_trip(kind: str, checkpoint: str, config, quantize: bool | str = False) -> ConvertedModel:
   """Converts with the real converter, writes the result to disk and reads it back through the checking loader,
   each array placed on the default device as it is read (no host copy of the whole model beside the device's).
-  `quantize`: written with int8 kernels, as `convert --quantize int8` writes them (kvjax.quantization)."""
+  `quantize`: written with int8 kernels, as `convert --quantize int8` writes them (True), or as `--quantize
+  int8-all` (a name of kvjax.quantization.QUANTIZATIONS)."""
   converter = CONVERTERS[kind]
   with tempfile.TemporaryDirectory() as scratch:
     out = os.path.join(scratch, "converted")
     converted = converter(checkpoint, config)
     if quantize:
-      from kvjax.quantization import quantize_params
-      converted.params = quantize_params(converted.params, kind)
+      from kvjax.quantization import INT8, kept_float, quantize_params
+      converted.params = quantize_params(converted.params, kind, kept_float(INT8 if quantize is True else quantize,
+                                                                            kind))
     save_converted(converted, out, source=checkpoint)
     return load_converted(out, kind, config, placement=None)
 
 
-def verify_fixture(manifest_path: str, compute_dtype=None, quantize: bool = False) -> list[CaseResult]:
+def verify_fixture(manifest_path: str, compute_dtype=None, quantize: bool | str = False) -> list[CaseResult]:
   """Every case of one fixture folder; `compute_dtype` (e.g. jnp.bfloat16) runs the model in it instead of
-  float32, and `quantize` with int8 kernels (models that take them; kvjax.quantization), to measure their error
-  against the reference (bench/bf16_error.py, bench/int8_error.py), not to pass the tolerances."""
+  float32, and `quantize` with int8 kernels (True, or "int8-all" as convert_round_trip; models that take them),
+  to measure their error against the reference (bench/bf16_error.py, bench/int8_error.py), not to pass the
+  tolerances."""
   folder = os.path.dirname(manifest_path)
   with open(manifest_path) as f:
     manifest = json.load(f)
@@ -209,7 +212,7 @@ def verify_fixture(manifest_path: str, compute_dtype=None, quantize: bool = Fals
     config = model_configs.CONFIG_TYPES[kind].from_dict(manifest["config"])
     from kvjax.quantization import KINDS
     converted = convert_round_trip(kind, os.path.join(folder, manifest["checkpoint"]), config,
-                                   quantize and kind in KINDS)
+                                   quantize if kind in KINDS else False)
   except Exception as e:  # report and go on to the next fixture
     return [CaseResult(prefix, 0, 0, 0, f"conversion failed: {type(e).__name__}: {e}")]
   model = build_model(config) if compute_dtype is None else build_model(config, compute_dtype)

@@ -27,7 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 INT8 = "int8"
-QUANTIZATIONS = (INT8,)
+# Every kernel in int8, KEEP_FLOAT's too (opt-in per model: `--quantize t5=int8-all` puts FLAN-T5's `wo` in int8,
+# 8.25 GiB instead of 10.25 at production; for the UNets and MoVQs it adds their few-thousand-parameter input and
+# output convolutions). A folder written so is an int8 folder like any other: its keys say which kernels are int8.
+INT8_ALL = "int8-all"
+QUANTIZATIONS = (INT8, INT8_ALL)
 
 # The pipeline models that take int8 weights: the name `--quantize` gives each -> its PipelineConfig field.
 MODEL_NAMES = {"t5": "text_encoder", "keyframe": "keyframe", "interpolation": "interpolation",
@@ -96,10 +100,15 @@ def check_kind(kind: str, where: str = "") -> None:
     raise ValueError(f"{where}int8 weights are for {', '.join(KINDS)}, not a {kind}")
 
 
+def kept_float(quantization: str, kind: str) -> tuple[str, ...]:
+  """The layers whose kernels `quantization` (one of QUANTIZATIONS) keeps in float for a model of `kind`."""
+  return () if quantization == INT8_ALL else KEEP_FLOAT[kind]
+
+
 def quantize_params(params, kind: str, keep: Iterable[str] | None = None) -> dict[str, Any]:
   """A converted model's parameters (`kind`: its converted-folder kind) with its kernels as Int8Weights
-  (numpy, on the host), those of `KEEP_FLOAT` (or of the layers named in `keep`, for measuring) and every other
-  leaf as they were. Quantizing a quantized tree changes nothing."""
+  (numpy, on the host), those of `KEEP_FLOAT` (or of the layers named in `keep`: `kept_float`'s, or any for
+  measuring) and every other leaf as they were. Quantizing a quantized tree changes nothing."""
   check_kind(kind)
   flat = flax.traverse_util.flatten_dict(dict(params))
   return flax.traverse_util.unflatten_dict(
@@ -178,8 +187,8 @@ def quantized_abstract(config, kind: str, dtype=jnp.float32, keep: Iterable[str]
 
 
 def parse_quantize(spec: str, option: str = "--quantize") -> dict[str, str]:
-  """`int8` (the models of DEFAULT_MODELS) or `t5=int8,keyframe=int8,...` -> {PipelineConfig field: "int8"};
-  refused in one line naming `option`."""
+  """`int8` or `int8-all` (the models of DEFAULT_MODELS) or `t5=int8-all,keyframe=int8,...` -> {PipelineConfig
+  field: "int8" | "int8-all"}; refused in one line naming `option`."""
   spec = spec.strip()
   if spec in QUANTIZATIONS:
     return dict.fromkeys(DEFAULT_MODELS, spec)
@@ -188,11 +197,11 @@ def parse_quantize(spec: str, option: str = "--quantize") -> dict[str, str]:
     name, sep, value = part.partition("=")
     if not sep or name not in MODEL_NAMES or value not in QUANTIZATIONS or MODEL_NAMES[name] in out:
       raise ValueError(f"{option} {spec!r}: expected {' or '.join(QUANTIZATIONS)} (T5 and both UNets), or "
-                       f"MODEL=int8 pairs separated by commas, each model at most once, MODEL one of "
-                       f"{', '.join(MODEL_NAMES)}")
+                       f"MODEL=VALUE pairs separated by commas, each model at most once, MODEL one of "
+                       f"{', '.join(MODEL_NAMES)}, VALUE {' or '.join(QUANTIZATIONS)}")
     out[MODEL_NAMES[name]] = value
   if not out:
-    raise ValueError(f"{option}: empty; give {' or '.join(QUANTIZATIONS)} or MODEL=int8 pairs")
+    raise ValueError(f"{option}: empty; give {' or '.join(QUANTIZATIONS)} or MODEL=VALUE pairs")
   return out
 
 

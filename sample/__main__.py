@@ -56,9 +56,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
   p.add_argument("--bf16", action="store_true", help="compute every model in bfloat16 (T5, UNets, MoVQs; "
                  "bench/bf16_error.py measures the error against float32)")
   p.add_argument("--quantize", metavar="int8|MODEL=int8,...", help="weight-only int8 (not the reference): int8 "
-                 "for T5 and both UNets, or per model, e.g. t5=int8,keyframe=int8 (models: t5, keyframe, "
-                 "interpolation, image-movq, video-movq); quantized as they load (a folder written by `convert "
-                 "--quantize int8` needs no flag); bench/int8_error.py measures the error")
+                 "for T5 and both UNets, or per model, e.g. t5=int8-all,keyframe=int8 (models: t5, keyframe, "
+                 "interpolation, image-movq, video-movq; int8-all: also the layers int8 keeps in float, e.g. "
+                 "T5's wo); quantized as they load (a folder written by `convert --quantize int8` needs no flag); "
+                 "bench/int8_error.py measures the error")
   p.add_argument("--mesh", help="shard weights and batches over the devices, e.g. data=2,fsdp=2,tensor=2 (axes "
                  "data, fsdp, tensor; default: one device)")
   p.add_argument("--offload", action="store_true", help="keep the weights in host memory and place only the "

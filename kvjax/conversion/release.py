@@ -19,7 +19,7 @@ from kvjax.conversion.registry import COMMANDS, resolve_config
 from kvjax.conversion.state_dict import WeightPolicy
 from kvjax.conversion.store import save_converted
 from kvjax.params import count_params
-from kvjax.quantization import quantize_params
+from kvjax.quantization import kept_float, quantize_params
 
 T5_COMMAND = "t5"
 
@@ -69,10 +69,10 @@ def output_name(command: str) -> str:
 def convert_release(src_dir: str, out_dir: str, dtype: Any, *, t5_dir: str | None = None,
                     overwrite: bool = False, log: Callable[[str], None] = print,
                     policy: WeightPolicy | None = None, quantize: Mapping[str, str] | None = None) -> str:
-  """`quantize`: {pipeline model field: "int8"} (kvjax.quantization.parse_quantize): those models are written with
-  int8 kernels."""
+  """`quantize`: {pipeline model field: "int8" | "int8-all"} (kvjax.quantization.parse_quantize): those models
+  are written with int8 kernels."""
   from kvjax.pipeline.pipeline_weights import FOLDERS, check_quantize
-  int8_folders = {FOLDERS[field] for field in check_quantize(quantize)}
+  int8_folders = {FOLDERS[field]: how for field, how in check_quantize(quantize).items()}
   sources = release_sources(src_dir, t5_dir)
   with staged(out_dir, overwrite=overwrite) as staging:
     for command, src in sources.items():
@@ -81,7 +81,9 @@ def convert_release(src_dir: str, out_dir: str, dtype: Any, *, t5_dir: str | Non
       converted = COMMANDS[command].convert(src, config, dtype, policy=policy)
       count = count_params(converted.params)
       if output_name(command) in int8_folders:
-        converted.params = quantize_params(converted.params, COMMANDS[command].kind)
+        kind = COMMANDS[command].kind
+        how = int8_folders[output_name(command)]
+        converted.params = quantize_params(converted.params, kind, kept_float(how, kind))
       save_converted(converted, os.path.join(staging, output_name(command)), source=src)
       log(f"{command}: {src} ({count:,} parameters, config from {origin}"
           f"{', kernels in int8' if output_name(command) in int8_folders else ''}) "

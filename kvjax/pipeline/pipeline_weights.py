@@ -56,19 +56,25 @@ def random_weights(config: PipelineConfig, seed: int = 0) -> PipelineWeights:
 
 
 def check_quantize(quantize: Mapping[str, str] | None) -> dict[str, str]:
-  """{PipelineConfig field: "int8"} (kvjax.quantization.parse_quantize), each field one that takes int8."""
+  """{PipelineConfig field: "int8" | "int8-all"} (kvjax.quantization.parse_quantize), each field one that takes
+  int8."""
   quantize = dict(quantize or {})
   for field, kind in quantize.items():
     if field not in quantization.MODEL_NAMES.values() or kind not in quantization.QUANTIZATIONS:
-      raise ValueError(f"cannot quantize {field!r} to {kind!r}: int8 is for "
-                       f"{', '.join(quantization.MODEL_NAMES.values())}")
+      raise ValueError(f"cannot quantize {field!r} to {kind!r}: {' or '.join(quantization.QUANTIZATIONS)} is "
+                       f"for {', '.join(quantization.MODEL_NAMES.values())}")
   return quantize
 
 
+def _quantized(params, field: str, how: str):
+  return quantization.quantize_params(params, KINDS[field], quantization.kept_float(how, KINDS[field]))
+
+
 def quantize_weights(weights: PipelineWeights, quantize: Mapping[str, str] | None) -> PipelineWeights:
-  """The models named in `quantize` ({field: "int8"}) with int8 kernels (on the host; kvjax.quantization)."""
-  return weights.replace(**{field: quantization.quantize_params(getattr(weights, field), KINDS[field])
-                            for field in check_quantize(quantize)})
+  """The models named in `quantize` ({field: "int8" | "int8-all"}) with int8 kernels (on the host;
+  kvjax.quantization)."""
+  return weights.replace(**{field: _quantized(getattr(weights, field), field, how)
+                            for field, how in check_quantize(quantize).items()})
 
 
 def _role(field: str) -> str:
@@ -184,7 +190,7 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
     stored = checked[field].stored["params"]
     if field in quantize and not quantization.is_quantized(quantization.from_stored(stored)):
       model = restore_checked(checked[field], roles[field], "host")
-      model.params = quantization.quantize_params(model.params, checked[field].kind)
+      model.params = _quantized(model.params, field, quantize[field])
       where = "host" if field == "text_encoder" else placement(field, model.params)  # T5: stacked by TextToVideo
       if where != "host":
         model.params = jax.device_put(model.params, where)

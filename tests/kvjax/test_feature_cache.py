@@ -97,6 +97,18 @@ def test_a_cached_loop_counts_each_step_at_its_branch():
   assert dense_flops(jaxpr, schedule) == 2 * 1024 + 4 * 256
 
 
+def test_flops_of_one_scope_count_the_operations_under_its_name():
+  def program(x):
+    with jax.named_scope("pre"):
+      x = x @ x  # 1024 FLOPs
+    with jax.named_scope("loop"):
+      return jax.lax.fori_loop(0, 3, lambda i, y: y @ x, x)  # 3 x 1024, under "loop" in the scan's body
+  jaxpr = jax.make_jaxpr(program)(jnp.ones((8, 8)))
+  assert dense_flops(jaxpr) == 4 * 1024
+  assert dense_flops(jaxpr, scope="^/pre") == 1024 and dense_flops(jaxpr, scope="loop") == 3 * 1024
+  assert dense_flops(jaxpr, scope="elsewhere") == 0
+
+
 def test_psnr_and_ssim_of_a_video_against_the_exact_one():
   rng = np.random.default_rng(0)
   video = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)

@@ -60,9 +60,21 @@ def test_int8_forward_is_close_to_the_float32_reference():
 def test_parse_quantize():
   assert quantization.parse_quantize("int8") == dict.fromkeys(quantization.DEFAULT_MODELS, "int8")
   assert quantization.parse_quantize("t5=int8, video-movq=int8") == {"text_encoder": "int8", "video_movq": "int8"}
-  for bad in ("int4", "t5=int4", "projections=int8", "t5=int8,t5=int8", "t5", ","):
+  assert quantization.parse_quantize("t5=int8-all,keyframe=int8") == {"text_encoder": "int8-all", "keyframe": "int8"}
+  for bad in ("int4", "t5=int4", "projections=int8", "t5=int8,t5=int8", "t5", ",", "t5=int8-al",
+              "t5=int8,t5=int8-all", "t5=all"):
     with pytest.raises(ValueError, match="--quantize"):
       quantization.parse_quantize(bad)
+
+
+def test_int8_all_puts_the_kept_layers_in_int8_too():
+  """`--quantize t5=int8-all`: T5's wo kernels in int8 as well, every other kernel as int8 has it (no compile)."""
+  params = _converted("t5_encoder").params
+  int8 = lambda how: {path for path, leaf in flax.traverse_util.flatten_dict(quantization.quantize_params(
+      params, "t5_encoder", quantization.kept_float(how, "t5_encoder"))).items() if quantization.is_int8(leaf)}
+  wo = {path for path in flax.traverse_util.flatten_dict(params) if "wo" in path and path[-1] == "kernel"}
+  assert wo and not wo & int8("int8")
+  assert int8("int8-all") == int8("int8") | wo
 
 
 def test_int8_kernels_shard_as_their_float_kernels():

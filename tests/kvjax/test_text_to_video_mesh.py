@@ -3,6 +3,7 @@
 The "tiny-two-level" pipeline keeps the SPMD compiles short; its UNets have every kind of layer the pipeline shards.
 """
 
+import dataclasses
 
 import jax
 import numpy as np
@@ -21,6 +22,7 @@ CONFIG = PIPELINE_PRESETS["tiny-two-level"]
 OPTIONS = GenerationOptions(width=32, height=32, fps="medium", key_frame_steps=2, base_frame_steps=2,
                             interpolation_steps=1, sampler="ddim", seed=5)
 PROMPTS = ["a red fox in the snow", "waves", "a boat"]  # 3 prompts: batches that do not divide the mesh axes
+MESH = "data=2,fsdp=2,tensor=2"
 
 
 def _pipeline(**kwargs):
@@ -28,23 +30,26 @@ def _pipeline(**kwargs):
                                                                             CONFIG.tokens_length), **kwargs)
 
 
-def _stages(pipeline, given=None):
+def _stages(pipeline, given=None, options=OPTIONS, last="frames"):
   """The pipeline's stages one by one, as `TextToVideo.__call__` runs them (the offloading test checks that
   the last one equals a whole call). With `given` (another run's outputs), each stage takes its inputs from
   `given` instead of from this run, so each stage is compared alone: otherwise one rounding difference in the
-  key frames' uint8 pixels, which the base frames re-encode, turns into larger ones downstream."""
-  key_rng, base_rng, pass_rng = jax.random.split(jax.random.key(OPTIONS.seed), 3)
+  key frames' uint8 pixels, which the base frames re-encode, turns into larger ones downstream. `last`: the
+  stage to stop after."""
+  key_rng, base_rng, pass_rng = jax.random.split(jax.random.key(options.seed), 3)
   inputs = lambda name, mine: mine if given is None else given[name]
   out = {}
   text, null, interpolation_null, length = pipeline.encode_text(PROMPTS)
   out["text"] = np.asarray(text[0])
   text = (inputs("text", text[0]), text[1])
-  out["key frames"] = pipeline.key_frames(text, null, length, OPTIONS, key_rng)
+  out["key frames"] = pipeline.key_frames(text, null, length, options, key_rng)
   images = [Image.fromarray(image) for image in inputs("key frames", out["key frames"])]
-  key_latents = pipeline.encode_images(images, OPTIONS)
-  out["base frames"] = np.asarray(pipeline.base_frames(key_latents, text, null, length, OPTIONS, base_rng))
+  key_latents = pipeline.encode_images(images, options)
+  out["base frames"] = np.asarray(pipeline.base_frames(key_latents, text, null, length, options, base_rng))
+  if last == "base frames":
+    return out
   out["interpolation"] = np.asarray(pipeline.interpolate(inputs("base frames", out["base frames"]), text,
-                                                         interpolation_null, length, OPTIONS, 3, pass_rng))
+                                                         interpolation_null, length, options, 3, pass_rng))
   out["frames"] = pipeline.decode_video(inputs("interpolation", out["interpolation"]))
   return out
 
@@ -61,7 +66,7 @@ def _levels_apart(a, b):
 
 def test_a_sharded_pipeline_places_weights_once_and_makes_the_frames_of_one_device(single_device):
   reference, expected = single_device
-  pipeline = _pipeline(mesh=make_mesh("data=2,fsdp=2,tensor=2"))
+  pipeline = _pipeline(mesh=make_mesh(MESH))
   # The weights were placed once, split as the rule table says: the keyframe UNet's largest kernel over
   # fsdp and tensor, each device holding a quarter of it.
   largest = max(jax.tree.leaves(pipeline._placed.keyframe), key=lambda a: a.size)
@@ -69,11 +74,16 @@ def test_a_sharded_pipeline_places_weights_once_and_makes_the_frames_of_one_devi
   assert {"fsdp", "tensor"} <= set(spec)
   quarter = tuple(n // 2 if axis else n for n, axis in zip(largest.shape, spec))
   assert [tuple(s.data.shape) for s in largest.addressable_shards] == [quarter] * 8
-  # Every stage from the single device's inputs: float32 agreement, as sharded contractions sum in another
-  # order. Measured, as a fraction of each output's largest value: text 1.7e-6, base-frame latents 3.5e-5,
-  # interpolated latents 8e-6; of the uint8 values, 0.03% of the key frames' and 0.003% of the decoded
-  # frames' differ, by one level.
-  sharded = _stages(pipeline, given=expected)
+  # Every stage from the single device's inputs, the base frames with feature caching (step 1 of 2 cached:
+  # step 0 runs the whole UNet, so this covers both; only the base-frame stage compiles again on one device).
+  # Float32 agreement, as sharded contractions sum in another order. Measured, as a fraction of each
+  # output's largest value: text 1.7e-6, base-frame latents 3.5e-5, interpolated latents 8e-6; of the uint8
+  # values, 0.03% of the key frames' and 0.003% of the decoded frames' differ, by one level.
+  cached = dataclasses.replace(OPTIONS, base_frame_cache_interval=2)
+  one_device = _stages(reference, given=expected, options=cached, last="base frames")["base frames"]
+  assert not np.array_equal(one_device, expected["base frames"])  # the cached step ran
+  sharded = _stages(pipeline, given=expected, options=cached)
+  expected = {**expected, "base frames": one_device}
   np.testing.assert_allclose(sharded["text"], expected["text"], rtol=1e-4, atol=1e-5)
   for latents in ("base frames", "interpolation"):
     scale = np.abs(expected[latents]).max()
@@ -104,7 +114,7 @@ def test_windows_chain_on_a_mesh_and_with_offloading(single_device):
   offloaded = _pipeline(offload=True)
   offloaded._compiled = reference._compiled
   np.testing.assert_array_equal(offloaded(PROMPTS, options), expected)
-  sharded = _pipeline(mesh=make_mesh("data=2,fsdp=2,tensor=2"))
+  sharded = _pipeline(mesh=make_mesh(MESH))
   frames = sharded(PROMPTS, options)
   assert frames.shape == expected.shape
   # Window 2 ran window 1's programs (one base-frame and one interpolation program; see test_text_to_video.py).
