@@ -279,7 +279,7 @@ def test_lora_at_run_time_is_the_merged_adapter_and_a_new_scale_compiles_nothing
                           init_adapters(abstract_adapters(CONFIG.keyframe, lora), lora))
   path = str(tmp_path / "adapter.safetensors")
   write_adapter(path, adapters, unet_config=CONFIG.keyframe, lora=lora, pipeline="tiny-two-level", step=1)
-  base = random_weights(CONFIG)
+  base = pipeline._placed  # the fixture's weights, on the device
   runtime = TextToVideo(CONFIG, with_adapters(CONFIG, base, [(path, 0.5)], mode="runtime"), pipeline.tokenizer)
   text, null, _, length = pipeline.encode_text(["a red fox in the snow", "waves"])
   key = jax.random.normal(jax.random.key(1), (2, 8, 16, 4))
