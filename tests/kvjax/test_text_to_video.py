@@ -302,3 +302,14 @@ def test_lora_at_run_time_is_the_merged_adapter_and_a_new_scale_compiles_nothing
   assert np.abs(merged[0.5] - merged[-1.0]).max() > 1e-2  # the scale does change the frames
   with pytest.raises(ValueError, match="2 scales for the 1 adapters applied at run time to the keyframe UNet"):
     runtime.set_lora_scales(keyframe=[1.0, 1.0])
+  # On a mesh the adapters are placed by the rule table (A its kernel's input axis, B its output axis), the
+  # scales replicated (placement only: the sharded stages compile in tests/kvjax/test_text_to_video_mesh.py).
+  from kvjax.sharding import make_mesh
+  sharded = TextToVideo(CONFIG, with_adapters(CONFIG, base, [(path, 0.5)], mode="runtime"), pipeline.tokenizer,
+                        mesh=make_mesh("data=2,fsdp=2,tensor=2"))
+  sharded.set_lora_scales(keyframe=[2.0])
+  placed = sharded._placed.keyframe
+  module = placed.adapters[0]["down_samples_1"]["resnet_attn_blocks_0_1"]["attention"]
+  assert tuple(module["to_key"]["kernel_lora_a"].sharding.spec) == ("fsdp", None)
+  assert tuple(module["to_query"]["kernel_lora_b"].sharding.spec) == (None, "tensor")
+  assert float(placed.strengths[0]) == 2.0 and placed.strengths[0].sharding.is_fully_replicated
