@@ -68,8 +68,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                  "(ours, the reference's arithmetic), jax (jax.nn.dot_product_attention's choice) or cudnn (fused, "
                  "NVIDIA GPUs, with --bf16)")
   p.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter (`python -m train.export` "
-                 "of a LoRA run) merged into the UNet it was made for at load, at strength SCALE (default 1; 0: no "
-                 "change); repeatable")
+                 "of a LoRA run) on the UNet it was made for, at strength SCALE (default 1; 0: no change); "
+                 "repeatable")
+  p.add_argument("--lora-mode", choices=("merged", "runtime"), default="merged", help="merged (default): the "
+                 "adapters are merged into the weights once at load (no cost per step); runtime: merged inside "
+                 "each compiled UNet stage from the base weights, the adapters and their scales, so another scale "
+                 "or adapter of the same rank and targets compiles nothing (docs/sampling.md)")
   p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs between runs "
                  "(default: a per-user cache, ~/.cache/kvjax/jax or $KVJAX_COMPILE_CACHE)")
 
@@ -302,14 +306,16 @@ def read_loras(args) -> list:
 
 def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict, seed: int = 0, loras=()):
   """The pipeline of the model options (add_model_options) over `weights_dir` ("random": the tiny preset's
-  random weights drawn from `seed`), with the compile cache on unless --no-compile-cache. `loras` (read_loras)
-  are merged into the UNets in host memory before the pipeline places the weights (mesh or offload)."""
+  random weights drawn from `seed`), with the compile cache on unless --no-compile-cache. `loras` (read_loras):
+  with --lora-mode merged, merged into the UNets in host memory before the pipeline places the weights (mesh or
+  offload); with runtime, placed beside the weights (as loaded, quantized or not) and merged in each stage."""
   from kvjax import demo
   from kvjax.pipeline.pipeline_config import PIPELINE_PRESETS
   import jax.numpy as jnp
   from kvjax.pipeline.text_to_video import TextToVideo
   from kvjax.pipeline.pipeline_weights import quantize_weights, random_weights, with_models
   quantize = _quantize(args)
+  merge = bool(loras) and getattr(args, "lora_mode", "merged") == "merged"
   if weights_dir == demo.DEMO_WEIGHTS:
     print(f"weights: the embedded demo ({weights_dir}): a small model kvjax trained on moving shapes, "
           f"{defaults.get('width')}x{defaults.get('height')}; pass --weights for others", file=sys.stderr)
@@ -327,18 +333,21 @@ def load_pipeline(args, weights_dir: str, defaults: dict, mesh, overrides: dict,
     tokenizer_path = args.tokenizer or os.path.join(weights_dir, "spiece.model")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"{tokenizer_path}: no tokenizer; pass --tokenizer PATH to FLAN-UL2's spiece.model")
-    # With adapters the weights are read into host memory, merged there, quantized, then placed by the pipeline.
-    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=None if loras else mesh,
-                                            offload=args.offload or bool(loras), scan_text_encoder=True,
-                                            quantize=None if loras else quantize)
+    # With adapters to merge the weights are read into host memory, merged there, quantized, then placed by the
+    # pipeline.
+    config, weights = load_pipeline_weights(weights_dir, overrides=overrides, mesh=None if merge else mesh,
+                                            offload=args.offload or merge, scan_text_encoder=True,
+                                            quantize=None if merge else quantize)
     from kvjax.conversion.adapters import adapter_words
     # The adapters' trigger words read as the sentinels they were trained with (kvjax.text.tokenizer).
     tokenizer = T5Tokenizer(tokenizer_path, config.tokens_length, words=adapter_words([a for a, _ in loras]))
-  if loras:
-    from kvjax.pipeline.pipeline_weights import with_adapters
+  from kvjax.pipeline.pipeline_weights import with_adapters
+  if merge:
     weights = with_adapters(config, weights, loras)
-  if loras or weights_dir == "random":  # quantized here, after any adapters are merged into the float kernels
+  if merge or weights_dir == "random":  # quantized here, after any adapters are merged into the float kernels
     weights = quantize_weights(weights, quantize)
+  if loras and not merge:
+    weights = with_adapters(config, weights, loras, mode="runtime")
   if not args.no_compile_cache:
     from kvjax import compile_cache
     compile_cache.enable()

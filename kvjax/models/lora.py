@@ -19,8 +19,10 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import flax.traverse_util
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kvjax.quantization import is_int8, quantize_array
@@ -151,16 +153,51 @@ def adapter_modules(adapters) -> dict[tuple[str, ...], tuple[Any, Any]]:
 def merge(base, adapters, scale: float, xp=np) -> dict[str, Any]:
   """`base` (a UNet's parameters) with each adapted kernel replaced by kernel + scale x A @ B, added in float32
   and cast back to the kernel's type; `scale` is the adapter's alpha / rank times the user's strength. Other
-  leaves are `base`'s own (not copied). `xp`: numpy (host arrays) or jax.numpy (inside a jit)."""
+  leaves are `base`'s own (not copied). `xp`: numpy (host arrays) or jax.numpy (inside a jit; `scale` may be
+  traced)."""
   flat = flax.traverse_util.flatten_dict(base)
   for module, (a, b) in adapter_modules(adapters).items():
     kernel = flat[module + ("kernel",)]
-    change = xp.float32(scale) * xp.tensordot(xp.asarray(a, xp.float32), xp.asarray(b, xp.float32), axes=1)
-    if is_int8(kernel):  # an int8 UNet (kvjax.quantization): merged in float32, then quantized again (host only)
+    change = xp.asarray(scale, xp.float32) * xp.tensordot(xp.asarray(a, xp.float32), xp.asarray(b, xp.float32),
+                                                          axes=1)
+    if is_int8(kernel) and xp is np:  # an int8 UNet (kvjax.quantization): merged in float32, quantized again
       flat[module + ("kernel",)] = quantize_array(np.asarray(kernel.dequantize(np.float32)) + np.asarray(change))
+      continue
+    if is_int8(kernel):  # inside a compiled stage: the adapted kernel is float32 while the stage runs
+      flat[module + ("kernel",)] = kernel.dequantize(xp.float32) + change
       continue
     flat[module + ("kernel",)] = (xp.asarray(kernel, xp.float32) + change).astype(kernel.dtype)
   return flax.traverse_util.unflatten_dict(flat)
+
+
+@flax.struct.dataclass
+class RuntimeAdapters:
+  """A UNet's parameters with LoRA adapters applied at run time: the pipeline's compiled stages take this tree
+  as the UNet's weights and merge it inside the program, once per stage call, before the denoising loop
+  (`params_of`): each adapted kernel becomes kernel + strength x alpha / rank x A @ B. The strengths (and
+  alpha / rank) are traced float32 scalars, so a new strength, or another adapter of the same rank and
+  targets, reuses the compiled stages; the merged copies of the adapted kernels live while the stage runs.
+  Made by `kvjax.pipeline.pipeline_weights.with_adapters(..., mode="runtime")`."""
+
+  base: Any  # the UNet's parameters (float, or with int8 kernels: those adapted are float32 while merged)
+  adapters: tuple  # one adapter tree per adapter (`<module path>/kernel_lora_a`, `kernel_lora_b`), in order
+  factors: tuple  # alpha / rank of each adapter (float32 scalars)
+  strengths: tuple  # the user's scale of each adapter (float32 scalars)
+  # LoraConfig(rank, targets) of each adapter: its shapes and logical axes (static: part of the compile key).
+  configs: tuple = flax.struct.field(pytree_node=False, default=())
+
+  def merged(self, xp=jnp) -> dict[str, Any]:
+    """The base with every adapter merged in order (the same arithmetic as merging at load)."""
+    params = self.base
+    for adapters, factor, strength in zip(self.adapters, self.factors, self.strengths):
+      params = merge(params, adapters, xp.asarray(factor, xp.float32) * xp.asarray(strength, xp.float32), xp)
+    return params
+
+
+def params_of(params) -> Any:
+  """A UNet's weights as its modules read them: a RuntimeAdapters merged (call inside the compiled stage),
+  anything else as it is."""
+  return params.merged() if isinstance(params, RuntimeAdapters) else params
 
 
 def check_target_names(names) -> tuple[str, ...]:

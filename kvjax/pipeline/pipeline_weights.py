@@ -220,19 +220,41 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
 ADAPTED_FIELDS = {"keyframe_unet": "keyframe", "interpolation_unet": "interpolation"}
 
 
+ADAPTER_MODES = ("merged", "runtime")
+
+
 def with_adapters(config: PipelineConfig, weights: PipelineWeights, adapters: Sequence[tuple[Any, float]],
-                  role: str = "--lora") -> PipelineWeights:
-  """Merges LoRA adapters into the UNets they were made for, once: each adapted kernel becomes kernel + scale x
-  alpha / rank x A @ B, added in float32 and cast back to the kernel's type, so sampling costs what it costs
-  without them. `adapters`: (adapter file path or `kvjax.conversion.adapters.Adapter`, scale) pairs, applied in
-  order (several may adapt the same UNet); every file is read and checked against its UNet (kind, configuration,
-  keys, shapes) before any is merged. The merged UNets are host (numpy) arrays: merge before placing the weights
-  (TextToVideo places them on its mesh, or keeps them in host memory with offload)."""
+                  role: str = "--lora", mode: str = "merged") -> PipelineWeights:
+  """LoRA adapters on the UNets they were made for. `adapters`: (adapter file path or
+  `kvjax.conversion.adapters.Adapter`, scale) pairs, applied in order (several may adapt the same UNet); every
+  file is read and checked against its UNet (kind, configuration, keys, shapes) before any is applied.
+
+  mode "merged" (the default): merged once, here: each adapted kernel becomes kernel + scale x alpha / rank x
+  A @ B, added in float32 and cast back to the kernel's type (an int8 kernel is quantized again), so sampling
+  costs what it costs without them. The merged UNets are host (numpy) arrays: merge before placing the weights
+  (TextToVideo places them on its mesh, or keeps them in host memory with offload).
+
+  mode "runtime": each adapted UNet becomes a `kvjax.models.lora.RuntimeAdapters` (the base as it is, the
+  adapters and their scales), merged by the same arithmetic inside each compiled stage, once per call; a new
+  scale (`TextToVideo.set_lora_scales`) or another adapter of the same rank and targets (`replace_weights`)
+  compiles nothing. It costs the merge per stage call and, while a stage runs, a copy of the adapted kernels
+  (float32 where the base is int8)."""
   from kvjax.conversion.adapters import check_base, read_adapter
-  from kvjax.models.lora import merge
+  from kvjax.models.lora import LoraConfig, RuntimeAdapters, merge
+  if mode not in ADAPTER_MODES:
+    raise ValueError(f"LoRA mode {mode!r}: one of {', '.join(ADAPTER_MODES)}")
   read = [(read_adapter(a, role) if isinstance(a, (str, os.PathLike)) else a, scale) for a, scale in adapters]
   for adapter, _ in read:
     check_base(adapter, getattr(config, ADAPTED_FIELDS[adapter.kind]), role)
+  if mode == "runtime":
+    fields = {}
+    for adapter, scale in read:
+      fields.setdefault(ADAPTED_FIELDS[adapter.kind], []).append((adapter, scale))
+    return weights.replace(**{field: RuntimeAdapters(
+        base=getattr(weights, field), adapters=tuple(a.adapters for a, _ in pairs),
+        factors=tuple(np.float32(a.scale) for a, _ in pairs), strengths=tuple(np.float32(s) for _, s in pairs),
+        configs=tuple(LoraConfig(rank=a.rank, targets=a.targets) for a, _ in pairs))
+        for field, pairs in fields.items()})
   for adapter, scale in read:
     field = ADAPTED_FIELDS[adapter.kind]
     weights = weights.replace(**{field: merge(getattr(weights, field), adapter.adapters, adapter.scale * scale)})

@@ -4,6 +4,9 @@ weights) to read a production stage's memory and FLOPs from XLA.
 
 Nothing here holds weights or state: a `StagePrograms` is the models (flax modules, built for a dtype and an
 attention implementation) and, on a mesh, the batch sharding every UNet and decoder batch is split by.
+
+A UNet's weights may be `kvjax.models.lora.RuntimeAdapters` (LoRA applied at run time): its stage merges them
+first, once per call, outside the denoising loop.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kvjax.models.latent_normalization import LatentNormalization, denormalize, normalize
+from kvjax.models.lora import params_of
 from kvjax.params import build_model
 from kvjax.pipeline import samplers
 from kvjax.pipeline.pipeline_config import GenerationOptions, PipelineConfig
@@ -61,7 +65,7 @@ class StagePrograms:
     length) -> key frames decoded to pixels in [-1, 1] (P, 8h, 8w, 3), one image per decode call as the
     reference."""
     def key_frame(unet, movq, normalization, text, null, scale, rng, length):
-      latents = KEY_FRAME.sampler(self.keyframe_unet, unet, text, null, scale, rng, latent_size, sampler,
+      latents = KEY_FRAME.sampler(self.keyframe_unet, params_of(unet), text, null, scale, rng, latent_size, sampler,
                                   context_length=length)
       return self.image_movq.apply({"params": movq}, denormalize(normalization, latents), 1, method="decode")
     return key_frame
@@ -76,7 +80,7 @@ class StagePrograms:
     """(keyframe params, key latents, text, null, text weight, image weight, motion score, noise level, rng,
     context length, held frames (int32: how many leading frames are held), held latents (P, 12, h, w, 4)) ->
     base-frame latents (P, 12, h, w, 4)."""
-    return lambda unet, *inputs: BASE_FRAMES.sampler(self.keyframe_unet, unet, *inputs[:-3], sampler,
+    return lambda unet, *inputs: BASE_FRAMES.sampler(self.keyframe_unet, params_of(unet), *inputs[:-3], sampler,
                                                       context_length=inputs[-3], keep_key_frame=inputs[-2],
                                                       held_latents=inputs[-1])
 
@@ -84,7 +88,7 @@ class StagePrograms:
     """(interpolation params, frames (P, T, h, w, 4), text, null, guidance scale, rng, context length) ->
     the frames with 3 predicted between each pair."""
     return lambda unet, frames, text, null, scale, rng, length: INTERPOLATION.sampler(
-        self.interpolation_unet, unet, frames, text, null, scale, skip_frames, rng, sampler, context_length=length)
+        self.interpolation_unet, params_of(unet), frames, text, null, scale, skip_frames, rng, sampler, context_length=length)
 
   def decode(self, frames: int) -> Callable:
     """(video MoVQ params, latent normalization, the UNets' latents (P * frames, h, w, 4)) -> pixels in

@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
+from kvjax.models.lora import RuntimeAdapters, abstract_adapters
 from kvjax.models.movq import reference_chunk_sizes
 from kvjax.models.t5_encoder import SCANNED_BLOCKS, scan_layout
 from kvjax.params import abstract_params
@@ -55,22 +56,33 @@ class _StageSteps:
     self.report(self.stage, done, total)
 
 
+def model_shardings(config: PipelineConfig, field: str, mesh: Mesh, like=None):
+  """One model's parameters (a PipelineWeights field) sharded by the rule table. `like` (arrays or shapes, T5
+  in the per-block layout): where it holds int8 kernels, their values and scales are sharded as the float
+  kernel (kvjax.quantization.boxed_like); a UNet's RuntimeAdapters: its base so, each adapter by its kernel's
+  logical axes (kvjax.models.lora.abstract_adapters), the scales replicated; None: the float model."""
+  boxed = abstract_params(getattr(config, field))
+  if like is None:
+    return param_shardings(boxed, mesh)
+  if isinstance(like, RuntimeAdapters):
+    scalars = tuple(replicated(mesh) for _ in like.strengths)
+    return like.replace(base=model_shardings(config, field, mesh, like.base), factors=scalars, strengths=scalars,
+                        adapters=tuple(param_shardings(abstract_adapters(getattr(config, field), c), mesh)
+                                       for c in like.configs))
+  if field == "text_encoder" and SCANNED_BLOCKS in like["encoder"]:  # read scanned: each block is like the stack
+    encoder = dict(like["encoder"])
+    stacked = encoder.pop(SCANNED_BLOCKS)
+    blocks = {f"block_{i}": stacked for i in range(1, config.text_encoder.num_layers)}
+    like = {**like, "encoder": {**encoder, **blocks}}
+  return param_shardings(boxed_like(boxed, like), mesh)
+
+
 def weight_shardings(config: PipelineConfig, mesh: Mesh, weights: PipelineWeights | None = None) -> PipelineWeights:
-  """Every model's parameters sharded by the rule table (kvjax.sharding); null embeddings replicated; T5 in
-  its scanned layout (the stacked blocks' leading axis whole). `weights` (arrays or shapes, T5 in the per-block
-  layout): where a model holds int8 kernels, their values and scales are sharded as the float kernel
-  (kvjax.quantization.boxed_like); None: float models."""
-  def model(field):
-    boxed = abstract_params(getattr(config, field))
-    if weights is None:
-      return param_shardings(boxed, mesh)
-    like = getattr(weights, field)
-    if field == "text_encoder" and SCANNED_BLOCKS in like["encoder"]:  # read scanned: each block is like the stack
-      encoder = dict(like["encoder"])
-      stacked = encoder.pop(SCANNED_BLOCKS)
-      blocks = {f"block_{i}": stacked for i in range(1, config.text_encoder.num_layers)}
-      like = {**like, "encoder": {**encoder, **blocks}}
-    return param_shardings(boxed_like(boxed, like), mesh)
+  """Every model's parameters sharded by the rule table (kvjax.sharding, `model_shardings`); null embeddings
+  replicated; T5 in its scanned layout (the stacked blocks' leading axis whole). `weights` (arrays or shapes,
+  T5 in the per-block layout): int8 kernels and run-time adapters are placed as `model_shardings` says; None:
+  float models."""
+  model = lambda field: model_shardings(config, field, mesh, None if weights is None else getattr(weights, field))
   stacked = lambda first, *rest: NamedSharding(mesh, PartitionSpec(None, *first.spec))
   return PipelineWeights(
       keyframe=model("keyframe"), keyframe_null=replicated(mesh), interpolation=model("interpolation"),
@@ -130,18 +142,43 @@ class TextToVideo:
     return types.SimpleNamespace(**self._placed)
 
   def replace_weights(self, **models) -> None:
-    """Replaces the UNets' weights (`keyframe=`, `interpolation=`: parameter trees), keeping every compiled
-    stage (the weights are the stages' arguments): a training run's validation samples its current UNet
-    without compiling the pipeline again."""
+    """Replaces the UNets' weights (`keyframe=`, `interpolation=`: parameter trees, or RuntimeAdapters),
+    keeping every compiled stage (the weights are the stages' arguments): a training run's validation samples
+    its current UNet without compiling the pipeline again (a tree of another structure, e.g. adapters where
+    there were none, compiles its stages once)."""
     unknown = sorted(set(models) - {"keyframe", "interpolation"})
     if unknown:
       raise ValueError(f"replace_weights takes keyframe= and interpolation=, not {', '.join(unknown)}")
+    if self._shardings is not None:
+      self._shardings = self._shardings.replace(**{field: model_shardings(self.config, field, self.mesh, tree)
+                                                   for field, tree in models.items()})
     if self.offload:
       self._host = self._host.replace(**jax.device_get(models))
       for field in set(models) & set(self._placed):
         jax.tree.map(lambda a: a.delete(), self._placed.pop(field))
     else:
       self._placed = self._placed.replace(**{field: self._place(tree, field) for field, tree in models.items()})
+
+  def set_lora_scales(self, **scales: Sequence[float]) -> None:
+    """New strengths of the run-time LoRA adapters (`keyframe=`, `interpolation=`: one per adapter of that
+    UNet, in the order they were given): only the scalars are placed again, and the compiled stages are reused
+    (the strengths are traced)."""
+    for field, values in scales.items():
+      if field not in ("keyframe", "interpolation"):
+        raise ValueError(f"set_lora_scales takes keyframe= and interpolation=, not {field}")
+      adapted = getattr(self._host if self.offload else self._placed, field)
+      if not isinstance(adapted, RuntimeAdapters) or len(adapted.strengths) != len(values):
+        have = len(adapted.strengths) if isinstance(adapted, RuntimeAdapters) else 0
+        raise ValueError(f"set_lora_scales({field}=...): {len(values)} scales for the {have} adapters applied at "
+                         f"run time to the {field} UNet (with_adapters(..., mode='runtime'))")
+      host = tuple(np.float32(v) for v in values)
+      where = None if self.mesh is None else replicated(self.mesh)
+      if self.offload:
+        self._host = self._host.replace(**{field: adapted.replace(strengths=host)})
+        if field in self._placed:
+          self._placed[field] = self._placed[field].replace(strengths=jax.device_put(host, where))
+      else:
+        self._placed = self._placed.replace(**{field: adapted.replace(strengths=jax.device_put(host, where))})
 
   def placed_models(self) -> list[str]:
     """The models whose weights are on the devices now."""

@@ -65,7 +65,8 @@ class _Trainer:
     """`frozen` may be abstract (ShapeDtypeStructs): the trainer then lowers but does not step."""
     self.batch_sharding = batch_sharding(self.mesh)
     abstract = any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(frozen))
-    self.frozen = frozen if frozen is None or abstract else jax.device_put(jax.tree.map(np.asarray, frozen),
+    on_host = lambda a: a if isinstance(a, jax.Array) else np.asarray(a)  # device arrays stay where they are
+    self.frozen = frozen if frozen is None or abstract else jax.device_put(jax.tree.map(on_host, frozen),
                                                                             frozen_shardings)
     self._compiled = jit_train_step(step_fn, self.shardings, self.mesh,
                                     None if frozen is None else frozen_shardings)
@@ -148,7 +149,7 @@ class UNetTrainer(_Trainer):
       base = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=sharding),
                           nn.unbox(abstract_params(unet)), base_shardings)
     else:
-      base = jax.tree.map(lambda p: np.asarray(p).astype(dtype), base)
+      base = frozen_base(base, base_shardings, dtype)
     self._finish(step, base, base_shardings)
     self._merged = jax.jit(lambda base, adapters: merge(base, adapters, lora.scale, jnp), out_shardings=base_shardings)
 
@@ -162,6 +163,16 @@ class UNetTrainer(_Trainer):
   def unet_weights(self, params):
     """The UNet's weights of a state's parameters: the adapters merged into the base for a LoRA run."""
     return self._merged(self.frozen, params) if self.config.lora.enabled else params
+
+
+def frozen_base(base, shardings, dtype):
+  """A LoRA run's frozen UNet in `dtype` on `shardings` (the rule table's). Device arrays (training's `--init`
+  loads the UNet onto the mesh) are cast where they lie, in one compiled call under those shardings, and never
+  cross to the host; host arrays are cast on the host, then placed (half the bytes cross for bfloat16)."""
+  if not all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(base)):
+    return jax.device_put(jax.tree.map(lambda p: np.asarray(p).astype(dtype), base), shardings)
+  cast = jax.jit(lambda tree: jax.tree.map(lambda p: p.astype(dtype), tree), out_shardings=shardings)
+  return cast(jax.device_put(base, shardings))
 
 
 def _lora_loss(objective, model, compute_dtype, dropout: float):

@@ -144,3 +144,20 @@ def test_trigger_words_travel_with_the_adapter_and_conflicts_are_refused(tmp_pat
     read_adapter(str(tmp_path / "bad.safetensors"))
   with pytest.raises(ValueError, match="trigger word 'two words'"):
     LoraConfig(rank=2, trigger_words=("two words",))
+
+
+def test_a_frozen_base_on_the_devices_is_cast_there_and_never_crosses_to_the_host():
+  # What a LoRA run with --init on a mesh gives the trainer: the float32 UNet already on its shards.
+  from kvjax.params import abstract_params
+  from kvjax.sharding import make_mesh, param_shardings
+  from kvjax.training.trainer import frozen_base
+  config = PIPELINE.keyframe
+  part = lambda tree: {"down_samples_1": tree["down_samples_1"]}  # one level of the UNet: a short compile
+  shardings = part(param_shardings(abstract_params(config), make_mesh("fsdp=2,tensor=2", jax.devices()[:4])))
+  host = part(random_params(config, seed=3))
+  placed = jax.device_put(host, shardings)
+  with jax.transfer_guard_device_to_host("disallow"):
+    base = frozen_base(placed, shardings, jnp.bfloat16)
+  for leaf, before, sharding in zip(jax.tree.leaves(base), jax.tree.leaves(host), jax.tree.leaves(shardings)):
+    assert leaf.dtype == jnp.bfloat16 and leaf.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(before).astype(jnp.bfloat16))

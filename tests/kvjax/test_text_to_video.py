@@ -263,3 +263,53 @@ def test_an_overlap_of_base_frames_holds_the_window_befores_last_frames(pipeline
   np.testing.assert_allclose(second[:, :3], held, atol=1e-4)  # held: they come back within rounding
   assert {key[0] for key in set(pipeline._compiled) - before} <= {"decode"}
   assert all(f._cache_size() == 1 for key, f in pipeline._compiled.items() if key[0] == "base frames")
+
+
+# --- LoRA adapters applied at run time ---------------------------------------------------------------------
+
+def test_lora_at_run_time_is_the_merged_adapter_and_a_new_scale_compiles_nothing(pipeline, two_prompts, tmp_path):
+  # The base-frame stage alone, its runtime program compiled once by a second pipeline; the merged weights go
+  # through the fixture's compiled program (replace_weights: no compile).
+  from kvjax.conversion.adapters import write_adapter
+  from kvjax.models.lora import LoraConfig, abstract_adapters, init_adapters, merge
+  from kvjax.pipeline.pipeline_weights import with_adapters
+  lora = LoraConfig(rank=2, alpha=4.0, targets=("self_attention", "cross_attention", "temporal"))
+  rng = np.random.default_rng(5)
+  adapters = jax.tree.map(lambda x: 0.1 * rng.standard_normal(x.shape).astype(np.float32),
+                          init_adapters(abstract_adapters(CONFIG.keyframe, lora), lora))
+  path = str(tmp_path / "adapter.safetensors")
+  write_adapter(path, adapters, unet_config=CONFIG.keyframe, lora=lora, pipeline="tiny-two-level", step=1)
+  base = pipeline._placed  # the fixture's weights, on the device
+  runtime = TextToVideo(CONFIG, with_adapters(CONFIG, base, [(path, 0.5)], mode="runtime"), pipeline.tokenizer)
+  text, null, _, length = pipeline.encode_text(["a red fox in the snow", "waves"])
+  key = jax.random.normal(jax.random.key(1), (2, 8, 16, 4))
+  run = lambda p: np.asarray(p.base_frames(key, text, null, length, OPTIONS, jax.random.key(2),
+                                           step_progress=record_step))
+  try:
+    merged = {}
+    for scale in (0.5, -1.0):
+      pipeline.replace_weights(keyframe=merge(base.keyframe, adapters, lora.scale * scale))
+      merged[scale] = run(pipeline)
+  finally:
+    pipeline.replace_weights(keyframe=base.keyframe)
+  np.testing.assert_allclose(run(runtime), merged[0.5], rtol=1e-4, atol=1e-4)
+  runtime.set_lora_scales(keyframe=[-1.0])
+  with CompileCounter() as compiles:
+    other = run(runtime)
+  assert compiles.count == 0
+  assert [f._cache_size() for key, f in runtime._compiled.items()] == [1]
+  np.testing.assert_allclose(other, merged[-1.0], rtol=1e-4, atol=1e-4)
+  assert np.abs(merged[0.5] - merged[-1.0]).max() > 1e-2  # the scale does change the frames
+  with pytest.raises(ValueError, match="2 scales for the 1 adapters applied at run time to the keyframe UNet"):
+    runtime.set_lora_scales(keyframe=[1.0, 1.0])
+  # On a mesh the adapters are placed by the rule table (A its kernel's input axis, B its output axis), the
+  # scales replicated (placement only: the sharded stages compile in tests/kvjax/test_text_to_video_mesh.py).
+  from kvjax.sharding import make_mesh
+  sharded = TextToVideo(CONFIG, with_adapters(CONFIG, base, [(path, 0.5)], mode="runtime"), pipeline.tokenizer,
+                        mesh=make_mesh("data=2,fsdp=2,tensor=2"))
+  sharded.set_lora_scales(keyframe=[2.0])
+  placed = sharded._placed.keyframe
+  module = placed.adapters[0]["down_samples_1"]["resnet_attn_blocks_0_1"]["attention"]
+  assert tuple(module["to_key"]["kernel_lora_a"].sharding.spec) == ("fsdp", None)
+  assert tuple(module["to_query"]["kernel_lora_b"].sharding.spec) == (None, "tensor")
+  assert float(placed.strengths[0]) == 2.0 and placed.strengths[0].sharding.is_fully_replicated

@@ -121,3 +121,32 @@ def test_windows_chain_on_a_mesh_and_with_offloading(single_device):
   for name in ("base frames", "interpolation"):
     programs = [f for key, f in sharded._compiled.items() if key[0] == name]
     assert len(programs) == 1 and programs[0]._cache_size() <= 2, name
+
+
+@pytest.mark.slow  # one more sharded compile (the base-frame stage with run-time adapters)
+def test_lora_at_run_time_on_a_mesh_with_offloading_is_the_merged_adapter_of_one_device(single_device, tmp_path):
+  from kvjax.conversion.adapters import write_adapter
+  from kvjax.models.lora import LoraConfig, abstract_adapters, init_adapters, merge
+  from kvjax.pipeline.pipeline_weights import with_adapters
+  from kvjax.sharding import replicated
+  reference = single_device[0]
+  lora = LoraConfig(rank=2, targets=("cross_attention", "temporal"))
+  rng = np.random.default_rng(5)
+  adapters = jax.tree.map(lambda x: 0.1 * rng.standard_normal(x.shape).astype(np.float32),
+                          init_adapters(abstract_adapters(CONFIG.keyframe, lora), lora))
+  path = str(tmp_path / "adapter.safetensors")
+  write_adapter(path, adapters, unet_config=CONFIG.keyframe, lora=lora, pipeline="tiny-two-level", step=1)
+  base = random_weights(CONFIG, 1)
+  text, null, _, length = reference.encode_text(PROMPTS)
+  text, null = jax.device_get((text, null))
+  key = jax.random.normal(jax.random.key(1), (3, 4, 4, 4))
+  run = lambda p: np.asarray(p.base_frames(key if p.mesh is None else jax.device_put(key, replicated(p.mesh)),
+                                           text, null, length, OPTIONS, jax.random.key(2)))
+  reference.replace_weights(keyframe=merge(base.keyframe, adapters, lora.scale * 0.5))
+  try:
+    expected = run(reference)
+  finally:
+    reference.replace_weights(keyframe=base.keyframe)
+  sharded = TextToVideo(CONFIG, with_adapters(CONFIG, base, [(path, 0.5)], mode="runtime"), reference.tokenizer,
+                        mesh=make_mesh("data=2,fsdp=2,tensor=2"), offload=True)
+  np.testing.assert_allclose(run(sharded), expected, rtol=0, atol=3e-4 * np.abs(expected).max())

@@ -23,9 +23,13 @@ def _adapter(path, pipeline):
 
 def test_runs_end_to_end_with_random_weights_and_says_so(tmp_path, capsys):
   out = tmp_path / "frames"
-  adapter = _adapter(tmp_path / "style.safetensors", "tiny")  # merged at load: the same compiled programs
+  # Applied at run time over an int8 keyframe UNet kept in host memory: the one run covers the adapters' placement
+  # under --offload and their merge into int8 kernels inside the compiled stages (merging at load is
+  # with_adapters' default, tests/kvjax/test_lora.py).
+  adapter = _adapter(tmp_path / "style.safetensors", "tiny")
   assert main(["a red fox", "--out", str(out), "--weights", "random", "--no-compile-cache", "--width", "32", "--height", "32",
-               "--steps", "2", "2", "2", "--lora", f"{adapter}:0.5"]) == 0
+               "--steps", "2", "2", "2", "--lora", f"{adapter}:0.5", "--lora-mode", "runtime", "--offload",
+               "--quantize", "keyframe=int8"]) == 0
   captured = capsys.readouterr()
   assert "RANDOM weights" in captured.err and "base frames" in captured.err
   assert f"LoRA: {adapter} (rank 2 on self_attention,cross_attention of the keyframe_unet, step 1) at scale 0.5" in captured.err
