@@ -6,7 +6,7 @@ kvjax.demo.judge, over every colour x direction and several seeds; prints one ta
                               [--motion low] [--routes latent,naive,anchored,overlap] [--overlap 3]
 
 Both routes run the same pipeline with the same seeds, so window 1 is the same video in both; from window 2 on,
-the latent route's condition is window 1's last base-frame latent itself (TextToVideo's default) and the naive
+the latent route's condition is window 1's last base-frame latent itself (`--window-overlap 1`, the default) and the naive
 route's is the video's last frame, decoded by the video MoVQ and encoded again by the image MoVQ
 (`next_condition`); the anchored route carries the latent with each channel's spatial mean and standard
 deviation set to those of window 1's last base frame (an anchor against colour drift); the overlap route
@@ -133,11 +133,18 @@ def main(argv=None) -> int:
   from kvjax.text.tokenizer import T5Tokenizer
 
   if args.load:
-    rows = {}
+    rows, settings = {}, set()
     for path in args.load:
       with open(path) as f:
-        for route, measures in json.load(f).items():
-          rows.setdefault(route, []).extend(measures)
+        saved = json.load(f)
+      # The run's settings (files saved before they were written hold only the routes: then the flags given).
+      run = saved.pop("settings", {"windows": args.windows, "fps": args.fps, "motion": args.motion})
+      settings.add((run["windows"], run["fps"], run["motion"]))
+      for route, measures in saved.items():
+        rows.setdefault(route, []).extend(measures)
+    if len(settings) > 1:
+      p.error(f"--load: the files were run with different --windows, --fps or --motion: {sorted(settings)}")
+    args.windows, args.fps, args.motion = settings.pop()
     return print_table(rows, args)
   if not 1 <= args.prompts <= len(judge.prompt_grid()):
     p.error(f"--prompts: must be in [1, {len(judge.prompt_grid())}], got {args.prompts}")
@@ -163,14 +170,14 @@ def main(argv=None) -> int:
     carries = {"latent": None, "naive": reencode, "anchored": Anchor(), "overlap": None}
     for route in routes:
       carry = carries[route]
-      chosen = dataclasses.replace(options, window_overlap=args.overlap) if route == "overlap" else options
+      chosen = dataclasses.replace(options, window_overlap=args.overlap if route == "overlap" else 1)
       videos = pipeline(prompts, chosen, next_condition=carry)
       bounds = window_bounds(chosen)
       rows[route] += [measure(v, c, d, bounds, stride) for v, (c, _, d) in zip(videos, cases)]
       print(f"seed {seed}, {route}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.save:
       with open(args.save, "w") as f:
-        json.dump(rows, f)
+        json.dump({**rows, "settings": {"windows": args.windows, "fps": args.fps, "motion": args.motion}}, f)
   print_table(rows, args)
   print(f"\n{time.perf_counter() - start:.0f} s")
   return 0

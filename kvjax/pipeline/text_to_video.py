@@ -296,7 +296,8 @@ class TextToVideo:
     videos = window_prompts(prompts, options.windows)
     overlap = options.window_overlap
     if next_condition is not None and overlap > 1:
-      raise ValueError(f"next_condition replaces one carried latent: window_overlap {overlap} carries {overlap}")
+      raise ValueError(f"next_condition replaces one carried latent: window_overlap {overlap} carries {overlap} "
+                       "(give window_overlap=1)")
     if images is not None and len(images) != len(videos):
       raise ValueError(f"{len(images)} images for {len(videos)} prompts")
     options.check_size(self.config)

@@ -241,7 +241,8 @@ def test_bad_windows_and_prompts_per_window_are_named(pipeline):
   for overlap in (0, 7):
     with pytest.raises(ValueError, match=r"window_overlap \(--window-overlap\) must be in \[1, 6\] base frames"):
       GenerationOptions(window_overlap=overlap)
-  with pytest.raises(ValueError, match=r"next_condition replaces one carried latent: window_overlap 3"):
+  with pytest.raises(ValueError, match=r"next_condition replaces one carried latent: window_overlap 3 carries 3 "
+                                       r"\(give window_overlap=1\)"):
     pipeline(["a"], dataclasses.replace(OPTIONS, windows=2, window_overlap=3), next_condition=lambda *a: a[0])
 
 
