@@ -115,6 +115,9 @@ def main(argv=None) -> int:
   p.add_argument("--first-seed", type=int, default=0)
   p.add_argument("--prompts", type=int, default=20, help="the grid's first N prompts (colour by colour, every "
                  "direction of each): fewer videos a seed, for a route measured on a busy machine")
+  p.add_argument("--prompt", help="this one prompt instead of the grid (its colour and direction read from its "
+                 "words), each video's measures printed too: e.g. the sampling docs' done command, "
+                 "--prompt 'a red circle moving right slowly' --motion high --seeds 3")
   p.add_argument("--windows", type=int, default=3)
   p.add_argument("--fps", choices=sorted(FPS_PASSES), default="medium")
   p.add_argument("--motion", choices=list(MOTION_SCORES), default="low")
@@ -159,6 +162,13 @@ def main(argv=None) -> int:
   pipeline = TextToVideo(config, weights, T5Tokenizer(os.path.join(args.weights, "spiece.model"), 16))
   cases = judge.prompt_grid()[:args.prompts]
   prompts = [judge.prompt(*case) for case in cases]
+  if args.prompt:
+    words = args.prompt.split()
+    named = [[w for w in words if w in kinds] for kinds in (shapes.COLOURS, shapes.SHAPES, shapes.DIRECTIONS)]
+    if any(len(n) != 1 for n in named):
+      p.error(f"--prompt {args.prompt!r}: name one colour of {', '.join(shapes.COLOURS)} and one direction of "
+              f"{', '.join(shapes.DIRECTIONS)}")
+    cases, prompts = [tuple(n[0] for n in named)], [args.prompt]
   stride = 4 ** len(FPS_PASSES[args.fps])
   start = time.perf_counter()
   rows = {route: [] for route in routes}
@@ -174,6 +184,14 @@ def main(argv=None) -> int:
       videos = pipeline(prompts, chosen, next_condition=carry)
       bounds = window_bounds(chosen)
       rows[route] += [measure(v, c, d, bounds, stride) for v, (c, _, d) in zip(videos, cases)]
+      if args.prompt:
+        (colour, _, direction), row = cases[0], rows[route][-1]
+        whole = judge.judge_motion(videos[0], colour, direction)
+        pixels = shapes.colour_mask(videos[0], colour).sum(axis=(1, 2)).min()
+        print(f"seed {seed}, {route}: {len(videos[0])} frames, at least {pixels} pixels of the colour a frame, seam max / median step {row.get('seam_ratio', np.nan):.2f}, seam pair rank "
+              f"{row.get('seam_rank', np.nan):.2f}; inside {row.get('inside_ratio', np.nan):.2f}; the whole "
+              f"video {'passes' if whole.passed else 'fails'} the direction judge (along {whole.along:.2f}, "
+              f"across {whole.across:.2f})")
       print(f"seed {seed}, {route}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.save:
       with open(args.save, "w") as f:
