@@ -70,7 +70,7 @@ from kvjax.pipeline.programs import StagePrograms  # noqa: E402
 from kvjax.pipeline.stages import BASE_FRAMES, DECODE, ENCODE, INTERPOLATION, KEY_FRAME, TEXT  # noqa: E402
 from kvjax.pipeline.text_to_video import weight_shardings  # noqa: E402
 from kvjax.pipeline.pipeline_weights import KINDS, PipelineWeights  # noqa: E402
-from kvjax.quantization import kept_float, parse_quantize, quantized_abstract  # noqa: E402
+from kvjax.quantization import parse_quantize, quantized_abstract  # noqa: E402
 from kvjax.sharding import make_mesh, replicated  # noqa: E402
 from train_memory import GIB, per_device_bytes as sharded_bytes  # noqa: E402  (bench/ is the script's path)
 
@@ -86,7 +86,7 @@ def weight_shapes(config, dtype, quantize=None) -> PipelineWeights:
   def model(field):
     c = getattr(config, field)
     if field in (quantize or {}):
-      return nn.unbox(quantized_abstract(c, KINDS[field], dtype, kept_float(quantize[field], KINDS[field])))
+      return nn.unbox(quantized_abstract(c, KINDS[field], dtype, how=quantize[field]))
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), nn.unbox(abstract_params(c)))
   null = jax.ShapeDtypeStruct((config.keyframe.context_dim,), jnp.float32)
   return PipelineWeights(model("keyframe"), null, model("interpolation"), null, model("image_movq"),

@@ -109,8 +109,7 @@ def _convert(args) -> int:
   converted = COMMANDS[args.command].convert(args.src, config, DTYPES[args.dtype], policy=policy)
   count = count_params(converted.params)
   if args.quantize:
-    converted.params = quantization.quantize_params(converted.params, kind,
-                                                    quantization.kept_float(args.quantize, kind))
+    converted.params = quantization.quantize_params(converted.params, kind, how=args.quantize)
   out = save_converted(converted, args.out, source=args.src, overwrite=args.overwrite)
   _warn(policy)
   print(f"converted {args.src} ({count:,} parameters, config from {origin}, {args.dtype}"

@@ -189,9 +189,8 @@ def convert_round_trip(kind: str, checkpoint: str, config, quantize: bool | str 
     out = os.path.join(scratch, "converted")
     converted = converter(checkpoint, config)
     if quantize:
-      from kvjax.quantization import INT8, kept_float, quantize_params
-      converted.params = quantize_params(converted.params, kind, kept_float(INT8 if quantize is True else quantize,
-                                                                            kind))
+      from kvjax.quantization import INT8, quantize_params
+      converted.params = quantize_params(converted.params, kind, how=INT8 if quantize is True else quantize)
     save_converted(converted, out, source=checkpoint)
     return load_converted(out, kind, config, placement=None)
 

@@ -105,11 +105,12 @@ def kept_float(quantization: str, kind: str) -> tuple[str, ...]:
   return () if quantization == INT8_ALL else KEEP_FLOAT[kind]
 
 
-def quantize_params(params, kind: str, keep: Iterable[str] | None = None) -> dict[str, Any]:
+def quantize_params(params, kind: str, keep: Iterable[str] | None = None, *, how: str = INT8) -> dict[str, Any]:
   """A converted model's parameters (`kind`: its converted-folder kind) with its kernels as Int8Weights
-  (numpy, on the host), those of `KEEP_FLOAT` (or of the layers named in `keep`: `kept_float`'s, or any for
-  measuring) and every other leaf as they were. Quantizing a quantized tree changes nothing."""
+  (numpy, on the host), those `how` (one of QUANTIZATIONS) keeps in float (`kept_float`; or the layers named in
+  `keep`, for measuring) and every other leaf as they were. Quantizing a quantized tree changes nothing."""
   check_kind(kind)
+  keep = kept_float(how, kind) if keep is None else keep
   flat = flax.traverse_util.flatten_dict(dict(params))
   return flax.traverse_util.unflatten_dict(
       {path: quantize_array(leaf) if _quantized(kind, path, leaf, keep) else leaf for path, leaf in flat.items()})
@@ -173,9 +174,10 @@ def boxed_like(boxed_abstract, params):
   return from_stored(flax.traverse_util.unflatten_dict(out))
 
 
-def quantized_abstract(config, kind: str, dtype=jnp.float32, keep: Iterable[str] | None = None):
+def quantized_abstract(config, kind: str, dtype=jnp.float32, keep: Iterable[str] | None = None, *, how: str = INT8):
   """The abstract parameters of `config`'s model (boxed, float leaves in `dtype`) with the kernels
   `quantize_params` makes int8 (for compiling or measuring a quantized model without weights)."""
+  keep = kept_float(how, kind) if keep is None else keep
   from kvjax.params import abstract_params
   boxed = abstract_params(config)
   flat = flax.traverse_util.flatten_dict(dict(nn.unbox(boxed)))

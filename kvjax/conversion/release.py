@@ -19,7 +19,7 @@ from kvjax.conversion.registry import COMMANDS, resolve_config
 from kvjax.conversion.state_dict import WeightPolicy
 from kvjax.conversion.store import save_converted
 from kvjax.params import count_params
-from kvjax.quantization import kept_float, quantize_params
+from kvjax.quantization import quantize_params
 
 T5_COMMAND = "t5"
 
@@ -80,13 +80,12 @@ def convert_release(src_dir: str, out_dir: str, dtype: Any, *, t5_dir: str | Non
       config, origin = resolve_config(command, src)  # configs.json beside src when it has the section
       converted = COMMANDS[command].convert(src, config, dtype, policy=policy)
       count = count_params(converted.params)
-      if output_name(command) in int8_folders:
-        kind = COMMANDS[command].kind
-        how = int8_folders[output_name(command)]
-        converted.params = quantize_params(converted.params, kind, kept_float(how, kind))
+      how = int8_folders.get(output_name(command))
+      if how:
+        converted.params = quantize_params(converted.params, COMMANDS[command].kind, how=how)
       save_converted(converted, os.path.join(staging, output_name(command)), source=src)
       log(f"{command}: {src} ({count:,} parameters, config from {origin}"
-          f"{', kernels in int8' if output_name(command) in int8_folders else ''}) "
+          f"{', kernels in int8' if how else ''}) "
           f"in {time.perf_counter() - start:.1f} s")
       del converted
   out_dir = os.path.abspath(out_dir)

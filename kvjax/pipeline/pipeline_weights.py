@@ -66,14 +66,10 @@ def check_quantize(quantize: Mapping[str, str] | None) -> dict[str, str]:
   return quantize
 
 
-def _quantized(params, field: str, how: str):
-  return quantization.quantize_params(params, KINDS[field], quantization.kept_float(how, KINDS[field]))
-
-
 def quantize_weights(weights: PipelineWeights, quantize: Mapping[str, str] | None) -> PipelineWeights:
   """The models named in `quantize` ({field: "int8" | "int8-all"}) with int8 kernels (on the host;
   kvjax.quantization)."""
-  return weights.replace(**{field: _quantized(getattr(weights, field), field, how)
+  return weights.replace(**{field: quantization.quantize_params(getattr(weights, field), KINDS[field], how=how)
                             for field, how in check_quantize(quantize).items()})
 
 
@@ -190,7 +186,7 @@ def load_pipeline_weights(folder: str, tokens_length: int = 128, overrides: Mapp
     stored = checked[field].stored["params"]
     if field in quantize and not quantization.is_quantized(quantization.from_stored(stored)):
       model = restore_checked(checked[field], roles[field], "host")
-      model.params = _quantized(model.params, field, quantize[field])
+      model.params = quantization.quantize_params(model.params, KINDS[field], how=quantize[field])
       where = "host" if field == "text_encoder" else placement(field, model.params)  # T5: stacked by TextToVideo
       if where != "host":
         model.params = jax.device_put(model.params, where)
